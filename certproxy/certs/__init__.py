@@ -1,0 +1,11 @@
+"""The certificate store: the ground floor of certproxy (imports nothing above it)."""
+
+from .errors import InvalidName, PairError, StoreError
+from .pair import CertPair, load_pair, parse_pair
+from .paths import StorePaths, is_valid_token, name_for_domain
+from .store import FileStore, Inventory, utcnow
+
+__all__ = [
+    "CertPair", "FileStore", "InvalidName", "Inventory", "PairError", "StoreError",
+    "StorePaths", "is_valid_token", "load_pair", "name_for_domain", "parse_pair", "utcnow",
+]

@@ -1,0 +1,91 @@
+"""Every path of the store is built here, and only here.
+
+The layout is certbot's, so that certbot can renew into the same folder::
+
+    ROOT/live/<name>/fullchain.pem      leaf + chain (file or symlink)
+    ROOT/live/<name>/privkey.pem        mode 0600 (file or symlink)
+    ROOT/bootstrap/<name>/...           self-signed certificate until a real one exists
+    ROOT/accounts/...                   ACME account keys
+    ROOT/challenges/<token>             HTTP-01 answers
+    ROOT/locks/                         cross-process issuance locks
+
+Names and tokens are checked against strict patterns before they become a
+path component, so no input can point outside its folder (``..``, ``/``,
+percent-encoded dots, NUL bytes all fail the pattern).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidName
+
+FULLCHAIN = "fullchain.pem"
+PRIVKEY = "privkey.pem"
+
+# A DNS name or certbot's "name-0001" lineage: letters, digits, dot, dash,
+# underscore; starts with a letter or digit; no "..".
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+# RFC 8555 tokens are base64url; the HTTP listener enforces the same rule.
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
+
+
+def is_valid_token(token: str) -> bool:
+    """True when ``token`` may name a file in the challenge folder."""
+    return _TOKEN_RE.fullmatch(token) is not None
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it may name a certificate folder, else raise InvalidName."""
+    if not _NAME_RE.fullmatch(name) or ".." in name:
+        raise InvalidName(f"invalid certificate name {name!r}")
+    return name
+
+
+def name_for_domain(domain: str) -> str:
+    """The folder name certbot would use for a domain (``*.x`` becomes ``x``)."""
+    domain = domain.strip().lower().rstrip(".")
+    if domain.startswith("*."):
+        domain = domain[2:]
+    return check_name(domain)
+
+
+@dataclass(frozen=True)
+class StorePaths:
+    root: Path
+
+    @property
+    def live(self) -> Path:
+        return self.root / "live"
+
+    @property
+    def bootstrap(self) -> Path:
+        return self.root / "bootstrap"
+
+    @property
+    def accounts(self) -> Path:
+        return self.root / "accounts"
+
+    @property
+    def challenges(self) -> Path:
+        return self.root / "challenges"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    def folders(self) -> tuple[Path, ...]:
+        return (self.live, self.bootstrap, self.accounts, self.challenges, self.locks)
+
+    def live_dir(self, name: str) -> Path:
+        return self.live / check_name(name)
+
+    def bootstrap_dir(self, name: str) -> Path:
+        return self.bootstrap / check_name(name)
+
+    def challenge(self, token: str) -> Path:
+        if not is_valid_token(token):
+            raise InvalidName(f"invalid challenge token {token!r}")
+        return self.challenges / token

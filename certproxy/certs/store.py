@@ -1,0 +1,177 @@
+"""The certificate store: the single source of truth for what is served.
+
+``FileStore`` is the filesystem implementation (certbot's layout, see
+``paths.py``). Everything here is synchronous file I/O: the running proxy
+calls it through ``asyncio.to_thread``, never from a TLS handshake.
+
+``inventory()`` answers the one question the proxy asks at start and on every
+reload: which valid pairs are there, which one is primary, and what was wrong
+with the others. When no valid CA-issued pair covers the primary domain it
+makes (or reuses) a self-signed bootstrap pair, so there is always something
+to serve.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .atomic import CERT_MODE, KEY_MODE, write_pair_atomic
+from .bootstrap import make_self_signed
+from .errors import InvalidName, PairError, StoreError
+from .pair import CertPair, key_mode_problem, load_pair
+from .paths import FULLCHAIN, PRIVKEY, StorePaths, check_name, name_for_domain
+
+log = logging.getLogger("certproxy.store")
+
+MAX_CHALLENGE_BYTES = 4096
+# A bootstrap certificate with less than this left is replaced at start.
+BOOTSTRAP_MIN_DAYS = 7
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What the store holds that can be served, and what it holds that cannot."""
+
+    primary: CertPair
+    pairs: tuple[CertPair, ...]  # primary included
+    errors: dict[str, str] = field(default_factory=dict)  # path -> reason
+
+
+class FileStore:
+    """Certificate store on a local (or shared) filesystem."""
+
+    def __init__(self, root: Path) -> None:
+        self.paths = StorePaths(Path(root))
+
+    @property
+    def root(self) -> Path:
+        return self.paths.root
+
+    # -- layout --------------------------------------------------------
+    def ensure_layout(self) -> None:
+        """Create the store's folders; raise StoreError when that is impossible."""
+        root = self.paths.root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if not root.is_dir():
+                raise StoreError(f"{root}: not a folder")
+            for folder in self.paths.folders():
+                folder.mkdir(exist_ok=True)
+            os.chmod(self.paths.accounts, 0o700)
+            os.listdir(root)
+        except StoreError:
+            raise
+        except FileExistsError:
+            raise StoreError(f"{root}: not a folder") from None
+        except OSError as exc:
+            raise StoreError(f"{exc.filename or root}: {exc.strerror or exc}") from None
+        if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
+            raise StoreError(f"{root}: not readable and writable")
+
+    # -- pairs ---------------------------------------------------------
+    def live_names(self) -> list[str]:
+        try:
+            entries = sorted(os.listdir(self.paths.live))
+        except FileNotFoundError:
+            return []
+        names = []
+        for entry in entries:
+            try:
+                check_name(entry)
+            except InvalidName:
+                continue  # dot-files, editor leftovers
+            if (self.paths.live / entry).is_dir():
+                names.append(entry)
+        return names
+
+    def load_live(self, name: str, now: dt.datetime | None = None) -> CertPair:
+        return load_pair(self.paths.live_dir(name), name, "live", now or utcnow())
+
+    def write_live(self, name: str, chain_pem: bytes, key_pem: bytes) -> Path:
+        folder = self.paths.live_dir(name)
+        self._write_pair(folder, chain_pem, key_pem)
+        return folder
+
+    def load_bootstrap(self, name: str, now: dt.datetime | None = None) -> CertPair:
+        return load_pair(self.paths.bootstrap_dir(name), name, "bootstrap", now or utcnow())
+
+    def ensure_bootstrap(self, domains: tuple[str, ...], now: dt.datetime | None = None) -> CertPair:
+        """The bootstrap pair for ``domains``: reused while it fits, else made anew."""
+        now = now or utcnow()
+        name = name_for_domain(domains[0])
+        try:
+            pair = self.load_bootstrap(name, now)
+        except PairError:
+            pair = None
+        if (pair is not None and pair.days_left(now) >= BOOTSTRAP_MIN_DAYS
+                and all(pair.covers(d) for d in domains)):
+            return pair
+        chain_pem, key_pem = make_self_signed(domains, now)
+        self._write_pair(self.paths.bootstrap_dir(name), chain_pem, key_pem)
+        log.warning("no CA certificate for %s in %s: serving a self-signed bootstrap certificate",
+                    ", ".join(domains), self.paths.live)
+        return self.load_bootstrap(name, now)
+
+    def _write_pair(self, folder: Path, chain_pem: bytes, key_pem: bytes) -> None:
+        try:
+            write_pair_atomic(folder, {
+                PRIVKEY: (key_pem, KEY_MODE),
+                FULLCHAIN: (chain_pem, CERT_MODE),
+            })
+        except OSError as exc:
+            why = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            raise StoreError(f"{folder}: cannot write certificate: {why}") from None
+
+    def inventory(self, domains: tuple[str, ...], now: dt.datetime | None = None) -> Inventory:
+        """Load every live pair, pick the primary one, bootstrap if needed."""
+        now = now or utcnow()
+        pairs: list[CertPair] = []
+        errors: dict[str, str] = {}
+        for name in self.live_names():
+            try:
+                pair = self.load_live(name, now)
+            except PairError as exc:
+                errors[str(exc.path)] = exc.reason
+                continue
+            warning = key_mode_problem(pair.source)
+            if warning:
+                log.warning("%s", warning)
+            pairs.append(pair)
+        primary_domain = domains[0]
+        wanted = name_for_domain(primary_domain)
+        primary = next((p for p in pairs if p.name == wanted and p.covers(primary_domain)), None)
+        if primary is None:
+            primary = next((p for p in pairs if p.covers(primary_domain)), None)
+        if primary is None:
+            primary = self.ensure_bootstrap(domains, now)
+            pairs.append(primary)
+        pairs.sort(key=lambda p: p is not primary)
+        return Inventory(primary=primary, pairs=tuple(pairs), errors=errors)
+
+    # -- challenges ----------------------------------------------------
+    def read_challenge(self, token: str) -> bytes | None:
+        """The key authorization for ``token``, or None (bad token, no file)."""
+        try:
+            path = self.paths.challenge(token)
+        except InvalidName:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            data = os.read(fd, MAX_CHALLENGE_BYTES)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return data

@@ -1,0 +1,1 @@
+"""The running program: configuration, TLS, listeners, the proxy handler, the CLI."""

@@ -1,0 +1,323 @@
+"""certproxy's configuration: one frozen, validated ``Config``.
+
+Every setting has one name in three places: a ``--flag``, an environment
+variable ``CERTPROXY_<NAME>`` and a key ``<name>`` of the TOML file given by
+``--config``. Flags win over the environment, which wins over the file, which
+wins over the defaults. A value that does not parse raises ``ConfigError``
+naming where it came from, so ``certproxy serve`` can stop with one line.
+
+Building a ``Config`` does no I/O besides reading the TOML file; whether the
+store is usable is checked when the server starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "CERTPROXY_"
+LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
+LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+DEFAULT_ROUTES = "443=http://registry-ui:80,5000=http://registry:5000"
+
+_DOMAIN_RE = re.compile(
+    r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+)
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used. ``source`` names the variable, flag or key."""
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(f"{source}: {message}")
+        self.source = source
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Route:
+    """One TLS listener and the upstream it forwards to."""
+
+    port: int
+    url: str  # scheme://host:port, no path
+    scheme: str
+    host: str
+    upstream_port: int
+
+
+@dataclass(frozen=True)
+class Config:
+    store: Path = Path("/var/lib/certproxy")
+    domains: tuple[str, ...] = ()
+    email: str | None = None
+    staging: bool = False
+    acme_directory: str | None = None
+    acme_ca_bundle: Path | None = None
+    acme: bool | None = None  # None: on when domains are set
+    bind: str = "0.0.0.0"
+    http_port: int | None = 80  # None: no plain-HTTP listener
+    routes: tuple[Route, ...] = field(default_factory=lambda: parse_routes(DEFAULT_ROUTES, "default"))
+    upstream_connect_timeout: float = 10.0
+    upstream_read_timeout: float = 300.0
+    upstream_keepalive: float = 30.0
+    keepalive_timeout: float = 75.0
+    shutdown_grace: float = 30.0
+    log_format: str = "text"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.routes:
+            raise ConfigError("CERTPROXY_ROUTES", "at least one route is needed")
+        ports = [r.port for r in self.routes]
+        if self.http_port is not None and self.http_port in ports:
+            raise ConfigError("CERTPROXY_HTTP_PORT",
+                              f"port {self.http_port} is also a TLS route")
+
+    @property
+    def cert_domains(self) -> tuple[str, ...]:
+        """The names the certificate is for; ``localhost`` when none are configured."""
+        return self.domains or ("localhost",)
+
+    @property
+    def acme_enabled(self) -> bool:
+        return bool(self.domains) if self.acme is None else self.acme
+
+    @property
+    def directory_url(self) -> str:
+        if self.acme_directory:
+            return self.acme_directory
+        return LETSENCRYPT_STAGING if self.staging else LETSENCRYPT_PRODUCTION
+
+    @property
+    def redirect_port(self) -> int:
+        """The TLS port plain-HTTP requests are sent to: 443 if routed, else the lowest."""
+        ports = sorted(r.port for r in self.routes)
+        return 443 if 443 in ports else ports[0]
+
+
+# -- parsers: (raw value, source) -> typed value; raise ConfigError ----------
+
+def _text(raw: Any, source: str) -> str:
+    if not isinstance(raw, str):
+        raise ConfigError(source, f"expected a string, got {raw!r}")
+    return raw.strip()
+
+
+def parse_port(raw: Any, source: str, *, allow_off: bool = False) -> int | None:
+    text = str(raw).strip().lower()
+    if allow_off and text in ("off", "none", "0", ""):
+        return None
+    try:
+        port = int(text, 10)
+    except ValueError:
+        raise ConfigError(source, f"{raw!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(source, f"port {port} is out of range 1-65535")
+    return port
+
+
+def _port(raw: Any, source: str) -> int:
+    port = parse_port(raw, source)
+    if port is None:  # pragma: no cover - only with allow_off
+        raise ConfigError(source, "a port is needed")
+    return port
+
+
+def parse_bool(raw: Any, source: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(source, f"{raw!r} is not a boolean (use 1 or 0)")
+
+
+def parse_switch(raw: Any, source: str) -> bool | None:
+    text = str(raw).strip().lower()
+    if text in ("auto", ""):
+        return None
+    return parse_bool(raw, source)
+
+
+def parse_seconds(raw: Any, source: str) -> float:
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        raise ConfigError(source, f"{raw!r} is not a number of seconds") from None
+    if not 0 < value <= 86400 * 7:
+        raise ConfigError(source, f"{value} seconds is out of range")
+    return value
+
+
+def parse_domains(raw: Any, source: str) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    domains: list[str] = []
+    for item in items:
+        name = str(item).strip().lower().rstrip(".")
+        if not name:
+            continue
+        if not _is_ip(name) and (len(name) > 253 or not _DOMAIN_RE.fullmatch(name)):
+            raise ConfigError(source, f"{item!r} is not a domain name")
+        if name not in domains:
+            domains.append(name)
+    return tuple(domains)
+
+
+def parse_url(raw: Any, source: str) -> str:
+    text = _text(raw, source)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(source, f"{text!r} needs an http:// or https:// scheme and a host")
+    return text
+
+
+def parse_routes(raw: Any, source: str) -> tuple[Route, ...]:
+    if isinstance(raw, dict):
+        items = [f"{k}={v}" for k, v in raw.items()]
+    else:
+        items = [i for i in str(raw).split(",") if i.strip()]
+    routes: list[Route] = []
+    for item in items:
+        port_text, sep, url = item.strip().partition("=")
+        if not sep:
+            raise ConfigError(source, f"{item.strip()!r} is not PORT=URL")
+        routes.append(_route(_port(port_text, source), url.strip(), source))
+    seen: set[int] = set()
+    for r in routes:
+        if r.port in seen:
+            raise ConfigError(source, f"port {r.port} is routed twice")
+        seen.add(r.port)
+    return tuple(routes)
+
+
+def _route(port: int, url: str, source: str) -> Route:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(source, f"upstream {url!r} needs an http:// or https:// scheme")
+    if not parts.hostname:
+        raise ConfigError(source, f"upstream {url!r} has no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ConfigError(source, f"upstream {url!r} must be scheme://host[:port] only")
+    try:
+        upstream_port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ConfigError(source, f"upstream {url!r} has a bad port") from None
+    host = parts.hostname
+    netloc = f"[{host}]" if ":" in host else host
+    return Route(port=port, url=f"{parts.scheme}://{netloc}:{upstream_port}",
+                 scheme=parts.scheme, host=host, upstream_port=upstream_port)
+
+
+def parse_bind(raw: Any, source: str) -> str:
+    text = _text(raw, source)
+    if not _is_ip(text):
+        raise ConfigError(source, f"{text!r} is not an IP address")
+    return text
+
+
+def parse_choice(*choices: str) -> Callable[[Any, str], str]:
+    def parse(raw: Any, source: str) -> str:
+        text = str(raw).strip().lower()
+        if text not in choices:
+            raise ConfigError(source, f"{raw!r} is not one of {', '.join(choices)}")
+        return text
+    return parse
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _path(raw: Any, source: str) -> Path:
+    text = _text(raw, source)
+    if not text:
+        raise ConfigError(source, "empty path")
+    return Path(text)
+
+
+def _optional_text(raw: Any, source: str) -> str | None:
+    return _text(raw, source) or None
+
+
+def _optional_path(raw: Any, source: str) -> Path | None:
+    return _path(raw, source) if str(raw).strip() else None
+
+
+def _optional_url(raw: Any, source: str) -> str | None:
+    return parse_url(raw, source) if str(raw).strip() else None
+
+
+# Setting name -> parser. The name is the dataclass field, the TOML key, and
+# (upper-cased, prefixed) the environment variable.
+SETTINGS: dict[str, Callable[[Any, str], Any]] = {
+    "store": _path,
+    "domains": parse_domains,
+    "email": _optional_text,
+    "staging": parse_bool,
+    "acme_directory": _optional_url,
+    "acme_ca_bundle": _optional_path,
+    "acme": parse_switch,
+    "bind": parse_bind,
+    "http_port": lambda raw, src: parse_port(raw, src, allow_off=True),
+    "routes": parse_routes,
+    "upstream_connect_timeout": parse_seconds,
+    "upstream_read_timeout": parse_seconds,
+    "upstream_keepalive": parse_seconds,
+    "keepalive_timeout": parse_seconds,
+    "shutdown_grace": parse_seconds,
+    "log_format": parse_choice("text", "json"),
+    "log_level": parse_choice("debug", "info", "warning", "error"),
+}
+
+
+def env_name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
+def flag_name(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    source = f"--config {path}"
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(source, f"cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, f"not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(SETTINGS))
+    if unknown:
+        raise ConfigError(source, f"unknown key {unknown[0]!r}")
+    return data
+
+
+def load_config(
+    environ: Mapping[str, str],
+    flags: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+) -> Config:
+    """Merge defaults < file < environment < flags into a validated Config."""
+    values: dict[str, Any] = {}
+    layers: list[tuple[Mapping[str, Any], Callable[[str], str]]] = []
+    if config_file is not None:
+        data = read_config_file(config_file)
+        layers.append((data, lambda k: f"{config_file}: {k}"))
+    layers.append(({k: environ[env_name(k)] for k in SETTINGS if env_name(k) in environ}, env_name))
+    layers.append(({k: v for k, v in (flags or {}).items() if v is not None}, flag_name))
+    for layer, source_of in layers:
+        for key, raw in layer.items():
+            values[key] = SETTINGS[key](raw, source_of(key))
+    return Config(**values)

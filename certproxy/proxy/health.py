@@ -1,0 +1,81 @@
+"""``/healthz``: what is served, whether it is valid, whether upstreams answer.
+
+Status rules:
+
+- ``failing`` (HTTP 503): the certificate served to clients without SNI (the
+  primary, served on every TLS listener) is expired or not yet valid;
+- ``degraded`` (HTTP 200): served, but with a self-signed bootstrap
+  certificate, an unreachable upstream, or a store problem to look at;
+- ``ok`` (HTTP 200): otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from aiohttp import web
+
+from ..certs import utcnow
+from .tls import TLSState
+from .upstream import Upstream
+
+
+@dataclass
+class HealthState:
+    """Facts that the report shows besides the certificates and upstreams."""
+
+    store_errors: dict[str, str] = field(default_factory=dict)
+    last_reload_error: str | None = None
+
+
+class Health:
+    def __init__(self, tls: TLSState, upstreams: Sequence[Upstream], state: HealthState) -> None:
+        self._tls = tls
+        self._upstreams = upstreams
+        self.state = state
+
+    async def report(self) -> tuple[int, dict[str, object]]:
+        now = utcnow()
+        certs = self._tls.current
+        probes = await asyncio.gather(*(u.reachable() for u in self._upstreams))
+        upstreams = []
+        for upstream, (ok, error) in zip(self._upstreams, probes):
+            entry: dict[str, object] = {"port": upstream.route.port, "url": upstream.route.url,
+                                        "reachable": ok}
+            if error:
+                entry["error"] = error
+            upstreams.append(entry)
+        primary = certs.primary
+        problems: list[str] = []
+        if not primary.valid_at(now):
+            status = "failing"
+            problems.append(f"certificate {primary.name} is not valid now")
+        else:
+            status = "ok"
+            if primary.kind == "bootstrap":
+                problems.append("serving the self-signed bootstrap certificate")
+            problems.extend(f"upstream {u['url']} unreachable" for u in upstreams if not u["reachable"])
+            if self.state.store_errors:
+                problems.append("store holds certificates that cannot be served")
+            if self.state.last_reload_error:
+                problems.append("last reload failed")
+            if problems:
+                status = "degraded"
+        body: dict[str, object] = {
+            "status": status,
+            "problems": problems,
+            "certificates": [p.summary(now) for p in certs.pairs],
+            "upstreams": upstreams,
+            "store_errors": self.state.store_errors,
+            "last_reload_error": self.state.last_reload_error,
+        }
+        return (503 if status == "failing" else 200), body
+
+    async def response(self) -> web.Response:
+        code, body = await self.report()
+        return web.Response(status=code, text=json.dumps(body, indent=2) + "\n",
+                            content_type="application/json",
+                            headers={"Cache-Control": "no-store"})

@@ -1,0 +1,49 @@
+"""Parsing the ``Host`` header of a client request.
+
+Used by the plain-HTTP listener to build redirects and by the proxy to build
+the public origin. Anything that is not ``name[:port]`` or ``[v6]:port`` is
+refused, so a redirect can never be steered to an odd URL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+_REG_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,252})?")
+
+
+def parse_host(value: str | None) -> tuple[str, int | None] | None:
+    """``(hostname, port or None)`` for a valid Host header, else None."""
+    if not value or len(value) > 300:
+        return None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[1:end], value[end + 1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+        host = f"[{host}]"
+    else:
+        host, sep, port_text = value.partition(":")
+        rest = f":{port_text}" if sep else ""
+        if not _REG_NAME.fullmatch(host) or ".." in host:
+            return None
+    if not rest:
+        return host.lower(), None
+    if not rest.startswith(":") or not rest[1:].isdigit() or len(rest) > 6:
+        return None
+    port = int(rest[1:])
+    if not 1 <= port <= 65535:
+        return None
+    return host.lower(), port
+
+
+def origin(scheme: str, hostname: str, port: int | None) -> str:
+    default = 443 if scheme == "https" else 80
+    if port is None or port == default:
+        return f"{scheme}://{hostname}"
+    return f"{scheme}://{hostname}:{port}"

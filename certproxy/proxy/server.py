@@ -1,0 +1,133 @@
+"""The running program: listeners, upstream pools, signals, draining.
+
+How this works: ``Front.start()`` makes sure the store is usable, loads what
+it holds (making a bootstrap certificate if there is nothing to serve), opens
+one pooled session per upstream, then starts one aiohttp runner per listener:
+the plain-HTTP one and one TLS listener per route, all sharing one
+``TLSState``. ``Front.stop()`` first stops every listener from accepting, then
+lets in-flight requests finish within the grace period, then closes the
+upstream pools. ``run()`` ties this to SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from ..certs import FileStore, StoreError
+from .config import Config
+from .handler import ProxyHandler
+from .health import Health, HealthState
+from .plain import PlainHandler
+from .tls import CertificateSet, TLSState
+from .upstream import Upstream
+
+log = logging.getLogger("certproxy")
+
+# Request heads larger than this are refused (431/414) by aiohttp's parser;
+# registry bearer tokens fit with room to spare.
+MAX_FIELD_SIZE = 16384
+MAX_LINE_SIZE = 16384
+SERVER_READ_BUFSIZE = 1 << 18
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; ``source`` names the setting at fault."""
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(f"{source}: {message}")
+        self.source = source
+
+
+class Front:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = FileStore(config.store)
+        self.upstreams = [Upstream(route, config) for route in config.routes]
+        self.health_state = HealthState()
+        self.tls: TLSState | None = None
+        self.health: Health | None = None
+        self._runners: list[web.BaseRunner] = []
+
+    async def load_certificates(self) -> CertificateSet:
+        inventory = await asyncio.to_thread(self.store.inventory, self.config.cert_domains)
+        for path, reason in inventory.errors.items():
+            log.error("not serving %s: %s", path, reason)
+        self.health_state.store_errors = dict(inventory.errors)
+        return await asyncio.to_thread(CertificateSet, inventory.primary, inventory.pairs)
+
+    async def start(self) -> None:
+        cfg = self.config
+        try:
+            await asyncio.to_thread(self.store.ensure_layout)
+            certs = await self.load_certificates()
+        except StoreError as exc:
+            raise StartupError("CERTPROXY_STORE", str(exc)) from None
+        self.tls = TLSState(certs)
+        primary = certs.primary
+        log.info("serving certificate %s (%s, %s, expires %s)", primary.name, primary.kind,
+                 ", ".join(primary.domains), primary.not_after.date())
+        self.health = Health(self.tls, self.upstreams, self.health_state)
+        for upstream in self.upstreams:
+            await upstream.start()
+        try:
+            if cfg.http_port is not None:
+                plain = PlainHandler(self.store, self.health, cfg.redirect_port, cfg.http_port)
+                await self._listen(plain, cfg.http_port, None)
+            for upstream in self.upstreams:
+                handler = ProxyHandler(upstream.route, upstream, self.health)
+                await self._listen(handler, upstream.route.port, self.tls.listener_context())
+        except OSError as exc:
+            await self.stop(0)
+            raise StartupError("CERTPROXY_BIND", f"cannot listen: {exc.strerror or exc}") from None
+
+    async def _listen(self, handler: object, port: int, ssl_context: object) -> None:
+        server = web.Server(
+            handler,  # type: ignore[arg-type]
+            access_log=None,
+            keepalive_timeout=self.config.keepalive_timeout,
+            max_line_size=MAX_LINE_SIZE,
+            max_field_size=MAX_FIELD_SIZE,
+            read_bufsize=SERVER_READ_BUFSIZE,
+            auto_decompress=False,
+        )
+        runner = web.ServerRunner(server, handle_signals=False,
+                                  shutdown_timeout=self.config.shutdown_grace)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, self.config.bind, port, ssl_context=ssl_context,  # type: ignore[arg-type]
+                           reuse_address=True, backlog=1024)
+        await site.start()
+        log.info("listening on %s:%d (%s)", self.config.bind, port,
+                 "tls" if ssl_context else "http")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting everywhere, let requests in flight finish, close pools."""
+        for runner in self._runners:
+            for site in list(runner.sites):
+                await site.stop()
+        if grace is not None:
+            for runner in self._runners:
+                runner._shutdown_timeout = grace  # type: ignore[attr-defined]
+        await asyncio.gather(*(runner.cleanup() for runner in self._runners))
+        self._runners.clear()
+        for upstream in self.upstreams:
+            await upstream.close()
+
+
+async def run(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and return."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    front = Front(config)
+    await front.start()
+    log.info("certproxy ready")
+    await stopping.wait()
+    log.info("stopping: draining requests in flight (up to %g s)", config.shutdown_grace)
+    await front.stop()
+    log.info("stopped")

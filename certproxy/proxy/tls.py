@@ -1,0 +1,135 @@
+"""TLS contexts and certificate selection.
+
+How this works: each validated ``CertPair`` becomes one ``ssl.SSLContext``.
+A ``CertificateSet`` is an immutable index of those contexts by name (exact
+names, then one-label wildcards, then the primary). Each listener gets one
+base context whose SNI callback asks ``TLSState.current`` for the context of
+the requested name and switches the connection to it: a dictionary lookup, no
+disk, no network. A reload builds a complete new ``CertificateSet`` and swaps
+the single ``current`` reference; handshakes already done keep their context.
+
+Policy is Mozilla's "intermediate": TLS 1.2 and 1.3 only, forward-secret AEAD
+ciphers, no compression, no renegotiation, ALPN ``http/1.1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import tempfile
+from typing import Iterable
+
+from ..certs import CertPair
+
+log = logging.getLogger("certproxy.tls")
+
+INTERMEDIATE_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+])
+
+
+def _policy_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(INTERMEDIATE_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _load_pem_into(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
+    """Load PEM bytes into ``ctx`` without writing the key to a disk file.
+
+    ``ssl`` only loads chains from paths, so the bytes go into anonymous
+    memory files (``memfd``) opened through ``/proc/self/fd``. Where that is
+    not available, a private temporary folder (mode 0700) is used.
+    """
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fds = []
+        try:
+            for data in (chain_pem, key_pem):
+                fd = os.memfd_create("certproxy-pem", os.MFD_CLOEXEC)
+                fds.append(fd)
+                os.write(fd, data)
+            ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="certproxy-") as tmp:  # pragma: no cover
+        chain_path, key_path = os.path.join(tmp, "chain.pem"), os.path.join(tmp, "key.pem")
+        for path, data in ((chain_path, chain_pem), (key_path, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        ctx.load_cert_chain(chain_path, key_path)
+
+
+def context_for(pair: CertPair) -> ssl.SSLContext:
+    ctx = _policy_context()
+    _load_pem_into(ctx, pair.chain_pem, pair.key_pem)
+    return ctx
+
+
+def normalize_server_name(name: str | None) -> str | None:
+    if not name:
+        return None
+    return name.lower().rstrip(".")
+
+
+class CertificateSet:
+    """Immutable index: server name -> (pair, context)."""
+
+    def __init__(self, primary: CertPair, pairs: Iterable[CertPair]) -> None:
+        self.primary = primary
+        ordered = [primary] + [p for p in pairs if p is not primary]
+        self.pairs: tuple[CertPair, ...] = tuple(ordered)
+        self._contexts = {id(p): context_for(p) for p in ordered}
+        self._exact: dict[str, CertPair] = {}
+        self._wildcard: dict[str, CertPair] = {}
+        for pair in ordered:  # the primary wins a name several pairs claim
+            for domain in pair.domains:
+                table = self._wildcard if domain.startswith("*.") else self._exact
+                key = domain[2:] if domain.startswith("*.") else domain
+                table.setdefault(key, pair)
+
+    def select_pair(self, server_name: str | None) -> CertPair:
+        name = normalize_server_name(server_name)
+        if name is None:
+            return self.primary
+        pair = self._exact.get(name)
+        if pair is not None:
+            return pair
+        _, _, parent = name.partition(".")
+        return self._wildcard.get(parent, self.primary) if parent else self.primary
+
+    def select(self, server_name: str | None) -> ssl.SSLContext:
+        return self._contexts[id(self.select_pair(server_name))]
+
+
+class TLSState:
+    """The certificates in service: one reference, swapped whole on reload."""
+
+    def __init__(self, current: CertificateSet) -> None:
+        self.current = current
+
+    def swap(self, new: CertificateSet) -> CertificateSet:
+        old, self.current = self.current, new
+        return old
+
+    def _sni_callback(self, sslobj: ssl.SSLObject, server_name: str | None,
+                      _ctx: ssl.SSLContext) -> None:
+        sslobj.context = self.current.select(server_name)
+
+    def listener_context(self) -> ssl.SSLContext:
+        """A base context for one listener; every handshake is pointed at ``current``."""
+        ctx = _policy_context()
+        _load_pem_into(ctx, self.current.primary.chain_pem, self.current.primary.key_pem)
+        ctx.sni_callback = self._sni_callback  # type: ignore[assignment]
+        return ctx
