@@ -1,0 +1,108 @@
+"""Shared fixtures: a trustme CA, a store holding a CA-issued pair, and
+factories for the real servers (docker-registry, certproxy) that stop what
+they start."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import trustme
+
+from support.procs import CertproxyProcess, start_certproxy, stop_process
+from support.registry import Registry, start_registry
+
+MEASUREMENTS: list[tuple[str, str]] = []
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA(organization_name="certproxy test CA")
+
+
+@pytest.fixture(scope="session")
+def ca_dir(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with ``ca.crt``, as skopeo's --*-cert-dir wants it."""
+    folder = tmp_path_factory.mktemp("ca")
+    ca.cert_pem.write_to_path(str(folder / "ca.crt"))
+    return folder
+
+
+@pytest.fixture
+def client_ssl(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
+
+
+def write_live(store: Path, name: str, ca: trustme.CA, *names: str) -> trustme.LeafCert:
+    leaf = ca.issue_cert(*(names or (name,)))
+    folder = store / "live" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "fullchain.pem").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    (folder / "privkey.pem").write_bytes(leaf.private_key_pem.bytes())
+    (folder / "privkey.pem").chmod(0o600)
+    return leaf
+
+
+@pytest.fixture
+def store(tmp_path: Path, ca: trustme.CA) -> Path:
+    """A store whose live/localhost pair is issued by the test CA."""
+    root = tmp_path / "store"
+    write_live(root, "localhost", ca, "localhost", "127.0.0.1")
+    return root
+
+
+@pytest.fixture
+def registry_factory(tmp_path: Path) -> Iterator[Callable[..., Registry]]:
+    started: list[Registry] = []
+
+    def factory(**kwargs: object) -> Registry:
+        reg = start_registry(tmp_path, **kwargs)  # type: ignore[arg-type]
+        started.append(reg)
+        return reg
+
+    yield factory
+    for reg in started:
+        stop_process(reg.proc)
+
+
+@pytest.fixture
+def registry(registry_factory: Callable[..., Registry]) -> Registry:
+    return registry_factory()
+
+
+@pytest.fixture
+def certproxy_factory(tmp_path: Path) -> Iterator[Callable[..., CertproxyProcess]]:
+    started: list[CertproxyProcess] = []
+
+    def factory(routes: dict[int, str], store: Path, **kwargs: object) -> CertproxyProcess:
+        cp = start_certproxy(tmp_path, routes, store, **kwargs)  # type: ignore[arg-type]
+        started.append(cp)
+        return cp
+
+    yield factory
+    for cp in started:
+        stop_process(cp.proc)
+
+
+@pytest.fixture
+def measure() -> Callable[[str, str], None]:
+    """Record a figure for the end-of-run summary (figures are reported, not asserted)."""
+    def record(name: str, value: str) -> None:
+        MEASUREMENTS.append((name, value))
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not MEASUREMENTS:
+        return
+    terminalreporter.section("measurements")
+    for name, value in MEASUREMENTS:
+        terminalreporter.write_line(f"{name}: {value}")
+    out = Path(__file__).resolve().parents[1] / "build" / "measurements.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(dict(MEASUREMENTS), indent=2) + "\n")

@@ -1,0 +1,77 @@
+"""Header rules: hop-by-hop filtering, forwarded headers, Location rewriting, Host parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from certproxy.proxy.headers import client_response_headers, end_to_end, upstream_request_headers
+from certproxy.proxy.hostname import origin, parse_host
+from certproxy.proxy.plain import redirect_target
+
+
+def test_hop_by_hop_headers_and_those_named_in_connection_are_dropped() -> None:
+    headers = [
+        ("Host", "reg.example.com"), ("Connection", "keep-alive, X-Secret-Hop"),
+        ("Keep-Alive", "timeout=5"), ("Proxy-Authorization", "Basic xx"),
+        ("Proxy-Foo", "1"), ("TE", "trailers"), ("Trailer", "X"),
+        ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"), ("x-secret-hop", "1"),
+        ("Accept", "a"), ("Accept", "b"), ("Docker-Content-Digest", "sha256:00"),
+    ]
+    assert end_to_end(headers) == [
+        ("Host", "reg.example.com"), ("Accept", "a"), ("Accept", "b"),
+        ("Docker-Content-Digest", "sha256:00"),
+    ]
+
+
+def test_repeated_headers_keep_their_order_and_case() -> None:
+    headers = [("Accept", "application/vnd.oci.image.manifest.v1+json"),
+               ("Authorization", "Bearer t"),
+               ("accept", "application/vnd.docker.distribution.manifest.v2+json")]
+    assert end_to_end(headers) == headers
+
+
+def test_forwarded_headers_come_from_the_connection_not_the_client() -> None:
+    headers = [("Host", "reg.example.com:5000"), ("X-Forwarded-For", "6.6.6.6"),
+               ("X-Real-IP", "6.6.6.6"), ("X-Forwarded-Proto", "http"),
+               ("X-Forwarded-Host", "evil"), ("Forwarded", "for=6.6.6.6"), ("Range", "bytes=0-9")]
+    out = upstream_request_headers(headers, client_ip="192.0.2.7", host="reg.example.com:5000",
+                                   listener_port=5000)
+    assert out == [
+        ("Host", "reg.example.com:5000"), ("Range", "bytes=0-9"),
+        ("X-Forwarded-For", "192.0.2.7"), ("X-Real-IP", "192.0.2.7"),
+        ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "reg.example.com:5000"),
+        ("X-Forwarded-Port", "5000"),
+    ]
+
+
+def test_location_pointing_at_the_upstream_is_rewritten_others_are_not() -> None:
+    up = "http://registry:5000"
+    rewrite = lambda loc: client_response_headers(  # noqa: E731
+        [("Location", loc)], upstream_url=up, public_origin="https://reg.example.com:5000")[0][1]
+    assert rewrite("http://registry:5000/v2/x/blobs/uploads/u?_state=s") == \
+        "https://reg.example.com:5000/v2/x/blobs/uploads/u?_state=s"
+    assert rewrite("https://reg.example.com:5000/v2/") == "https://reg.example.com:5000/v2/"
+    assert rewrite("http://registry:50001/x") == "http://registry:50001/x"
+    assert rewrite("/v2/relative") == "/v2/relative"
+
+
+@pytest.mark.parametrize("value, parsed", [
+    ("reg.example.com", ("reg.example.com", None)),
+    ("Reg.Example.com:5000", ("reg.example.com", 5000)),
+    ("127.0.0.1:80", ("127.0.0.1", 80)),
+    ("[::1]:8443", ("[::1]", 8443)),
+    ("[::1]", ("[::1]", None)),
+    ("", None), (None, None), ("a b", None), ("evil.com/x", None), ("a:99999", None),
+    ("a:", None), ("[::1", None), ("[zz]:1", None), ("a:1:2", None), ("user@host", None),
+    ("a..b", None), ("-a", None),
+])
+def test_parse_host(value: str | None, parsed: tuple[str, int | None] | None) -> None:
+    assert parse_host(value) == parsed
+
+
+def test_redirect_keeps_path_and_query_and_names_non_default_ports() -> None:
+    assert redirect_target("reg.example.com", "/v2/?a=1&b=%2F", 443) == \
+        "https://reg.example.com/v2/?a=1&b=%2F"
+    assert redirect_target("reg.example.com:80", "/x", 5000) == "https://reg.example.com:5000/x"
+    assert redirect_target("bad host", "/x", 443) is None
+    assert origin("https", "h", 443) == "https://h"
