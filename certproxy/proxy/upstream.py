@@ -82,6 +82,7 @@ class Upstream:
             async with self.session.get(
                 self.route.url + "/",
                 allow_redirects=False,
+                headers={"User-Agent": "certproxy-healthcheck"},
                 timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT),
             ) as resp:
                 result = (True, None)
