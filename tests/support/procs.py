@@ -102,8 +102,9 @@ class CertproxyProcess:
 
 def start_certproxy(tmp: Path, routes: Mapping[int, str], store: Path, *,
                     extra_env: Mapping[str, str] | None = None,
-                    args: tuple[str, ...] = (), wait: bool = True) -> CertproxyProcess:
-    http_port = free_port()
+                    args: tuple[str, ...] = (), wait: bool = True,
+                    http_port: int | None = None) -> CertproxyProcess:
+    http_port = http_port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERTPROXY_")}
     env.update({
         "CERTPROXY_STORE": str(store),
@@ -120,6 +121,10 @@ def start_certproxy(tmp: Path, routes: Mapping[int, str], store: Path, *,
                                 stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     cp = CertproxyProcess(proc, http_port, dict(routes), store, log, env)
     if wait:
-        wait_for(lambda: http_ok(cp.healthz) and all(tcp_open(p) for p in routes), 20,
-                 "certproxy", proc, log)
+        try:
+            wait_for(lambda: http_ok(cp.healthz) and all(tcp_open(p) for p in routes), 20,
+                     "certproxy", proc, log)
+        except BaseException:
+            stop_process(proc)
+            raise
     return cp

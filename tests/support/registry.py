@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .procs import free_port, http_ok, wait_for
+from .procs import free_port, http_ok, stop_process, wait_for
 
 REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 
@@ -43,5 +43,9 @@ def start_registry(tmp: Path, *, htpasswd: Path | None = None, realm: str = "cer
     with open(log, "wb") as fh:
         proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=fh,
                                 stderr=subprocess.STDOUT)
-    wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/v2/"), 20, "docker-registry", proc, log)
+    try:
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/v2/"), 20, "docker-registry", proc, log)
+    except BaseException:
+        stop_process(proc)
+        raise
     return Registry(proc, port, root, log)

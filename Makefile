@@ -1,0 +1,30 @@
+# certproxy: `make demo` runs the demo stack, `make test` runs the test suite.
+# Both install what they need first (Debian packages when missing, a virtualenv).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: demo test deps system-deps clean
+
+demo: deps
+	$(BIN)/python demo/demo.py
+
+test: deps
+	$(BIN)/python -m pytest -q -rfEs $(PYTEST_ARGS)
+
+deps: system-deps $(STAMP)
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,speed]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build demo-run .pytest_cache *.egg-info
