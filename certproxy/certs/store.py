@@ -19,6 +19,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from .atomic import CERT_MODE, KEY_MODE, write_pair_atomic
 from .bootstrap import make_self_signed
@@ -42,8 +43,9 @@ class Inventory:
     """What the store holds that can be served, and what it holds that cannot."""
 
     primary: CertPair
-    pairs: tuple[CertPair, ...]  # primary included
+    pairs: tuple[CertPair, ...]  # primary first
     errors: dict[str, str] = field(default_factory=dict)  # path -> reason
+    kept: tuple[str, ...] = ()  # previous pairs kept in service, and why
 
 
 class FileStore:
@@ -131,31 +133,88 @@ class FileStore:
             why = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
             raise StoreError(f"{folder}: cannot write certificate: {why}") from None
 
-    def inventory(self, domains: tuple[str, ...], now: dt.datetime | None = None) -> Inventory:
-        """Load every live pair, pick the primary one, bootstrap if needed."""
+    def inventory(self, domains: tuple[str, ...], now: dt.datetime | None = None, *,
+                  previous: Sequence[CertPair] = (), fresh: bool = False) -> Inventory:
+        """What to serve: every valid live pair, the primary one, bootstrap if needed.
+
+        ``previous`` is what is in service now (primary first). A pair that
+        no longer validates keeps its previous version in service; a removed
+        name is dropped only if another live pair remains to take its place;
+        an unchanged pair is the very same object as before (its TLS context
+        and load time carry over), unless ``fresh`` asks to reload everything.
+        """
         now = now or utcnow()
-        pairs: list[CertPair] = []
+        old_live = {p.name: p for p in previous if p.kind == "live"}
+        pairs: dict[str, CertPair] = {}
         errors: dict[str, str] = {}
+        kept: list[str] = []
+        broken: set[str] = set()
         for name in self.live_names():
             try:
                 pair = self.load_live(name, now)
             except PairError as exc:
                 errors[str(exc.path)] = exc.reason
+                broken.add(name)
                 continue
-            warning = key_mode_problem(pair.source)
-            if warning:
-                log.warning("%s", warning)
-            pairs.append(pair)
-        primary_domain = domains[0]
-        wanted = name_for_domain(primary_domain)
-        primary = next((p for p in pairs if p.name == wanted and p.covers(primary_domain)), None)
-        if primary is None:
-            primary = next((p for p in pairs if p.covers(primary_domain)), None)
+            old = old_live.get(name)
+            if (old is not None and not fresh and old.chain_pem == pair.chain_pem
+                    and old.key_pem == pair.key_pem):
+                pair = old
+            else:
+                warning = key_mode_problem(pair.source)
+                if warning:
+                    log.warning("%s", warning)
+            pairs[name] = pair
+        # A bad write never takes a certificate out of service.
+        for name in sorted(broken):
+            old = old_live.get(name)
+            if old is not None and old.valid_at(now):
+                pairs[name] = old
+                kept.append(f"{name}: kept serving serial {old.serial}")
+        # A removed name goes only if another live certificate remains.
+        removed = [n for n in old_live if n not in pairs and n not in broken]
+        if removed and not pairs:
+            for name in removed:
+                if old_live[name].valid_at(now):
+                    pairs[name] = old_live[name]
+                    kept.append(f"{name}: removed from the store, kept serving: it is the last certificate")
+        primary = self._pick_primary(list(pairs.values()), domains[0])
+        if primary is None and previous and previous[0].kind == "live" and previous[0].valid_at(now):
+            # No other live pair covers the primary name: keep the one in service.
+            primary = previous[0]
+            pairs[primary.name] = primary
+            kept.append(f"{primary.name}: no other certificate covers {domains[0]}, kept serving")
+        ordered = list(pairs.values())
         if primary is None:
             primary = self.ensure_bootstrap(domains, now)
-            pairs.append(primary)
-        pairs.sort(key=lambda p: p is not primary)
-        return Inventory(primary=primary, pairs=tuple(pairs), errors=errors)
+            ordered.append(primary)
+        ordered.sort(key=lambda p: p is not primary)
+        return Inventory(primary=primary, pairs=tuple(ordered), errors=errors, kept=tuple(kept))
+
+    @staticmethod
+    def _pick_primary(pairs: list[CertPair], domain: str) -> CertPair | None:
+        wanted = name_for_domain(domain)
+        named = [p for p in pairs if p.name == wanted and p.covers(domain)]
+        return (named or [p for p in pairs if p.covers(domain)] or [None])[0]
+
+    def fingerprint(self) -> tuple[tuple[str, int, int, int, str], ...]:
+        """A cheap summary of ``live/`` (names, file identities, symlink targets).
+
+        Compared between polls, it notices changes that no filesystem event
+        reported (network filesystems, symlinks into folders outside the store).
+        """
+        out = []
+        for name in self.live_names():
+            for fname in (FULLCHAIN, PRIVKEY):
+                path = self.paths.live / name / fname
+                try:
+                    st = os.stat(path)
+                    target = os.readlink(path) if os.path.islink(path) else ""
+                except OSError:
+                    out.append((f"{name}/{fname}", 0, 0, 0, ""))
+                    continue
+                out.append((f"{name}/{fname}", st.st_ino, st.st_mtime_ns, st.st_size, target))
+        return tuple(out)
 
     # -- challenges ----------------------------------------------------
     def read_challenge(self, token: str) -> bytes | None:

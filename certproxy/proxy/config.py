@@ -67,6 +67,7 @@ class Config:
     upstream_keepalive: float = 30.0
     keepalive_timeout: float = 75.0
     shutdown_grace: float = 30.0
+    reload_poll: float = 30.0
     log_format: str = "text"
     log_level: str = "info"
 
@@ -276,6 +277,7 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "upstream_keepalive": parse_seconds,
     "keepalive_timeout": parse_seconds,
     "shutdown_grace": parse_seconds,
+    "reload_poll": parse_seconds,
     "log_format": parse_choice("text", "json"),
     "log_level": parse_choice("debug", "info", "warning", "error"),
 }

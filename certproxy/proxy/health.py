@@ -12,6 +12,7 @@ Status rules:
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -29,6 +30,7 @@ class HealthState:
 
     store_errors: dict[str, str] = field(default_factory=dict)
     last_reload_error: str | None = None
+    last_reload: dt.datetime | None = None
 
 
 class Health:
@@ -71,6 +73,7 @@ class Health:
             "upstreams": upstreams,
             "store_errors": self.state.store_errors,
             "last_reload_error": self.state.last_reload_error,
+            "last_reload": self.state.last_reload.isoformat() if self.state.last_reload else None,
         }
         return (503 if status == "failing" else 200), body
 

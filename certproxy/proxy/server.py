@@ -22,6 +22,7 @@ from .config import Config
 from .handler import ProxyHandler
 from .health import Health, HealthState
 from .plain import PlainHandler
+from .reload import Reloader
 from .tls import CertificateSet, TLSState
 from .upstream import Upstream
 
@@ -50,6 +51,7 @@ class Front:
         self.health_state = HealthState()
         self.tls: TLSState | None = None
         self.health: Health | None = None
+        self.reloader: Reloader | None = None
         self._runners: list[web.BaseRunner] = []
 
     async def load_certificates(self) -> CertificateSet:
@@ -83,6 +85,9 @@ class Front:
         except OSError as exc:
             await self.stop(0)
             raise StartupError("CERTPROXY_BIND", f"cannot listen: {exc.strerror or exc}") from None
+        self.reloader = Reloader(self.store, cfg.cert_domains, self.tls, self.health_state,
+                                 poll_interval=cfg.reload_poll)
+        await self.reloader.start()
 
     async def _listen(self, handler: object, port: int, ssl_context: object) -> None:
         server = web.Server(
@@ -106,6 +111,8 @@ class Front:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting everywhere, let requests in flight finish, close pools."""
+        if self.reloader is not None:
+            await self.reloader.stop()
         for runner in self._runners:
             for site in list(runner.sites):
                 await site.stop()
@@ -126,6 +133,15 @@ async def run(config: Config) -> None:
         loop.add_signal_handler(sig, stopping.set)
     front = Front(config)
     await front.start()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        if front.reloader is not None:
+            task = asyncio.create_task(front.reloader.reload("SIGHUP", fresh=True))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     log.info("certproxy ready")
     await stopping.wait()
     log.info("stopping: draining requests in flight (up to %g s)", config.shutdown_grace)

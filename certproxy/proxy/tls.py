@@ -86,11 +86,17 @@ def normalize_server_name(name: str | None) -> str | None:
 class CertificateSet:
     """Immutable index: server name -> (pair, context)."""
 
-    def __init__(self, primary: CertPair, pairs: Iterable[CertPair]) -> None:
+    def __init__(self, primary: CertPair, pairs: Iterable[CertPair],
+                 previous: CertificateSet | None = None) -> None:
         self.primary = primary
         ordered = [primary] + [p for p in pairs if p is not primary]
         self.pairs: tuple[CertPair, ...] = tuple(ordered)
-        self._contexts = {id(p): context_for(p) for p in ordered}
+        self._contexts: dict[int, ssl.SSLContext] = {}
+        for pair in ordered:
+            # The very same pair object as before keeps its context (and its
+            # session-ticket keys); a changed pair gets a new one.
+            reused = previous._context_of(pair) if previous is not None else None
+            self._contexts[id(pair)] = reused or context_for(pair)
         self._exact: dict[str, CertPair] = {}
         self._wildcard: dict[str, CertPair] = {}
         for pair in ordered:  # the primary wins a name several pairs claim
@@ -98,6 +104,16 @@ class CertificateSet:
                 table = self._wildcard if domain.startswith("*.") else self._exact
                 key = domain[2:] if domain.startswith("*.") else domain
                 table.setdefault(key, pair)
+
+    def _context_of(self, pair: CertPair) -> ssl.SSLContext | None:
+        if any(pair is p for p in self.pairs):
+            return self._contexts[id(pair)]
+        return None
+
+    def same_as(self, other: CertificateSet) -> bool:
+        """True when ``other`` serves exactly the same pair objects."""
+        return (self.primary is other.primary and len(self.pairs) == len(other.pairs)
+                and all(a is b for a, b in zip(self.pairs, other.pairs)))
 
     def select_pair(self, server_name: str | None) -> CertPair:
         name = normalize_server_name(server_name)

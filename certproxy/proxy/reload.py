@@ -1,0 +1,156 @@
+"""Hot reload: keeping the served certificates in step with the store.
+
+How this works: the store watcher (and a slow poll, for filesystems that send
+no events) calls ``notify()``. Notifications only wake the debounce loop: it
+waits until the store has been quiet for ``debounce`` seconds (but never more
+than ``max_delay`` after the first event of a burst), then runs one reload.
+A reload asks the store for its inventory *given what is served now* (so a
+broken pair keeps its previous version in service), builds a new
+``CertificateSet`` off the event loop, and swaps the one reference in
+``TLSState``. Connections already established keep their TLS session; the
+next handshake sees the new certificate. SIGHUP calls ``reload(fresh=True)``,
+which rereads and rebuilds everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+
+from ..certs import FileStore, StoreError, utcnow
+from ..certs.watcher import StoreWatcher
+from .health import HealthState
+from .tls import CertificateSet, TLSState
+
+log = logging.getLogger("certproxy.reload")
+
+DEBOUNCE = 0.1
+MAX_DELAY = 0.5
+
+
+class Reloader:
+    def __init__(self, store: FileStore, domains: tuple[str, ...], tls: TLSState,
+                 health: HealthState, *, poll_interval: float = 30.0,
+                 debounce: float = DEBOUNCE, max_delay: float = MAX_DELAY) -> None:
+        self.store = store
+        self.domains = domains
+        self.tls = tls
+        self.health = health
+        self.poll_interval = poll_interval
+        self.debounce = debounce
+        self.max_delay = max_delay
+        self.reloads = 0
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watcher: StoreWatcher | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fingerprint: object = None
+
+    # -- notifications ---------------------------------------------------
+    def notify(self) -> None:
+        """Schedule a reload (call on the event loop's thread)."""
+        self._wake.set()
+
+    def _notify_from_thread(self, path: str) -> None:
+        log.debug("store changed: %s", path)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    # -- lifecycle -------------------------------------------------------
+    async def start(self, watch: bool = True) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._fingerprint = await asyncio.to_thread(self.store.fingerprint)
+        if watch:
+            self._watcher = StoreWatcher(self.store.root, self._notify_from_thread)
+            await asyncio.to_thread(self._watcher.start)
+        self._tasks.append(asyncio.create_task(self._debounce_loop()))
+        if self.poll_interval > 0:
+            self._tasks.append(asyncio.create_task(self._poll_loop()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.stop)
+            self._watcher = None
+
+    async def _debounce_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            first = loop.time()
+            while True:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.debounce)
+                except asyncio.TimeoutError:
+                    break  # quiet for `debounce`: the burst is over
+                if loop.time() - first >= self.max_delay:
+                    self._wake.clear()
+                    break  # a steady stream of events: reload anyway
+            await self.reload("store changed")
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                current = await asyncio.to_thread(self.store.fingerprint)
+            except OSError as exc:
+                log.warning("cannot poll the store: %s", exc)
+                continue
+            if current != self._fingerprint:
+                self.notify()
+
+    # -- the reload itself -----------------------------------------------
+    async def reload(self, reason: str, fresh: bool = False) -> bool:
+        """Load, validate, build, swap. Returns True when the served set changed."""
+        async with self._lock:
+            self._fingerprint = await asyncio.to_thread(self.store.fingerprint)
+            current = self.tls.current
+            try:
+                inventory = await asyncio.to_thread(
+                    self.store.inventory, self.domains, previous=current.pairs, fresh=fresh)
+                new = await asyncio.to_thread(
+                    CertificateSet, inventory.primary, inventory.pairs, None if fresh else current)
+            except (StoreError, OSError, ssl.SSLError, ValueError) as exc:
+                self.health.last_reload_error = f"reload failed: {exc}"
+                log.error("reload (%s) failed, still serving the previous certificates: %s",
+                          reason, exc)
+                return False
+            self.reloads += 1
+            self.health.store_errors = dict(inventory.errors)
+            self.health.last_reload = utcnow()
+            if inventory.errors:
+                detail = "; ".join(f"{path}: {why}" for path, why in inventory.errors.items())
+                kept = f" ({'; '.join(inventory.kept)})" if inventory.kept else ""
+                self.health.last_reload_error = detail + kept
+                for path, why in inventory.errors.items():
+                    log.error("not serving %s: %s", path, why)
+            else:
+                self.health.last_reload_error = None
+            for note in inventory.kept:
+                log.warning("%s", note)
+            if new.same_as(current):
+                log.debug("reload (%s): nothing changed", reason)
+                return False
+            self.tls.swap(new)
+            self._log_changes(current, new, reason)
+            return True
+
+    @staticmethod
+    def _log_changes(old: CertificateSet, new: CertificateSet, reason: str) -> None:
+        for pair in new.pairs:
+            if not any(pair is p for p in old.pairs):
+                log.info("reload (%s): serving %s %s serial %s (%s), expires %s", reason,
+                         pair.kind, pair.name, pair.serial, ", ".join(pair.domains),
+                         pair.not_after.isoformat())
+        for pair in old.pairs:
+            if not any(p.name == pair.name and p.kind == pair.kind for p in new.pairs):
+                log.info("reload (%s): no longer serving %s %s", reason, pair.kind, pair.name)
