@@ -21,7 +21,8 @@ from support.procs import CertproxyProcess, free_port, stop_process
 
 def status(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERTPROXY_")}
-    return subprocess.run([sys.executable, "-m", "certproxy", "status", "--store", str(store), *args],
+    return subprocess.run([sys.executable, "-m", "certproxy", "status", "--store", str(store),
+                           "--url", f"http://127.0.0.1:{free_port()}/healthz", *args],
                           env=env, capture_output=True, text=True, timeout=30)
 
 
@@ -48,7 +49,8 @@ def test_status_lists_live_bootstrap_and_broken_pairs(tmp_path: Path, ca: trustm
     table = status(store)
     assert table.returncode == 0
     lines = table.stdout.splitlines()
-    assert lines[1].split()[:2] == ["NAME", "KIND"]
+    assert lines[0].startswith("no running certproxy answered")
+    assert lines[2].split()[:2] == ["NAME", "KIND"]
     assert any(line.startswith("reg.example.com") and "live" in line and serial[:16] in line
                for line in lines)
     assert any("INVALID" in line for line in lines)

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--config", type=Path)
     status.add_argument("--store", dest="store", default=None)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--url", help="/healthz of the running certproxy, to show what it serves "
+                                      "(default: http://127.0.0.1:$CERTPROXY_HTTP_PORT/healthz)")
 
     health = sub.add_parser("healthcheck", help="exit 0 when /healthz says healthy")
     health.add_argument("--url", help="default: http://127.0.0.1:$CERTPROXY_HTTP_PORT/healthz")
@@ -76,8 +78,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _served(url: str) -> list[dict[str, object]] | None:
+    """What a running certproxy serves, from its /healthz; None when none answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read())
+        except ValueError:
+            return None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    certs = body.get("certificates") if isinstance(body, dict) else None
+    return certs if isinstance(certs, list) else None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args, ("store",))
+    url = args.url or (f"http://127.0.0.1:{config.http_port}/healthz" if config.http_port else None)
+    served = _served(url) if url else None
     store = FileStore(config.store)
     now = utcnow()
     rows: list[dict[str, object]] = []
@@ -92,9 +112,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 rows.append({"name": name, "kind": kind, "error": f"{exc.path}: {exc.reason}"})
     primary = name_for_domain(config.cert_domains[0])
     if args.json:
-        print(json.dumps({"store": str(config.store), "primary": primary, "certificates": rows},
-                         indent=2))
+        print(json.dumps({"store": str(config.store), "primary": primary, "certificates": rows,
+                          "served": served}, indent=2))
         return EXIT_OK
+    _print_served(url, served)
     print(f"store {config.store}  (primary name: {primary})")
     if not rows:
         print("no certificates")
@@ -112,6 +133,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return EXIT_OK
+
+
+def _print_served(url: str | None, served: list[dict[str, object]] | None) -> None:
+    if served is None:
+        print(f"no running certproxy answered at {url}" if url else "no HTTP listener configured")
+        return
+    print(f"served by the running certproxy ({url}):")
+    for c in served:
+        print(f"  {c.get('name')}  {c.get('kind')}  serial {c.get('serial')}  "
+              f"loaded at {c.get('loaded_at')}  expires {c.get('not_after')}")
 
 
 def _bootstrap_names(store: FileStore) -> list[str]:
