@@ -16,14 +16,17 @@ percent-encoded dots, NUL bytes all fail the pattern).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import InvalidName
 
 FULLCHAIN = "fullchain.pem"
 PRIVKEY = "privkey.pem"
+META = "certproxy.json"  # which CA directory issued the pair, and when
 
 # A DNS name or certbot's "name-0001" lineage: letters, digits, dot, dash,
 # underscore; starts with a letter or digit; no "..".
@@ -84,6 +87,15 @@ class StorePaths:
 
     def bootstrap_dir(self, name: str) -> Path:
         return self.bootstrap / check_name(name)
+
+    def account_dir(self, directory_url: str) -> Path:
+        """One folder per ACME directory: staging and production never share an account."""
+        digest = hashlib.sha256(directory_url.encode()).hexdigest()[:16]
+        host = re.sub(r"[^A-Za-z0-9.-]", "_", urlsplit(directory_url).netloc)[:100] or "acme"
+        return self.accounts / f"{host}-{digest}"
+
+    def lock(self, name: str) -> Path:
+        return self.locks / f"{check_name(name)}.lock"
 
     def challenge(self, token: str) -> Path:
         if not is_valid_token(token):

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .atomic import CERT_MODE, KEY_MODE, write_pair_atomic
+from .atomic import CERT_MODE, KEY_MODE, write_atomic, write_pair_atomic
 from .bootstrap import make_self_signed
 from .errors import InvalidName, PairError, StoreError
-from .pair import CertPair, key_mode_problem, load_pair
-from .paths import FULLCHAIN, PRIVKEY, StorePaths, check_name, name_for_domain
+from .pair import CertPair, key_mode_problem, load_pair, parse_pair
+from .paths import FULLCHAIN, META, PRIVKEY, StorePaths, check_name, name_for_domain
 
 log = logging.getLogger("certproxy.store")
 
@@ -98,10 +99,43 @@ class FileStore:
     def load_live(self, name: str, now: dt.datetime | None = None) -> CertPair:
         return load_pair(self.paths.live_dir(name), name, "live", now or utcnow())
 
-    def write_live(self, name: str, chain_pem: bytes, key_pem: bytes) -> Path:
+    def write_live(self, name: str, chain_pem: bytes, key_pem: bytes,
+                   meta: dict[str, object] | None = None) -> Path:
+        """Write a CA-issued pair (validated first: a bad pair never lands in live/)."""
         folder = self.paths.live_dir(name)
+        parse_pair(name, "live", chain_pem, key_pem, source=folder, now=utcnow())
         self._write_pair(folder, chain_pem, key_pem)
+        if meta is not None:
+            try:
+                write_atomic(folder / META, json.dumps(meta, indent=2).encode() + b"\n")
+            except OSError as exc:
+                raise StoreError(f"{folder / META}: cannot write: {exc.strerror or exc}") from None
         return folder
+
+    def live_meta(self, name: str) -> dict[str, object]:
+        """What certproxy recorded when it wrote ``live/<name>`` ({} if nothing)."""
+        try:
+            data = json.loads((self.paths.live_dir(name) / META).read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    # -- ACME state ----------------------------------------------------
+    def write_challenge(self, token: str, data: bytes) -> None:
+        write_atomic(self.paths.challenge(token), data, CERT_MODE)
+
+    def remove_challenge(self, token: str) -> None:
+        self.paths.challenge(token).unlink(missing_ok=True)
+
+    def read_private(self, path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_private(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(path, data, KEY_MODE)
 
     def load_bootstrap(self, name: str, now: dt.datetime | None = None) -> CertPair:
         return load_pair(self.paths.bootstrap_dir(name), name, "bootstrap", now or utcnow())

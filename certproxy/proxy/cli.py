@@ -14,7 +14,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..certs import FileStore, PairError, utcnow
 from ..certs.paths import name_for_domain
@@ -44,6 +44,21 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--url", help="/healthz of the running certproxy, to show what it serves "
                                       "(default: http://127.0.0.1:$CERTPROXY_HTTP_PORT/healthz)")
+
+    renew = sub.add_parser("renew", help="issue or renew the certificate now (when due, or --force)")
+    renew.add_argument("--config", type=Path)
+    ca = renew.add_mutually_exclusive_group()
+    ca.add_argument("--staging", action="store_true", default=None,
+                    help="Let's Encrypt's staging directory (untrusted certificates, high limits)")
+    ca.add_argument("--directory", dest="acme_directory", metavar="URL", help="any ACME directory")
+    renew.add_argument("--ca-bundle", dest="acme_ca_bundle", metavar="FILE",
+                       help="CA file to trust for the ACME API (private CA, Pebble)")
+    renew.add_argument("--domain", dest="domain_list", action="append", metavar="NAME",
+                       help="a name for the certificate (repeat; the first names it)")
+    renew.add_argument("--email", metavar="ADDR")
+    renew.add_argument("--store")
+    renew.add_argument("--http-port", dest="http_port", metavar="PORT")
+    renew.add_argument("--force", action="store_true", help="order even if not due")
 
     health = sub.add_parser("healthcheck", help="exit 0 when /healthz says healthy")
     health.add_argument("--url", help="default: http://127.0.0.1:$CERTPROXY_HTTP_PORT/healthz")
@@ -175,9 +190,37 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     return EXIT_FAIL
 
 
+RENEW_FLAGS = ("staging", "acme_directory", "acme_ca_bundle", "domains", "email", "store",
+               "http_port")
+
+
+def renew_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    """The configuration `certproxy renew` runs with (flags over environment over file)."""
+    if args.domain_list:
+        args.domains = ",".join(args.domain_list)
+    flags: dict[str, Any] = {n: getattr(args, n, None) for n in RENEW_FLAGS}
+    if flags.get("staging"):
+        flags["staging"] = "1"
+        flags["acme_directory"] = ""  # --staging wins over a directory from the environment
+    config = load_config(environ, flags, getattr(args, "config", None))
+    if not config.domains:
+        raise ConfigError("--domain", "name at least one domain (or set CERTPROXY_DOMAINS)")
+    return config
+
+
+def cmd_renew(args: argparse.Namespace) -> int:
+    from .logs import setup_logging
+    from .renew import renew
+
+    config = renew_config(args, os.environ)
+    setup_logging("text", "warning")
+    return asyncio.run(renew(config, args.force))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"serve": cmd_serve, "status": cmd_status, "healthcheck": cmd_healthcheck}
+    commands = {"serve": cmd_serve, "status": cmd_status, "healthcheck": cmd_healthcheck,
+                "renew": cmd_renew}
     try:
         return commands[args.command](args)
     except ConfigError as exc:

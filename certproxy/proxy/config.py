@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from ..acme_client.settings import KEY_TYPES, AcmeSettings
+
 ENV_PREFIX = "CERTPROXY_"
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -59,6 +61,11 @@ class Config:
     acme_directory: str | None = None
     acme_ca_bundle: Path | None = None
     acme: bool | None = None  # None: on when domains are set
+    acme_eab_kid: str | None = None
+    acme_eab_hmac_key: str | None = field(default=None, repr=False)
+    acme_key_type: str = "ec256"
+    acme_profile: str | None = None
+    acme_retry_min: float = 60.0
     bind: str = "0.0.0.0"
     http_port: int | None = 80  # None: no plain-HTTP listener
     routes: tuple[Route, ...] = field(default_factory=lambda: parse_routes(DEFAULT_ROUTES, "default"))
@@ -75,6 +82,10 @@ class Config:
         if not self.routes:
             raise ConfigError("CERTPROXY_ROUTES", "at least one route is needed")
         ports = [r.port for r in self.routes]
+        if bool(self.acme_eab_kid) != bool(self.acme_eab_hmac_key):
+            raise ConfigError("CERTPROXY_ACME_EAB_KID",
+                              "external account binding needs CERTPROXY_ACME_EAB_KID and "
+                              "CERTPROXY_ACME_EAB_HMAC_KEY together")
         if self.http_port is not None and self.http_port in ports:
             raise ConfigError("CERTPROXY_HTTP_PORT",
                               f"port {self.http_port} is also a TLS route")
@@ -93,6 +104,13 @@ class Config:
         if self.acme_directory:
             return self.acme_directory
         return LETSENCRYPT_STAGING if self.staging else LETSENCRYPT_PRODUCTION
+
+    def acme_settings(self) -> AcmeSettings:
+        return AcmeSettings(
+            directory=self.directory_url, domains=self.cert_domains, email=self.email,
+            ca_bundle=self.acme_ca_bundle, eab_kid=self.acme_eab_kid,
+            eab_hmac_key=self.acme_eab_hmac_key, key_type=self.acme_key_type,
+            profile=self.acme_profile, retry_min=self.acme_retry_min)
 
     @property
     def redirect_port(self) -> int:
@@ -269,6 +287,11 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "acme_directory": _optional_url,
     "acme_ca_bundle": _optional_path,
     "acme": parse_switch,
+    "acme_eab_kid": _optional_text,
+    "acme_eab_hmac_key": _optional_text,
+    "acme_key_type": parse_choice(*KEY_TYPES),
+    "acme_profile": _optional_text,
+    "acme_retry_min": parse_seconds,
     "bind": parse_bind,
     "http_port": lambda raw, src: parse_port(raw, src, allow_off=True),
     "routes": parse_routes,

@@ -19,6 +19,7 @@ from typing import Sequence
 
 from aiohttp import web
 
+from ..acme_client.manager import RenewalStatus
 from ..certs import utcnow
 from .tls import TLSState
 from .upstream import Upstream
@@ -38,6 +39,7 @@ class Health:
         self._tls = tls
         self._upstreams = upstreams
         self.state = state
+        self.renewals: list[RenewalStatus] = []  # filled in when ACME is on
 
     async def report(self) -> tuple[int, dict[str, object]]:
         now = utcnow()
@@ -64,6 +66,8 @@ class Health:
                 problems.append("store holds certificates that cannot be served")
             if self.state.last_reload_error:
                 problems.append("last reload failed")
+            problems.extend(f"renewal of {r.name} failing: {r.last_error}"
+                            for r in self.renewals if r.last_error)
             if problems:
                 status = "degraded"
         body: dict[str, object] = {
@@ -74,6 +78,7 @@ class Health:
             "store_errors": self.state.store_errors,
             "last_reload_error": self.state.last_reload_error,
             "last_reload": self.state.last_reload.isoformat() if self.state.last_reload else None,
+            "renewals": [r.to_json() for r in self.renewals],
         }
         return (503 if status == "failing" else 200), body
 

@@ -12,11 +12,14 @@ upstream pools. ``run()`` ties this to SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
 from aiohttp import web
 
+from ..acme_client import AcmeIssuer
+from ..acme_client.manager import CertManager
 from ..certs import FileStore, StoreError
 from .config import Config
 from .handler import ProxyHandler
@@ -52,6 +55,8 @@ class Front:
         self.tls: TLSState | None = None
         self.health: Health | None = None
         self.reloader: Reloader | None = None
+        self.acme: CertManager | None = None
+        self._acme_task: asyncio.Task[None] | None = None
         self._runners: list[web.BaseRunner] = []
 
     async def load_certificates(self) -> CertificateSet:
@@ -88,6 +93,12 @@ class Front:
         self.reloader = Reloader(self.store, cfg.cert_domains, self.tls, self.health_state,
                                  poll_interval=cfg.reload_poll)
         await self.reloader.start()
+        if cfg.acme_enabled:
+            settings = cfg.acme_settings()
+            self.acme = CertManager(self.store, settings, AcmeIssuer(self.store, settings))
+            self.health.renewals.append(self.acme.status)
+            self._acme_task = asyncio.create_task(self.acme.run())
+            log.info("ACME on: %s for %s", settings.directory, ", ".join(settings.domains))
 
     async def _listen(self, handler: object, port: int, ssl_context: object) -> None:
         server = web.Server(
@@ -111,6 +122,10 @@ class Front:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting everywhere, let requests in flight finish, close pools."""
+        if self._acme_task is not None:
+            self._acme_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._acme_task
         if self.reloader is not None:
             await self.reloader.stop()
         for runner in self._runners:

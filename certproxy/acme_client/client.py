@@ -1,0 +1,251 @@
+"""The one adapter around the synchronous ``acme`` library.
+
+Everything here blocks (``requests`` under the hood): callers on the event
+loop use ``asyncio.to_thread``. ``AcmeIssuer`` keeps one account per ACME
+directory (its key in ``STORE/accounts/<directory>/``, mode 0600, created
+once and reused), and runs the RFC 8555 order flow with HTTP-01: the key
+authorizations go into ``STORE/challenges/<token>``, where the HTTP listener
+of any process sharing the store answers them, and are removed afterwards.
+Errors leave this module only as ``AcmeError``.
+
+Two things ``acme`` lacks are added here: the ``replaces`` field of a new
+order (RFC 9773, section 5), which makes a renewal exempt from Let's
+Encrypt's rate limits, and the response headers of a failed request (so a
+``Retry-After`` on ``rateLimited`` is honoured).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import math
+from typing import Any, Callable
+
+import josepy as jose
+import requests
+from acme import challenges, client as acme_client, crypto_util, errors as acme_errors, messages
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from .. import __version__
+from ..certs import FileStore
+from .errors import AcmeError, translate
+from .settings import AcmeSettings
+
+log = logging.getLogger("certproxy.acme")
+
+Progress = Callable[[str], None]
+ORDER_DEADLINE = dt.timedelta(seconds=120)
+NETWORK_TIMEOUT = 30
+
+
+def ari_cert_id(cert: x509.Certificate) -> str:
+    """The RFC 9773 certificate identifier: base64url(AKI keyIdentifier) '.' base64url(serial)."""
+    aki = cert.extensions.get_extension_for_oid(x509.ExtensionOID.AUTHORITY_KEY_IDENTIFIER)
+    key_id = aki.value.key_identifier or b""
+    serial = cert.serial_number
+    serial_bytes = serial.to_bytes(math.ceil((serial.bit_length() + 1) / 8), "big", signed=True)
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    return f"{b64(key_id)}.{b64(serial_bytes)}"
+
+
+class NewOrderReplacing(messages.NewOrder):
+    """``newOrder`` with RFC 9773's ``replaces`` (the ARI id of the certificate renewed)."""
+
+    replaces: str | None = jose.field("replaces", omitempty=True)
+
+
+class _Network(acme_client.ClientNetwork):
+    """ClientNetwork that remembers the headers of the last response (Retry-After)."""
+
+    last_headers: Any = None
+
+    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        response = super()._send_request(method, url, *args, **kwargs)
+        self.last_headers = response.headers
+        return response
+
+
+def new_private_key(key_type: str) -> bytes:
+    if key_type.startswith("ec"):
+        curve = ec.SECP256R1() if key_type == "ec256" else ec.SECP384R1()
+        key: Any = ec.generate_private_key(curve)
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[3:]))
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+class AcmeIssuer:
+    """Issues certificates from one ACME directory (the ``Issuer`` of the manager)."""
+
+    def __init__(self, store: FileStore, settings: AcmeSettings,
+                 progress: Progress = log.info) -> None:
+        self.store = store
+        self.settings = settings
+        self.progress = progress
+        self._net: _Network | None = None
+        self._client: acme_client.ClientV2 | None = None
+        self.account_uri: str | None = None
+
+    @property
+    def key(self) -> str:
+        """What tells certificates of this issuer apart (staging vs production)."""
+        return self.settings.directory
+
+    # -- account ---------------------------------------------------------
+    def _account_key(self, progress: Progress) -> jose.JWKEC:
+        path = self.store.paths.account_dir(self.settings.directory) / "private_key.pem"
+        pem = self.store.read_private(path)
+        if pem is None:
+            key = ec.generate_private_key(ec.SECP256R1())
+            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+            self.store.write_private(path, pem)
+            progress(f"account: new ECDSA P-256 key in {path}")
+        loaded = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise AcmeError(f"account: {path} is not an ECDSA key", permanent=True)
+        return jose.JWKEC(key=loaded)
+
+    def connect(self, progress: Progress | None = None) -> acme_client.ClientV2:
+        """Directory, account key, registration: once per issuer object."""
+        if self._client is not None:
+            return self._client
+        progress = progress or self.progress
+        try:
+            key = self._account_key(progress)
+            verify: bool | str = str(self.settings.ca_bundle) if self.settings.ca_bundle else True
+            net = _Network(key, alg=jose.ES256, verify_ssl=verify,
+                           user_agent=f"certproxy/{__version__}", timeout=NETWORK_TIMEOUT)
+            self._net = net
+            directory = acme_client.ClientV2.get_directory(self.settings.directory, net)
+            client = acme_client.ClientV2(directory, net)
+            self._register(client, net, key, progress)
+        except Exception as exc:  # translated at the boundary
+            raise self._translate(exc, "account") from None
+        self._client = client
+        return client
+
+    def _register(self, client: acme_client.ClientV2, net: _Network, key: jose.JWKEC,
+                  progress: Progress) -> None:
+        s = self.settings
+        eab = None
+        if s.eab_kid and s.eab_hmac_key:
+            eab = messages.ExternalAccountBinding.from_data(
+                account_public_key=key.public_key(), kid=s.eab_kid, hmac_key=s.eab_hmac_key,
+                directory=client.directory)
+        reg = messages.NewRegistration.from_data(
+            email=s.email, terms_of_service_agreed=True, external_account_binding=eab)
+        try:
+            regr = client.new_account(reg)
+            progress(f"account: registered {regr.uri}")
+        except acme_errors.ConflictError as conflict:
+            regr = messages.RegistrationResource(uri=conflict.location, body=messages.Registration())
+            net.account = regr
+            regr = client.query_registration(regr)
+            progress(f"account: reusing {regr.uri}")
+        self.account_uri = regr.uri
+        record = self.store.paths.account_dir(s.directory) / "account.json"
+        self.store.write_private(record, json.dumps(
+            {"uri": regr.uri, "directory": s.directory, "contact": list(regr.body.contact)},
+            indent=2).encode() + b"\n")
+
+    # -- directory facts -------------------------------------------------
+    def offers_ari(self) -> bool:
+        client = self.connect()
+        return "renewalInfo" in client.directory.to_partial_json()
+
+    def renewal_info(self, cert_pem: bytes) -> tuple[dt.datetime | None, dt.datetime]:
+        """(a moment in the CA's renewal window or None without ARI, when to ask again)."""
+        client = self.connect()
+        try:
+            when, next_poll = client.renewal_time(cert_pem)
+        except acme_errors.ARIError as exc:
+            log.warning("renewal info: %s", exc)
+            return None, exc.retry_after.astimezone(dt.timezone.utc)
+        except Exception as exc:
+            raise self._translate(exc, "renewal info") from None
+        if next_poll.tzinfo is None:  # acme returns a naive local time here
+            next_poll = next_poll.astimezone(dt.timezone.utc)
+        if when is not None and when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        return when, next_poll
+
+    # -- the order -------------------------------------------------------
+    def issue(self, domains: tuple[str, ...], *, replaces: str | None = None,
+              progress: Progress | None = None) -> tuple[bytes, bytes]:
+        """One order for all ``domains``; returns (fullchain PEM, private key PEM)."""
+        progress = progress or self.progress
+        client = self.connect(progress)
+        key_pem = new_private_key(self.settings.key_type)
+        csr_pem = crypto_util.make_csr(key_pem, list(domains))
+        tokens: list[str] = []
+        stage = "order"
+        try:
+            orderr = self._new_order(client, csr_pem, replaces)
+            progress(f"order: {orderr.uri} for {', '.join(domains)}"
+                     + (f" (replaces {replaces})" if replaces else ""))
+            stage = "challenge"
+            for authzr in orderr.authorizations:
+                ident = authzr.body.identifier.value
+                if authzr.body.status == messages.STATUS_VALID:
+                    progress(f"challenge {ident}: already valid")
+                    continue
+                challb = next((c for c in authzr.body.challenges
+                               if isinstance(c.chall, challenges.HTTP01)), None)
+                if challb is None:
+                    raise AcmeError(f"challenge {ident}: the CA offers no http-01 challenge",
+                                    permanent=True)
+                response, validation = challb.response_and_validation(client.net.key)
+                token = challb.chall.encode("token")
+                self.store.write_challenge(token, validation.encode())
+                tokens.append(token)
+                client.answer_challenge(challb, response)
+                progress(f"challenge {ident}: http-01 token {token[:12]}... answered")
+            stage = "finalize"
+            deadline = dt.datetime.now() + ORDER_DEADLINE
+            orderr = client.poll_and_finalize(orderr, deadline)
+            progress("finalize: certificate issued")
+        except Exception as exc:
+            raise self._translate(exc, stage) from None
+        finally:
+            for token in tokens:
+                self.store.remove_challenge(token)
+        chain = orderr.fullchain_pem.encode() if isinstance(orderr.fullchain_pem, str) \
+            else orderr.fullchain_pem
+        return chain, key_pem
+
+    def _new_order(self, client: acme_client.ClientV2, csr_pem: bytes,
+                   replaces: str | None) -> messages.OrderResource:
+        profile = self.settings.profile
+        meta = client.directory.meta
+        offered = getattr(meta, "profiles", None) or {}
+        if profile and profile not in offered:
+            log.warning("the CA does not offer profile %r (it offers: %s); ordering without it",
+                        profile, ", ".join(offered) or "none")
+            profile = None
+        if not replaces:
+            return client.new_order(csr_pem, profile=profile)
+        # acme's new_order cannot send "replaces": same request, one more field.
+        csr = x509.load_pem_x509_csr(csr_pem)
+        dns_names, ips = crypto_util.get_identifiers_from_x509(csr.subject, csr.extensions)
+        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in dns_names]
+        identifiers += [messages.Identifier(typ=messages.IDENTIFIER_IP, value=str(i)) for i in ips]
+        order = NewOrderReplacing(identifiers=identifiers, profile=profile or None, replaces=replaces)
+        response = client._post(client.directory["newOrder"], order)  # noqa: SLF001
+        body = messages.Order.from_json(response.json())
+        authorizations = [client._authzr_from_response(client._post_as_get(url), uri=url)  # noqa: SLF001
+                          for url in body.authorizations]
+        return messages.OrderResource(body=body, uri=response.headers.get("Location"),
+                                      authorizations=authorizations, csr_pem=csr_pem)
+
+    def _translate(self, exc: BaseException, stage: str) -> AcmeError:
+        headers = self._net.last_headers if self._net is not None else None
+        return translate(exc, stage=stage, headers=headers)

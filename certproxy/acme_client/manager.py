@@ -1,0 +1,320 @@
+"""The certificate maintenance loop: check, lock, check again, issue.
+
+How this works: ``maintain()`` looks at the pair in ``live/<name>`` and its
+record (which directory issued it, when), asks the CA's renewal information
+when the directory offers it, and computes when renewal is due (pure
+functions in ``policy.py``). When it is due and no failure backoff is
+pending, it takes the store's issuance lock (so a CLI run and several
+replicas never order at once), checks again under the lock (another process
+may have just renewed), orders, and writes the new pair into the store.
+From there the hot-reload path serves it: nothing here talks to the proxy.
+
+``run()`` repeats ``maintain()`` at the time it says is next: the renewal
+time, the next renewal-information poll, the next retry after a failure, or
+twelve hours, whichever is first. Blocking ``acme`` calls run in daemon
+threads, so a slow CA never holds up the event loop or the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Protocol, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from ..certs import CertPair, FileStore, PairError, StoreError, utcnow
+from . import policy
+from .client import ari_cert_id
+from .errors import AcmeError
+from .lock import IssuanceLock
+from .settings import AcmeSettings
+
+log = logging.getLogger("certproxy.acme")
+
+MAX_SLEEP = dt.timedelta(hours=12)
+LOCK_BUSY_RETRY = 15.0
+T = TypeVar("T")
+
+
+class Issuer(Protocol):
+    """What the manager needs from a CA (``AcmeIssuer``, or a fake in unit tests)."""
+
+    key: str
+    account_uri: str | None
+
+    def issue(self, domains: tuple[str, ...], *, replaces: str | None = None,
+              progress: Callable[[str], None] = ...) -> tuple[bytes, bytes]: ...
+
+    def offers_ari(self) -> bool: ...
+
+    def renewal_info(self, cert_pem: bytes) -> tuple[dt.datetime | None, dt.datetime]: ...
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking ``fn`` in a daemon thread (never holds up the process exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def done(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def target() -> None:
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # handed to the awaiting task
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(done, False, exc)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(done, True, result)
+
+    threading.Thread(target=target, name="certproxy-acme", daemon=True).start()
+    return await future
+
+
+@dataclass
+class RenewalStatus:
+    name: str
+    domains: tuple[str, ...]
+    directory: str
+    next_renewal: dt.datetime | None = None
+    reason: str | None = None
+    last_attempt: dt.datetime | None = None
+    last_success: dt.datetime | None = None
+    last_error: str | None = None
+    next_attempt: dt.datetime | None = None
+    failures: int = 0
+    blocked: bool = False  # an error that retrying cannot fix
+    ari: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        def iso(t: dt.datetime | None) -> str | None:
+            return t.isoformat() if t else None
+        return {
+            "name": self.name, "domains": list(self.domains), "directory": self.directory,
+            "next_renewal": iso(self.next_renewal), "reason": self.reason,
+            "last_attempt": iso(self.last_attempt), "last_success": iso(self.last_success),
+            "last_error": self.last_error, "next_attempt": iso(self.next_attempt),
+            "failures": self.failures, "blocked": self.blocked, "ari": self.ari,
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    due_at: dt.datetime
+    reason: str
+    pair: CertPair | None
+    replaces: str | None
+    next_check: dt.datetime
+
+
+class CertManager:
+    def __init__(self, store: FileStore, settings: AcmeSettings, issuer: Issuer, *,
+                 progress: Callable[[str], None] | None = None,
+                 clock: Callable[[], dt.datetime] = utcnow,
+                 jitter: Callable[[], float] = random.random) -> None:
+        self.store = store
+        self.settings = settings
+        self.issuer = issuer
+        self.progress = progress or log.info
+        self.clock = clock
+        self.jitter = jitter
+        self.status = RenewalStatus(settings.name, settings.domains, settings.directory)
+        self.orders = 0
+        self._ari_until: dt.datetime | None = None
+        self._ari_time: dt.datetime | None = None
+        self._ari_serial: str | None = None
+        self._wake = asyncio.Event()
+
+    # -- the decision (blocking: runs in a thread) ------------------------
+    def _current(self) -> tuple[CertPair | None, str | None]:
+        try:
+            return self.store.load_live(self.settings.name, self.clock()), None
+        except PairError as exc:
+            return None, f"no valid certificate in live/{self.settings.name} ({exc.reason})"
+        except StoreError as exc:
+            return None, str(exc)
+
+    def _must_replace(self, pair: CertPair | None, missing: str | None) -> str | None:
+        if pair is None:
+            return missing or "no certificate yet"
+        uncovered = [d for d in self.settings.domains if not pair.covers(d)]
+        if uncovered:
+            return f"certificate does not cover {', '.join(uncovered)}"
+        meta = self.store.live_meta(self.settings.name)
+        directory = meta.get("directory")
+        if directory and directory != self.settings.directory:
+            return f"certificate comes from another ACME directory ({directory})"
+        if pair.issuer.startswith("(STAGING)") and "staging" not in self.settings.directory:
+            return "certificate comes from Let's Encrypt's staging CA"
+        return None
+
+    def decide(self) -> Decision:
+        now = self.clock()
+        pair, missing = self._current()
+        replace_reason = self._must_replace(pair, missing)
+        ari_time = None
+        replaces = None
+        next_check = now + MAX_SLEEP
+        if pair is not None and replace_reason is None:
+            ari_time, ari_next = self._renewal_info(pair, now)
+            if ari_next is not None:
+                next_check = min(next_check, ari_next)
+            if self.status.ari:
+                leaf = x509.load_pem_x509_certificate(pair.chain_pem)
+                with contextlib.suppress(x509.ExtensionNotFound, ValueError):
+                    replaces = ari_cert_id(leaf)
+        meta = self.store.live_meta(self.settings.name)
+        last_order = _parse_time(meta.get("issued_at")) if pair is not None else None
+        if pair is None:
+            due = now
+        else:
+            due = policy.renewal_time(pair.not_before, pair.not_after, ari_time=ari_time,
+                                      must_replace=replace_reason is not None,
+                                      last_order=last_order, now=now)
+        reason = replace_reason or ("the CA's renewal window" if ari_time else
+                                    "last part of the lifetime")
+        return Decision(due, reason, pair, replaces, next_check)
+
+    def _renewal_info(self, pair: CertPair, now: dt.datetime) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """ARI for the pair, fetched at most as often as the CA asks (about twice a day)."""
+        try:
+            self.status.ari = self.issuer.offers_ari()
+        except AcmeError as exc:
+            log.warning("cannot reach the ACME directory for renewal information: %s", exc)
+            return None, None
+        if not self.status.ari:
+            return None, None
+        if self._ari_serial == pair.serial and self._ari_until and now < self._ari_until:
+            return self._ari_time, self._ari_until
+        leaf_pem = x509.load_pem_x509_certificate(pair.chain_pem).public_bytes(Encoding.PEM)
+        try:
+            when, next_poll = self.issuer.renewal_info(leaf_pem)
+        except AcmeError as exc:
+            log.warning("renewal information: %s", exc)
+            return None, now + dt.timedelta(hours=1)
+        next_poll = min(max(next_poll, now + dt.timedelta(minutes=5)), now + MAX_SLEEP)
+        self._ari_serial, self._ari_time, self._ari_until = pair.serial, when, next_poll
+        return when, next_poll
+
+    # -- one round ---------------------------------------------------------
+    async def maintain(self, force: bool = False) -> dt.datetime:
+        """Renew if due (or forced); returns when to look again."""
+        decision = await in_daemon_thread(self.decide)
+        now = self.clock()
+        self.status.next_renewal = decision.due_at
+        self.status.reason = decision.reason
+        if not force:
+            if self.status.blocked:
+                return now + MAX_SLEEP
+            if decision.due_at > now:
+                return min(decision.due_at, decision.next_check)
+            if self.status.next_attempt and self.status.next_attempt > now:
+                return self.status.next_attempt
+        lock = IssuanceLock(self.store.paths.locks, self.settings.name)
+        if not await asyncio.to_thread(lock.try_acquire):
+            holder = await asyncio.to_thread(lock.holder)
+            self.progress(f"lock: another issuer ({holder}) holds {lock.path}; checking again soon")
+            return now + dt.timedelta(seconds=LOCK_BUSY_RETRY)
+        heartbeat = asyncio.create_task(self._heartbeat(lock))
+        try:
+            # Check again under the lock: another process may have just renewed.
+            decision = await in_daemon_thread(self.decide)
+            if not force and decision.due_at > self.clock():
+                self.progress(f"{self.settings.name}: renewed meanwhile by another process")
+                self.status.next_renewal = decision.due_at
+                return min(decision.due_at, decision.next_check)
+            if decision.due_at > self.clock():
+                decision = replace(decision, reason="forced")
+            return await self._issue(decision)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await asyncio.to_thread(lock.release)
+
+    async def _heartbeat(self, lock: IssuanceLock) -> None:
+        while True:
+            await asyncio.sleep(lock.ttl / 3)
+            await asyncio.to_thread(lock.refresh)
+
+    async def _issue(self, decision: Decision) -> dt.datetime:
+        s = self.settings
+        now = self.clock()
+        self.status.last_attempt = now
+        self.orders += 1
+        self.progress(f"{s.name}: ordering a certificate for {', '.join(s.domains)} "
+                      f"from {s.directory} ({decision.reason})")
+        try:
+            chain, key = await in_daemon_thread(
+                self.issuer.issue, s.domains, replaces=decision.replaces, progress=self.progress)
+            meta = {"directory": s.directory, "issued_at": self.clock().isoformat(),
+                    "domains": list(s.domains), "account": self.issuer.account_uri}
+            folder = await asyncio.to_thread(self.store.write_live, s.name, chain, key, meta)
+        except (AcmeError, StoreError, PairError) as exc:
+            return self._failed(exc)
+        self.progress(f"written to {folder}")
+        self.status.failures = 0
+        self.status.last_error = None
+        self.status.next_attempt = None
+        self.status.blocked = False
+        self.status.last_success = self.clock()
+        decision = await in_daemon_thread(self.decide)
+        self.status.next_renewal = decision.due_at
+        self.status.reason = decision.reason
+        return min(decision.due_at, decision.next_check)
+
+    def _failed(self, exc: Exception) -> dt.datetime:
+        now = self.clock()
+        self.status.failures += 1
+        self.status.last_error = str(exc)
+        retry_after = getattr(exc, "retry_after", None)
+        self.status.blocked = bool(getattr(exc, "permanent", False))
+        self.status.next_attempt = policy.next_attempt(
+            now, self.status.failures, retry_after=retry_after, jitter=self.jitter(),
+            minimum=self.settings.retry_min)
+        if self.status.blocked:
+            log.error("%s: %s; not retrying until the configuration changes", self.settings.name, exc)
+            return now + MAX_SLEEP
+        log.error("%s: %s; next attempt at %s", self.settings.name, exc,
+                  self.status.next_attempt.isoformat(timespec="seconds"))
+        return self.status.next_attempt
+
+    # -- the loop ------------------------------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                when = await self.maintain()
+            except Exception as exc:  # the loop must outlive any surprise
+                log.exception("certificate maintenance failed: %s", exc)
+                when = self.clock() + dt.timedelta(minutes=5)
+            delay = max(1.0, (when - self.clock()).total_seconds())
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+
+def _parse_time(value: object) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)

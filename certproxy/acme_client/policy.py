@@ -1,0 +1,77 @@
+"""When to renew, and when to try again: pure functions of the time passed in.
+
+Renewal follows Let's Encrypt's integration guide: use the CA's ACME Renewal
+Information (RFC 9773) when it offers it; otherwise renew when the last third
+of the certificate's lifetime begins, or the last half for lifetimes under ten
+days (short-lived certificates). A certificate that must be replaced (the
+bootstrap one, one that does not cover the configured names, one from another
+CA directory) is due at once. However odd the CA's window, a name is never
+ordered again sooner than ``min(1 h, lifetime / 4)`` after its last order
+unless forced.
+
+Failures retry on a front-weighted schedule (a minute, then a few minutes,
+growing to six hours) with jitter, never sooner than the CA's Retry-After.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+SHORT_LIFETIME = dt.timedelta(days=10)
+REORDER_GUARD = dt.timedelta(hours=1)
+# Seconds to wait after the n-th consecutive failure (then the last one, repeated).
+RETRY_SCHEDULE = (60, 120, 120, 300, 600, 600, 1200, 1800, 3600, 3600, 7200, 14400, 21600)
+JITTER = 0.1
+
+
+def lifetime_renewal_time(not_before: dt.datetime, not_after: dt.datetime) -> dt.datetime:
+    """The start of the last third (or last half, under ten days) of the lifetime."""
+    lifetime = not_after - not_before
+    share = 2 if lifetime < SHORT_LIFETIME else 3
+    return not_after - lifetime / share
+
+
+def renewal_time(not_before: dt.datetime, not_after: dt.datetime, *,
+                 ari_time: dt.datetime | None = None,
+                 must_replace: bool = False,
+                 last_order: dt.datetime | None = None,
+                 now: dt.datetime) -> dt.datetime:
+    """When the certificate valid from ``not_before`` to ``not_after`` should be renewed.
+
+    ``ari_time`` is a moment the CA's renewal window suggests (already chosen
+    at random within it); ``must_replace`` marks a certificate that has to go
+    now; ``last_order`` is when this name was last ordered.
+    """
+    if must_replace:
+        when = now
+    elif ari_time is not None and ari_time < not_after:
+        when = ari_time  # a past window means "now"; the guard below bounds re-orders
+    else:  # no ARI, or a window after expiry: never let the certificate lapse
+        when = lifetime_renewal_time(not_before, not_after)
+    if last_order is not None:
+        guard = min(REORDER_GUARD, (not_after - not_before) / 4)
+        when = max(when, last_order + guard)
+    return when
+
+
+def retry_delay(failures: int, *, jitter: float = 0.5, minimum: float = 0.0) -> float:
+    """Seconds before the next attempt after ``failures`` consecutive failures.
+
+    ``jitter`` in [0, 1) spreads replicas apart (+-10 %); ``minimum`` scales the
+    whole schedule down (tests) or is the floor the configuration asks for.
+    """
+    if failures <= 0:
+        return 0.0
+    base = RETRY_SCHEDULE[min(failures, len(RETRY_SCHEDULE)) - 1]
+    if minimum:
+        base = base * minimum / RETRY_SCHEDULE[0]
+    return base * (1 - JITTER + 2 * JITTER * jitter)
+
+
+def next_attempt(now: dt.datetime, failures: int, *, retry_after: dt.datetime | None = None,
+                 jitter: float = 0.5, minimum: float = 0.0) -> dt.datetime:
+    """The next attempt after a failure, honouring the CA's Retry-After."""
+    when = now + dt.timedelta(seconds=retry_delay(failures, jitter=jitter, minimum=minimum))
+    if retry_after is not None and retry_after > when:
+        when = retry_after
+    return when
