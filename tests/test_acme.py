@@ -217,3 +217,50 @@ def test_ca_down_at_start_serves_at_once_and_issues_when_it_appears(
     roots = pebble.roots_pem()
     wait_for(lambda: verifies_with(tls_port, roots), 30, "issuance once the CA answers",
              cp2.proc, cp2.log)
+
+
+def test_short_lived_certificates_are_renewed_by_the_running_proxy(
+        certproxy_factory: Callable[..., CertproxyProcess], pebble_factory: Callable[..., Pebble],
+        tmp_path: Path) -> None:
+    # 24-second certificates: renewal is due when the last half begins (lifetime < 10 days).
+    http_port, tls_port = free_port(), free_port()
+    pebble = pebble_factory(http_port, validity=24)
+    cp = certproxy_factory({tls_port: "http://127.0.0.1:9"}, tmp_path / "store", http_port=http_port,
+                           extra_env=acme_env(pebble))
+    roots = pebble.roots_pem()
+    wait_for(lambda: verifies_with(tls_port, roots), 30, "the first Pebble certificate", cp.proc, cp.log)
+    first = peer_cert(tls_port)
+    lifetime = (first.not_valid_after_utc - first.not_valid_before_utc).total_seconds()
+    assert lifetime <= 25
+    wait_for(lambda: peer_cert(tls_port).serial_number != first.serial_number, 30,
+             "a renewed certificate", cp.proc, cp.log)
+    second = peer_cert(tls_port)
+    renewed_after = (second.not_valid_before_utc - first.not_valid_before_utc).total_seconds()
+    assert lifetime / 2 - 3 <= renewed_after < lifetime  # renewed in the last half, before expiry
+    assert verifies_with(tls_port, roots)
+
+
+def test_external_account_binding(pebble_factory: Callable[..., Pebble], tmp_path: Path) -> None:
+    hmac_key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+    http_port = free_port()
+    pebble = pebble_factory(http_port, eab_keys={"kid-1": hmac_key})
+    refused = renew(tmp_path / "s1", http_port, pebble, "--domain", "localhost")
+    assert refused.returncode == 1
+    assert "urn:ietf:params:acme:error:externalAccountRequired" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    ok = renew(tmp_path / "s2", http_port, pebble, "--domain", "localhost",
+               env={"CERTPROXY_ACME_EAB_KID": "kid-1", "CERTPROXY_ACME_EAB_HMAC_KEY": hmac_key})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert hmac_key not in ok.stdout + ok.stderr
+
+
+def test_ca_problems_reach_the_operator_as_the_ca_said_them(
+        pebble_factory: Callable[..., Pebble], tmp_path: Path) -> None:
+    http_port = free_port()
+    pebble = pebble_factory(http_port, extra_config={"domainBlocklist": ["blocked.certproxy.test"]})
+    result = renew(tmp_path / "s", http_port, pebble, "--domain", "blocked.certproxy.test")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "urn:ietf:params:acme:error:rejectedIdentifier" in lines[0]
+    assert not (tmp_path / "s" / "live" / "blocked.certproxy.test").exists()

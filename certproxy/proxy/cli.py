@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import urllib.error
@@ -214,6 +215,8 @@ def cmd_renew(args: argparse.Namespace) -> int:
 
     config = renew_config(args, os.environ)
     setup_logging("text", "warning")
+    # The run prints its own progress and one closing line; the manager's log would repeat it.
+    logging.getLogger("certproxy.acme").setLevel(logging.CRITICAL)
     return asyncio.run(renew(config, args.force))
 
 

@@ -48,7 +48,8 @@ class Pebble:
 
 def start_pebble(tmp: Path, ca: trustme.CA, http_port: int, *, validity: int | None = None,
                  port: int | None = None, eab_keys: dict[str, str] | None = None,
-                 env: dict[str, str] | None = None) -> Pebble:
+                 env: dict[str, str] | None = None,
+                 extra_config: dict[str, object] | None = None) -> Pebble:
     port = port or free_port()
     mgmt = free_port()
     dns_port = free_port()
@@ -72,6 +73,7 @@ def start_pebble(tmp: Path, ca: trustme.CA, http_port: int, *, validity: int | N
         config["externalAccountMACKeys"] = eab_keys
     if validity:
         config["certificateValidityPeriod"] = validity
+    config.update(extra_config or {})
     (folder / "config.json").write_text(json.dumps({"pebble": config}))
     log = folder / "pebble.log"
     dns_log = folder / "challtestsrv.log"

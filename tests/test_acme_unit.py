@@ -1,0 +1,325 @@
+"""ACME without a CA: renewal policy tables, backoff, the lock, errors, the
+manager's decisions with a fake issuer, and `replaces` + Retry-After against a
+small ARI-speaking stand-in (Pebble 2.4 has no ARI endpoint)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import trustme
+from acme import client as acme_lib_client
+from acme import messages
+from aiohttp import web
+from cryptography import x509
+
+from certproxy.acme_client import AcmeError, AcmeIssuer, AcmeSettings, ari_cert_id
+from certproxy.acme_client import policy
+from certproxy.acme_client.errors import translate
+from certproxy.acme_client.lock import IssuanceLock, LockTimeout
+from certproxy.acme_client.manager import CertManager
+from certproxy.certs import FileStore
+from certproxy.proxy.cli import _parser, renew_config
+from certproxy.proxy.config import LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING, load_config
+from support.pairs import issue, replace_atomic
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+DAY = dt.timedelta(days=1)
+
+
+@pytest.mark.parametrize("lifetime, due_after", [
+    (90 * DAY, 60 * DAY),                       # last third of 90 days
+    (45 * DAY, 30 * DAY),                       # last third of 45 days
+    (6 * DAY, 3 * DAY),                         # last half of a short-lived certificate
+    (dt.timedelta(hours=160), dt.timedelta(hours=80)),
+    (10 * DAY, dt.timedelta(days=10) * 2 / 3),  # ten days is not short-lived
+])
+def test_renewal_time_without_ari(lifetime: dt.timedelta, due_after: dt.timedelta) -> None:
+    assert policy.renewal_time(T0, T0 + lifetime, now=T0) == T0 + due_after
+
+
+def test_renewal_time_with_ari_window_and_guards() -> None:
+    nb, na = T0, T0 + 90 * DAY
+    # The CA's window wins while it lies within the lifetime, early or late.
+    assert policy.renewal_time(nb, na, ari_time=T0 + 20 * DAY, now=T0) == T0 + 20 * DAY
+    assert policy.renewal_time(nb, na, ari_time=T0 + 80 * DAY, now=T0) == T0 + 80 * DAY
+    # A window after expiry is ignored: the certificate must not lapse.
+    assert policy.renewal_time(nb, na, ari_time=T0 + 100 * DAY, now=T0) == T0 + 60 * DAY
+    # A past window (revocation, incident) means now, but never a re-order within the hour.
+    now = T0 + 5 * DAY
+    assert policy.renewal_time(nb, na, ari_time=T0, now=now) == T0
+    assert policy.renewal_time(nb, na, ari_time=T0, now=now,
+                               last_order=now - dt.timedelta(minutes=10)) == now + dt.timedelta(minutes=50)
+    # Bootstrap, wrong names, another directory: at once.
+    assert policy.renewal_time(nb, na, must_replace=True, now=now) == now
+    # The guard shrinks with the lifetime (a 20-second test certificate: 5 seconds).
+    short = dt.timedelta(seconds=20)
+    assert policy.renewal_time(T0, T0 + short, last_order=T0, now=T0) == T0 + short / 2
+    assert policy.renewal_time(T0, T0 + short, must_replace=True, last_order=T0, now=T0) == \
+        T0 + short / 4
+
+
+def test_backoff_is_front_weighted_capped_jittered_and_honours_retry_after() -> None:
+    delays = [policy.retry_delay(n) for n in range(1, 30)]
+    assert delays[0] == 60 and delays == sorted(delays) and max(delays) == 21600
+    assert policy.retry_delay(0) == 0
+    assert 54 <= policy.retry_delay(1, jitter=0.0) <= policy.retry_delay(1, jitter=0.999) <= 66
+    assert policy.retry_delay(3, minimum=1) == pytest.approx(2.0)  # schedule scaled for tests
+    now = T0
+    assert policy.next_attempt(now, 1) == now + dt.timedelta(seconds=60)
+    later = now + dt.timedelta(hours=3)
+    assert policy.next_attempt(now, 1, retry_after=later) == later
+    assert policy.next_attempt(now, 9, retry_after=now + dt.timedelta(seconds=5)) == \
+        now + dt.timedelta(seconds=3600)
+
+
+def test_lock_is_exclusive_and_a_dead_holders_lock_expires(tmp_path: Path) -> None:
+    a = IssuanceLock(tmp_path, "reg.example.com", ttl=60)
+    b = IssuanceLock(tmp_path, "reg.example.com", ttl=60)
+    assert a.try_acquire() and not b.try_acquire()
+    assert f"pid {os.getpid()}" in b.holder()
+    with pytest.raises(LockTimeout):
+        b.acquire(timeout=0.3, poll=0.05)
+    b.release()  # not the holder: releases nothing
+    assert a.path.exists()
+    old = time.time() - 120  # the holder died two minutes ago
+    os.utime(a.path, (old, old))
+    assert b.try_acquire()
+    a.release()  # the old holder's token no longer matches
+    assert b.path.exists()
+    b.release()
+    assert not b.path.exists()
+
+
+def test_staging_production_and_directory_selection() -> None:
+    assert load_config({}).directory_url == LETSENCRYPT_PRODUCTION
+    args = _parser().parse_args(["renew", "--staging", "--domain", "reg.example.com"])
+    cfg = renew_config(args, {"CERTPROXY_ACME_DIRECTORY": "https://ca.internal/dir"})
+    assert cfg.directory_url == LETSENCRYPT_STAGING == "https://acme-staging-v02.api.letsencrypt.org/directory"
+    args = _parser().parse_args(["renew", "--directory", "https://ca.internal/dir", "--domain", "a.example"])
+    assert renew_config(args, {}).directory_url == "https://ca.internal/dir"
+    settings = renew_config(args, {}).acme_settings()
+    assert settings.domains == ("a.example",) and settings.name == "a.example"
+
+
+def test_ari_cert_id_matches_rfc_9773_and_acme(ca: trustme.CA) -> None:
+    leaf = x509.load_pem_x509_certificate(ca.issue_cert("reg.example.com").cert_chain_pems[0].bytes())
+    ours = ari_cert_id(leaf)
+    assert ours == acme_lib_client._renewal_info_path_component(leaf)  # noqa: SLF001
+    aki, serial = ours.split(".")
+    pad = lambda s: s + "=" * (-len(s) % 4)  # noqa: E731
+    assert int.from_bytes(base64.urlsafe_b64decode(pad(serial)), "big", signed=True) == leaf.serial_number
+    assert len(base64.urlsafe_b64decode(pad(aki))) == 20
+
+
+def test_errors_are_translated_with_their_data() -> None:
+    now = T0
+    err = messages.Error(typ="urn:ietf:params:acme:error:rateLimited", detail="too many certificates")
+    out = translate(err, stage="order", headers={"Retry-After": "3600"}, now=now)
+    assert str(out) == "order: urn:ietf:params:acme:error:rateLimited: too many certificates"
+    assert out.retry_after == now + dt.timedelta(hours=1) and not out.permanent
+    rejected = translate(messages.Error(typ="urn:ietf:params:acme:error:rejectedIdentifier",
+                                        detail="policy forbids"), stage="order")
+    assert rejected.permanent
+    unauthorized = translate(messages.Error(typ="urn:ietf:params:acme:error:unauthorized",
+                                            detail="x"), stage="challenge")
+    assert not unauthorized.permanent
+    down = translate(requests.exceptions.ConnectionError("refused"), stage="account")
+    assert str(down).startswith("account: cannot reach the ACME server")
+    date = translate(err, stage="order", headers={"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"})
+    assert date.retry_after == dt.datetime(2026, 10, 21, 7, 28, tzinfo=dt.timezone.utc)
+
+
+class FakeIssuer:
+    """A stand-in for the CA in unit tests: issues from a trustme CA, or fails on demand."""
+
+    def __init__(self, ca: trustme.CA, key: str = "https://ca.test/dir") -> None:
+        self.ca = ca
+        self.key = key
+        self.account_uri = "https://ca.test/acct/1"
+        self.calls: list[dict[str, Any]] = []
+        self.fail: AcmeError | None = None
+
+    def issue(self, domains: tuple[str, ...], *, replaces: str | None = None,
+              progress: Any = None) -> tuple[bytes, bytes]:
+        self.calls.append({"domains": domains, "replaces": replaces})
+        if self.fail:
+            raise self.fail
+        pair = issue(self.ca, *domains)
+        return pair.chain, pair.key
+
+    def offers_ari(self) -> bool:
+        return False
+
+    def renewal_info(self, cert_pem: bytes) -> tuple[dt.datetime | None, dt.datetime]:
+        raise AssertionError("not an ARI directory")
+
+
+def _manager(tmp_path: Path, ca: trustme.CA, **kw: Any) -> tuple[CertManager, FakeIssuer, FileStore]:
+    store = FileStore(tmp_path)
+    store.ensure_layout()
+    settings = AcmeSettings(directory="https://ca.test/dir", domains=("reg.example.com", "ui.example.com"),
+                            retry_min=1, **kw)
+    fake = FakeIssuer(ca)
+    return CertManager(store, settings, fake, jitter=lambda: 0.5), fake, store  # type: ignore[arg-type]
+
+
+async def test_manager_issues_when_missing_then_waits_until_due(tmp_path: Path, ca: trustme.CA) -> None:
+    manager, fake, store = _manager(tmp_path, ca)
+    store.ensure_bootstrap(("reg.example.com", "ui.example.com"))
+    next_check = await manager.maintain()
+    assert len(fake.calls) == 1 and fake.calls[0]["domains"] == ("reg.example.com", "ui.example.com")
+    pair = store.load_live("reg.example.com")
+    assert store.live_meta("reg.example.com")["directory"] == "https://ca.test/dir"
+    assert manager.status.last_success and manager.status.last_error is None
+    assert next_check > T0.replace(year=2026) and manager.status.next_renewal > pair.not_before
+    await manager.maintain()
+    assert len(fake.calls) == 1  # not due: no second order
+    assert not list((tmp_path / "locks").iterdir())
+
+
+@pytest.mark.parametrize("setup, reason", [
+    (lambda store, ca: replace_atomic(store.root / "live" / "reg.example.com", issue(ca, "reg.example.com")),
+     "does not cover ui.example.com"),
+    (lambda store, ca: store.write_live("reg.example.com", *(lambda p: (p.chain, p.key))(
+        issue(ca, "reg.example.com", "ui.example.com")), {"directory": "https://other.test/dir"}),
+     "another ACME directory"),
+])
+async def test_manager_replaces_certificates_that_do_not_fit(setup, reason: str, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                              ca: trustme.CA) -> None:
+    manager, fake, store = _manager(tmp_path, ca)
+    setup(store, ca)
+    decision = manager.decide()
+    assert reason in decision.reason and decision.due_at <= manager.clock()
+    await manager.maintain()
+    assert len(fake.calls) == 1
+    assert store.live_meta("reg.example.com")["directory"] == "https://ca.test/dir"
+
+
+async def test_manager_backs_off_stops_on_permanent_errors_and_keeps_the_pair(
+        tmp_path: Path, ca: trustme.CA) -> None:
+    manager, fake, store = _manager(tmp_path, ca)
+    fake.fail = AcmeError("order: urn:ietf:params:acme:error:serverInternal: oops")
+    before = time.time()
+    await manager.maintain()
+    assert manager.status.failures == 1 and "serverInternal" in manager.status.last_error
+    assert manager.status.next_attempt.timestamp() - before == pytest.approx(1.0, abs=0.5)
+    await manager.maintain()  # inside the backoff: no new order
+    assert len(fake.calls) == 1
+    fake.fail = AcmeError("order: urn:ietf:params:acme:error:rejectedIdentifier: no", permanent=True)
+    await manager.maintain(force=True)
+    assert manager.status.blocked
+    await asyncio.sleep(1.2)
+    await manager.maintain()
+    assert len(fake.calls) == 2  # blocked: no retries until the configuration changes
+    assert not (tmp_path / "live" / "reg.example.com").exists()
+
+
+async def test_manager_skips_while_another_process_holds_the_lock(tmp_path: Path, ca: trustme.CA) -> None:
+    manager, fake, store = _manager(tmp_path, ca)
+    other = IssuanceLock(store.paths.locks, "reg.example.com")
+    assert other.try_acquire()
+    await manager.maintain()
+    assert fake.calls == []
+    other.release()
+    await manager.maintain()
+    assert len(fake.calls) == 1
+
+
+class AriStandIn:
+    """A minimal ACME directory with renewalInfo, answering newOrder with rateLimited."""
+
+    def __init__(self, window: tuple[dt.datetime, dt.datetime]) -> None:
+        self.window = window
+        self.orders: list[dict[str, Any]] = []
+        self.ari_ids: list[str] = []
+        self.runner: web.AppRunner | None = None
+        self.base = ""
+
+    def _nonce(self) -> dict[str, str]:
+        return {"Replay-Nonce": base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("="),
+                "Cache-Control": "no-store"}
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/dir", self.directory)
+        app.router.add_route("*", "/nonce", self.nonce)
+        app.router.add_post("/acct", self.account)
+        app.router.add_get("/ari/{id}", self.ari)
+        app.router.add_post("/order", self.order)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+        self.base = f"http://127.0.0.1:{port}"
+        return self.base + "/dir"
+
+    async def directory(self, request: web.Request) -> web.Response:
+        b = self.base
+        return web.json_response({"newNonce": b + "/nonce", "newAccount": b + "/acct",
+                                  "newOrder": b + "/order", "renewalInfo": b + "/ari",
+                                  "revokeCert": b + "/revoke", "keyChange": b + "/key"})
+
+    async def nonce(self, request: web.Request) -> web.Response:
+        return web.Response(status=200, headers=self._nonce())
+
+    async def account(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "valid", "contact": []}, status=201,
+                                 headers={**self._nonce(), "Location": self.base + "/acct/1"})
+
+    async def ari(self, request: web.Request) -> web.Response:
+        self.ari_ids.append(request.match_info["id"])
+        start, end = self.window
+        return web.json_response({"suggestedWindow": {"start": start.isoformat().replace("+00:00", "Z"),
+                                                      "end": end.isoformat().replace("+00:00", "Z")}},
+                                 headers={"Retry-After": "21600"})
+
+    async def order(self, request: web.Request) -> web.Response:
+        jws = await request.json()
+        payload = jws["payload"] + "=" * (-len(jws["payload"]) % 4)
+        self.orders.append(json.loads(base64.urlsafe_b64decode(payload)))
+        return web.json_response(
+            {"type": "urn:ietf:params:acme:error:rateLimited",
+             "detail": "too many certificates (5) already issued for this exact set of identifiers"},
+            status=429, content_type="application/problem+json",
+            headers={**self._nonce(), "Retry-After": "3600"})
+
+
+async def test_renewal_names_the_certificate_it_replaces_and_honours_retry_after(
+        tmp_path: Path, ca: trustme.CA) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    stand_in = AriStandIn((now - dt.timedelta(hours=2), now - dt.timedelta(hours=1)))
+    directory = await stand_in.start()
+    try:
+        store = FileStore(tmp_path)
+        store.ensure_layout()
+        pair = issue(ca, "reg.example.com")
+        store.write_live("reg.example.com", pair.chain, pair.key,
+                         {"directory": directory, "issued_at": (now - DAY).isoformat()})
+        settings = AcmeSettings(directory=directory, domains=("reg.example.com",))
+        manager = CertManager(store, settings, AcmeIssuer(store, settings), jitter=lambda: 0.5)
+        await manager.maintain()
+        leaf = x509.load_pem_x509_certificate(pair.chain)
+        assert stand_in.ari_ids == [ari_cert_id(leaf)]
+        assert manager.status.ari is True and manager.status.reason == "the CA's renewal window"
+        assert len(stand_in.orders) == 1
+        assert stand_in.orders[0]["replaces"] == ari_cert_id(leaf)
+        assert stand_in.orders[0]["identifiers"] == [{"type": "dns", "value": "reg.example.com"}]
+        assert manager.status.last_error.startswith(
+            "order: urn:ietf:params:acme:error:rateLimited: too many certificates")
+        wait = (manager.status.next_attempt - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        assert 3500 < wait <= 3600  # the CA's Retry-After, not the 60-second first retry
+        assert store.load_live("reg.example.com").serial == format(leaf.serial_number, "x")
+    finally:
+        assert stand_in.runner is not None
+        await stand_in.runner.cleanup()
