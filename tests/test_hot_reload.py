@@ -160,7 +160,7 @@ async def test_corrupt_and_mismatched_writes_are_reported_and_never_served(
             assert body["status"] == "degraded"
             assert body["certificates"][0]["serial"] == first.serial
             assert await served_serial(port, "localhost", ca) == first.serial
-            assert reason in cp.output()
+            assert await asyncio.to_thread(cp.wait_output, reason)
         good = issue(ca, "localhost")
         replace_atomic(live, good)
         await wait_serial(port, "localhost", ca, good.serial, limit=1)
@@ -243,7 +243,7 @@ async def test_sighup_forces_a_full_reload(
         async with s.get(cp.healthz) as r:
             cert = (await r.json())["certificates"][0]
     assert cert["serial"] == new.serial and cert["loaded_at"] > loaded_before
-    assert "reload (SIGHUP)" in cp.output()
+    assert await asyncio.to_thread(cp.wait_output, "reload (SIGHUP)")
     assert cp.proc.poll() is None
     status = await asyncio.to_thread(subprocess.run, [
         sys.executable, "-m", "certproxy", "status", "--json", "--store", str(tmp_path / "store"),
