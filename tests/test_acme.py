@@ -21,7 +21,7 @@ from cryptography import x509
 
 from support.oci import layer_digests, make_image
 from support.pebble import Pebble, start_pebble
-from support.procs import CertproxyProcess, free_port, http_ok, wait_for
+from support.procs import CertproxyProcess, free_port, wait_for
 from support.registry import Registry
 
 pytestmark = pytest.mark.integration

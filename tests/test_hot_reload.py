@@ -194,7 +194,7 @@ async def test_a_download_started_before_a_swap_completes_intact(
     replace_atomic(store / "live" / "localhost", issue(ca, "localhost"))
     up = await RawUpstream(big).start()
     port = free_port()
-    cp = await asyncio.to_thread(certproxy_factory, {port: up.url}, store)
+    await asyncio.to_thread(certproxy_factory, {port: up.url}, store)
     got = hashlib.sha256()
     received = 0
     swapped = ""

@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 
 from support.procs import CertproxyProcess
-from support.rawhttp import exchange, open_conn, read_response
-from support.upstreams import Recorded, RawUpstream, read_request
+from support.rawhttp import exchange, open_conn
+from support.upstreams import Recorded, RawUpstream
 
 pytestmark = pytest.mark.integration
 
@@ -224,7 +224,8 @@ async def test_healthz_and_healthcheck_follow_the_served_certificate(
     assert cert["name"] == "localhost" and cert["self_signed"] is False and cert["days_left"] < 1
     assert cert["issuer"] == "certproxy test CA" and cert["domains"] == ["localhost"]
     assert (await asyncio.to_thread(healthcheck)).returncode == 0
-    await asyncio.sleep(max(0.0, (leaf_end := now + dt.timedelta(seconds=8.5)).timestamp() - time.time()))
+    expired = now + dt.timedelta(seconds=8.5)
+    await asyncio.sleep(max(0.0, expired.timestamp() - time.time()))
     async with aiohttp.ClientSession() as s:
         async with s.get(cp.healthz) as r:
             assert r.status == 503 and (await r.json())["status"] == "failing"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -129,18 +128,25 @@ async def test_unchanged_pairs_keep_their_context_and_load_time(tmp_path: Path, 
 
 
 class Collect:
+    """Paths the watcher reported, from its thread."""
+
     def __init__(self) -> None:
         self.paths: list[str] = []
-        self.event = threading.Event()
 
     def __call__(self, path: str) -> None:
         self.paths.append(path)
-        self.event.set()
 
-    def wait(self, timeout: float = 3) -> bool:
-        ok = self.event.wait(timeout)
-        self.event.clear()
-        return ok
+    def settle(self) -> None:
+        time.sleep(0.2)  # let events of the previous step arrive
+        self.paths.clear()
+
+    def saw(self, fragment: str, timeout: float = 3) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(fragment in p for p in list(self.paths)):
+                return True
+            time.sleep(0.02)
+        return False
 
 
 def test_watcher_sees_every_way_a_pair_changes_and_not_reads(tmp_path: Path, ca: trustme.CA) -> None:
@@ -152,26 +158,23 @@ def test_watcher_sees_every_way_a_pair_changes_and_not_reads(tmp_path: Path, ca:
     watcher = StoreWatcher(tmp_path, seen)
     watcher.start()
     try:
-        time.sleep(0.2)
-        seen.paths.clear()
-        seen.event.clear()
+        seen.settle()
         (folder / "fullchain.pem").read_bytes()  # reading is not a change
         (tmp_path / "challenges" / "tok").write_text("x")  # not a certificate
-        assert not seen.wait(0.5), seen.paths
-        replace_atomic(folder, issue(ca, "localhost"))
-        assert seen.wait()
-        replace_in_place(folder, issue(ca, "localhost"))
-        assert seen.wait()
-        replace_certbot(tmp_path, "localhost", issue(ca, "localhost"), 1)
-        assert seen.wait()
-        replace_certbot(tmp_path, "localhost", issue(ca, "localhost"), 2)  # symlink flip
-        assert seen.wait()
-        assert any(p.endswith("live/localhost/fullchain.pem") for p in seen.paths)
-        replace_atomic(tmp_path / "live" / "new.test", issue(ca, "new.test"))  # a new name
-        assert seen.wait()
-        assert any("live/new.test" in p for p in seen.paths)
-        (folder / "privkey.pem").unlink()
-        assert seen.wait()
+        time.sleep(0.5)
+        assert seen.paths == []
+        for step, fragment in (
+            (lambda: replace_atomic(folder, issue(ca, "localhost")), "live/localhost/"),
+            (lambda: replace_in_place(folder, issue(ca, "localhost")), "live/localhost/privkey.pem"),
+            (lambda: replace_certbot(tmp_path, "localhost", issue(ca, "localhost"), 1), "live/localhost/"),
+            (lambda: replace_certbot(tmp_path, "localhost", issue(ca, "localhost"), 2),  # symlink flip
+             "live/localhost/"),
+            (lambda: replace_atomic(tmp_path / "live" / "new.test", issue(ca, "new.test")), "live/new.test"),
+            (lambda: (folder / "privkey.pem").unlink(), "live/localhost/privkey.pem"),
+        ):
+            seen.settle()
+            step()
+            assert seen.saw(fragment), (fragment, seen.paths)
     finally:
         watcher.stop()
 

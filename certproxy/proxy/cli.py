@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from ..certs import FileStore, PairError, utcnow
 from ..certs.paths import name_for_domain
+from .health import fetch_health
 from .config import SETTINGS, ConfigError, Config, flag_name, load_config
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
@@ -96,17 +97,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _served(url: str) -> list[dict[str, object]] | None:
     """What a running certproxy serves, from its /healthz; None when none answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310
-            body = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            body = json.loads(exc.read())
-        except ValueError:
-            return None
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-    certs = body.get("certificates") if isinstance(body, dict) else None
+    body = fetch_health(url)
+    certs = body.get("certificates") if body else None
     return certs if isinstance(certs, list) else None
 
 

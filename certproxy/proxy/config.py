@@ -12,7 +12,6 @@ store is usable is checked when the server starts.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from ..acme_client.settings import KEY_TYPES, AcmeSettings
+from ..certs.pair import is_ip
 
 ENV_PREFIX = "CERTPROXY_"
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
@@ -182,7 +182,7 @@ def parse_domains(raw: Any, source: str) -> tuple[str, ...]:
         name = str(item).strip().lower().rstrip(".")
         if not name:
             continue
-        if not _is_ip(name) and (len(name) > 253 or not _DOMAIN_RE.fullmatch(name)):
+        if not is_ip(name) and (len(name) > 253 or not _DOMAIN_RE.fullmatch(name)):
             raise ConfigError(source, f"{item!r} is not a domain name")
         if name not in domains:
             domains.append(name)
@@ -236,7 +236,7 @@ def _route(port: int, url: str, source: str) -> Route:
 
 def parse_bind(raw: Any, source: str) -> str:
     text = _text(raw, source)
-    if not _is_ip(text):
+    if not is_ip(text):
         raise ConfigError(source, f"{text!r} is not an IP address")
     return text
 
@@ -248,14 +248,6 @@ def parse_choice(*choices: str) -> Callable[[Any, str], str]:
             raise ConfigError(source, f"{raw!r} is not one of {', '.join(choices)}")
         return text
     return parse
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _path(raw: Any, source: str) -> Path:

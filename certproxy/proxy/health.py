@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -32,6 +34,25 @@ class HealthState:
     store_errors: dict[str, str] = field(default_factory=dict)
     last_reload_error: str | None = None
     last_reload: dt.datetime | None = None
+
+
+def fetch_health(url: str, timeout: float = 2.0) -> dict[str, object] | None:
+    """The JSON body a certproxy's ``/healthz`` answers (200 or 503); None if none answers.
+
+    Blocking (urllib): for the command line, never for the event loop.
+    """
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+            raw = resp.read()
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) and "certificates" in body else None
 
 
 class Health:

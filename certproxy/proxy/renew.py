@@ -9,10 +9,7 @@ it; otherwise it listens on the port itself for the duration of the run.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
-import urllib.error
-import urllib.request
 
 from aiohttp import web
 
@@ -20,21 +17,12 @@ from ..acme_client import AcmeIssuer
 from ..acme_client.manager import CertManager
 from ..certs import FileStore, PairError, StoreError, is_valid_token, utcnow
 from .config import Config
+from .health import fetch_health
 from .plain import CHALLENGE_PREFIX
 
 
 def _certproxy_answers(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:  # noqa: S310
-            body = json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            body = json.loads(exc.read())
-        except ValueError:
-            return False
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-    return isinstance(body, dict) and "certificates" in body
+    return fetch_health(f"http://127.0.0.1:{port}/healthz") is not None
 
 
 async def _challenge_server(store: FileStore, bind: str, port: int) -> web.BaseRunner:

@@ -8,6 +8,16 @@ import ssl
 from dataclasses import dataclass
 
 
+def parse_headers(head: bytes) -> list[tuple[str, str]]:
+    """The header lines of a raw message head, in order, repeated ones repeated."""
+    out = []
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            out.append((name, value.strip()))
+    return out
+
+
 @dataclass
 class RawResponse:
     status: int
@@ -17,12 +27,7 @@ class RawResponse:
 
     @property
     def headers(self) -> list[tuple[str, str]]:
-        out = []
-        for line in self.head.decode("latin-1").split("\r\n")[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                out.append((name, value.strip()))
-        return out
+        return parse_headers(self.head)
 
     def header(self, name: str) -> list[str]:
         return [v for n, v in self.headers if n.lower() == name.lower()]

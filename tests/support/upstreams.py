@@ -11,6 +11,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+from .rawhttp import parse_headers
+
 
 @dataclass
 class Recorded:
@@ -23,13 +25,7 @@ class Recorded:
 
     @property
     def headers(self) -> list[tuple[str, str]]:
-        lines = self.head.decode("latin-1").split("\r\n")[1:]
-        out = []
-        for line in lines:
-            if line:
-                name, _, value = line.partition(":")
-                out.append((name, value.strip()))
-        return out
+        return parse_headers(self.head)
 
     def header(self, name: str) -> list[str]:
         return [v for n, v in self.headers if n.lower() == name.lower()]
