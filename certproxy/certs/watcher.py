@@ -12,6 +12,7 @@ nothing: the callback only schedules a (debounced) reload.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +20,11 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 log = logging.getLogger("certproxy.watcher")
+
+# watchdog warns when a folder is created and watched in quick succession
+# (certbot's archive/<name>); the watch is replaced and nothing is lost.
+warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning,
+                        module="watchdog.observers.inotify")
 
 WATCHED_FOLDERS = ("live", "archive")
 CHANGE_EVENTS = frozenset({"created", "modified", "deleted", "moved", "closed"})
