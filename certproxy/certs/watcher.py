@@ -23,8 +23,8 @@ log = logging.getLogger("certproxy.watcher")
 
 # watchdog warns when a folder is created and watched in quick succession
 # (certbot's archive/<name>); the watch is replaced and nothing is lost.
-warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning,
-                        module="watchdog.observers.inotify")
+warnings.filterwarnings("ignore", message="Callback with id .* already exists",
+                        category=RuntimeWarning)
 
 WATCHED_FOLDERS = ("live", "archive")
 CHANGE_EVENTS = frozenset({"created", "modified", "deleted", "moved", "closed"})
