@@ -264,3 +264,11 @@ def test_ca_problems_reach_the_operator_as_the_ca_said_them(
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert "urn:ietf:params:acme:error:rejectedIdentifier" in lines[0]
     assert not (tmp_path / "s" / "live" / "blocked.certproxy.test").exists()
+
+
+def test_rejected_nonces_are_retried(pebble_factory: Callable[..., Pebble], tmp_path: Path) -> None:
+    # Pebble rejects 5 % of nonces by default; here half of them.
+    http_port = free_port()
+    pebble = pebble_factory(http_port, env={"PEBBLE_WFE_NONCEREJECT": "50"})
+    result = renew(tmp_path / "s", http_port, pebble, "--domain", "localhost")
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -62,9 +62,22 @@ class NewOrderReplacing(messages.NewOrder):
 
 
 class _Network(acme_client.ClientNetwork):
-    """ClientNetwork that remembers the headers of the last response (Retry-After)."""
+    """ClientNetwork that remembers the headers of the last response (Retry-After)
+    and retries a rejected nonce several times (acme retries once; CAs may reject
+    any nonce, Pebble 5 % of them by design)."""
 
     last_headers: Any = None
+    BAD_NONCE_RETRIES = 5
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        for _ in range(self.BAD_NONCE_RETRIES):
+            try:
+                return self._post_once(*args, **kwargs)
+            except messages.Error as error:
+                if error.code != "badNonce":
+                    raise
+                log.debug("the CA rejected a nonce; retrying with a fresh one")
+        return self._post_once(*args, **kwargs)
 
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
         response = super()._send_request(method, url, *args, **kwargs)
