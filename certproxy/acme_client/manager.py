@@ -95,7 +95,9 @@ class RenewalStatus:
     last_success: dt.datetime | None = None
     last_error: str | None = None
     next_attempt: dt.datetime | None = None
-    failures: int = 0
+    failures: int = 0  # consecutive
+    attempts: int = 0
+    failures_total: int = 0
     blocked: bool = False  # an error that retrying cannot fix
     ari: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -255,6 +257,7 @@ class CertManager:
         s = self.settings
         now = self.clock()
         self.status.last_attempt = now
+        self.status.attempts += 1
         self.orders += 1
         self.progress(f"{s.name}: ordering a certificate for {', '.join(s.domains)} "
                       f"from {s.directory} ({decision.reason})")
@@ -280,6 +283,7 @@ class CertManager:
     def _failed(self, exc: Exception) -> dt.datetime:
         now = self.clock()
         self.status.failures += 1
+        self.status.failures_total += 1
         self.status.last_error = str(exc)
         retry_after = getattr(exc, "retry_after", None)
         self.status.blocked = bool(getattr(exc, "permanent", False))

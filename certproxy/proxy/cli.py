@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     renew.add_argument("--http-port", dest="http_port", metavar="PORT")
     renew.add_argument("--force", action="store_true", help="order even if not due")
 
+    htp = sub.add_parser("htpasswd", help="print a bcrypt htpasswd line for USER")
+    htp.add_argument("user")
+    htp.add_argument("--password-stdin", action="store_true",
+                     help="read the password from standard input instead of prompting")
+    htp.add_argument("--cost", type=int, default=12, help="bcrypt cost (default 12)")
+
     health = sub.add_parser("healthcheck", help="exit 0 when /healthz says healthy")
     health.add_argument("--url", help="default: http://127.0.0.1:$CERTPROXY_HTTP_PORT/healthz")
     health.add_argument("--timeout", type=float, default=5.0)
@@ -212,10 +218,36 @@ def cmd_renew(args: argparse.Namespace) -> int:
     return asyncio.run(renew(config, args.force))
 
 
+def cmd_htpasswd(args: argparse.Namespace) -> int:
+    import getpass
+
+    from .auth import HtpasswdError, make_entry
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            print("certproxy htpasswd: the passwords differ", file=sys.stderr)
+            return EXIT_FAIL
+    if not password:
+        print("certproxy htpasswd: empty password", file=sys.stderr)
+        return EXIT_FAIL
+    if not 4 <= args.cost <= 16:
+        print("certproxy htpasswd: --cost must be 4 to 16", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        print(make_entry(args.user, password, args.cost))
+    except HtpasswdError as exc:
+        print(f"certproxy htpasswd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"serve": cmd_serve, "status": cmd_status, "healthcheck": cmd_healthcheck,
-                "renew": cmd_renew}
+                "renew": cmd_renew, "htpasswd": cmd_htpasswd}
     try:
         return commands[args.command](args)
     except ConfigError as exc:

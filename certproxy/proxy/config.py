@@ -77,6 +77,10 @@ class Config:
     reload_poll: float = 30.0
     log_format: str = "text"
     log_level: str = "info"
+    admin_port: int | None = None  # /metrics and /healthz; off when unset
+    admin_bind: str = "127.0.0.1"
+    auth_htpasswd: Path | None = None
+    auth_ports: tuple[int, ...] = (443,)
 
     def __post_init__(self) -> None:
         if not self.routes:
@@ -86,6 +90,12 @@ class Config:
             raise ConfigError("CERTPROXY_ACME_EAB_KID",
                               "external account binding needs CERTPROXY_ACME_EAB_KID and "
                               "CERTPROXY_ACME_EAB_HMAC_KEY together")
+        if self.auth_htpasswd is not None:
+            unknown = [p for p in self.auth_ports if p not in ports]
+            if unknown:
+                raise ConfigError("CERTPROXY_AUTH_PORTS", f"port {unknown[0]} is not a TLS route")
+        if self.admin_port is not None and (self.admin_port in ports or self.admin_port == self.http_port):
+            raise ConfigError("CERTPROXY_ADMIN_PORT", f"port {self.admin_port} is already in use by a listener")
         if self.http_port is not None and self.http_port in ports:
             raise ConfigError("CERTPROXY_HTTP_PORT",
                               f"port {self.http_port} is also a TLS route")
@@ -295,6 +305,11 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "reload_poll": parse_seconds,
     "log_format": parse_choice("text", "json"),
     "log_level": parse_choice("debug", "info", "warning", "error"),
+    "admin_port": lambda raw, src: parse_port(raw, src, allow_off=True),
+    "admin_bind": parse_bind,
+    "auth_htpasswd": _optional_path,
+    "auth_ports": lambda raw, src: tuple(
+        _port(p, src) for p in (raw if isinstance(raw, list) else str(raw).split(",")) if str(p).strip()),
 }
 
 

@@ -31,8 +31,10 @@ from yarl import URL
 from . import logs
 from .config import Route
 from .headers import client_response_headers, decode_raw, upstream_request_headers
+from .auth import BasicAuth
 from .health import Health
 from .hostname import origin, parse_host
+from .metrics import RouteMetrics
 from .upstream import Upstream, describe_client_error
 
 log = logging.getLogger("certproxy.proxy")
@@ -61,10 +63,13 @@ def error_response(status: int, reason: str, raw_path: str) -> web.Response:
 
 
 class ProxyHandler:
-    def __init__(self, route: Route, upstream: Upstream, health: Health) -> None:
+    def __init__(self, route: Route, upstream: Upstream, health: Health,
+                 metrics: RouteMetrics, auth: BasicAuth | None = None) -> None:
         self.route = route
         self.upstream = upstream
         self.health = health
+        self.metrics = metrics
+        self.auth = auth
         self._base = route.url
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -77,6 +82,10 @@ class ProxyHandler:
         try:
             if raw_path == "/healthz":
                 resp = await self.health.response()
+            elif self.auth is not None and not await self.auth.allowed(
+                    request.headers.get("Authorization")):
+                resp = web.Response(status=401, text="certproxy: authentication required\n",
+                                    headers={"WWW-Authenticate": self.auth.challenge})
             else:
                 resp = await self._proxy(request, raw_path, client_ip, count)
             status = resp.status
@@ -84,6 +93,7 @@ class ProxyHandler:
                 count.bytes_out = resp.content_length or 0
             return resp
         finally:
+            self.metrics.request(status, count.bytes_in, count.bytes_out)
             logs.access(client_ip, request.method, raw_path, status, count.bytes_in,
                         count.bytes_out, time.monotonic() - started, self._base, self.route.port)
 
@@ -109,9 +119,12 @@ class ProxyHandler:
             decode_raw(request.raw_headers), client_ip=client_ip, host=host_header,
             listener_port=self.route.port,
         )
+        if self.auth is not None:  # certproxy consumed these credentials
+            headers = [(n, v) for n, v in headers if n.lower() != "authorization"]
         parsed = parse_host(host_header)
         public = origin("https", parsed[0], parsed[1]) if parsed else None
         data = self._body(request, count) if request.body_exists else None
+        sent = time.monotonic()
         try:
             upstream = await self.upstream.session.request(
                 request.method,
@@ -133,6 +146,7 @@ class ProxyHandler:
             return error_response(
                 502, f"upstream {self._base} of port {self.route.port}: {describe_client_error(exc)}",
                 raw_path)
+        self.metrics.latency.observe(time.monotonic() - sent)
         return await self._relay(request, upstream, public, count)
 
     async def _relay(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,

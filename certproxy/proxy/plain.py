@@ -21,6 +21,7 @@ from ..certs import FileStore, is_valid_token
 from . import logs
 from .health import Health
 from .hostname import origin, parse_host
+from .metrics import RouteMetrics
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 
@@ -34,15 +35,18 @@ def redirect_target(host_header: str | None, raw_path: str, https_port: int) -> 
 
 
 class PlainHandler:
-    def __init__(self, store: FileStore, health: Health, https_port: int, port: int) -> None:
+    def __init__(self, store: FileStore, health: Health, https_port: int, port: int,
+                 metrics: RouteMetrics) -> None:
         self.store = store
         self.health = health
         self.https_port = https_port
         self.port = port
+        self.metrics = metrics
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         resp = await self._answer(request)
+        self.metrics.request(resp.status, 0, resp.content_length or 0)
         peer = request.transport.get_extra_info("peername") if request.transport else None
         logs.access(peer[0] if peer else "-", request.method, request.raw_path, resp.status,
                     0, resp.content_length or 0, time.monotonic() - started, "-", self.port)

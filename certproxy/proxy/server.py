@@ -15,18 +15,21 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 
 from aiohttp import web
 
 from ..acme_client import AcmeIssuer
 from ..acme_client.manager import CertManager
-from ..certs import FileStore, StoreError
+from ..certs import FileStore, StoreError, utcnow
 from .config import Config
+from .auth import BasicAuth, HtpasswdError
 from .handler import ProxyHandler
 from .health import Health, HealthState
+from .metrics import Metrics
 from .plain import PlainHandler
 from .reload import Reloader
-from .tls import CertificateSet, TLSState
+from .tls import CertificateSet, TLSState, count_handshake_failures
 from .upstream import Upstream
 
 log = logging.getLogger("certproxy")
@@ -58,6 +61,8 @@ class Front:
         self.acme: CertManager | None = None
         self._acme_task: asyncio.Task[None] | None = None
         self._runners: list[web.BaseRunner] = []
+        self.metrics = Metrics()
+        self.auth = BasicAuth(config.auth_htpasswd) if config.auth_htpasswd else None
 
     async def load_certificates(self) -> CertificateSet:
         inventory = await asyncio.to_thread(self.store.inventory, self.config.cert_domains)
@@ -73,7 +78,13 @@ class Front:
             certs = await self.load_certificates()
         except StoreError as exc:
             raise StartupError("CERTPROXY_STORE", str(exc)) from None
+        if self.auth is not None:
+            try:
+                await asyncio.to_thread(self.auth.load)
+            except (OSError, HtpasswdError) as exc:
+                raise StartupError("CERTPROXY_AUTH_HTPASSWD", str(exc)) from None
         self.tls = TLSState(certs)
+        self.health_state.last_reload = utcnow()
         primary = certs.primary
         log.info("serving certificate %s (%s, %s, expires %s)", primary.name, primary.kind,
                  ", ".join(primary.domains), primary.not_after.date())
@@ -82,17 +93,26 @@ class Front:
             await upstream.start()
         try:
             if cfg.http_port is not None:
-                plain = PlainHandler(self.store, self.health, cfg.redirect_port, cfg.http_port)
+                plain = PlainHandler(self.store, self.health, cfg.redirect_port, cfg.http_port,
+                                     self.metrics.route("http"))
                 await self._listen(plain, cfg.http_port, None)
             for upstream in self.upstreams:
-                handler = ProxyHandler(upstream.route, upstream, self.health)
-                await self._listen(handler, upstream.route.port, self.tls.listener_context())
+                port = upstream.route.port
+                auth = self.auth if port in cfg.auth_ports else None
+                handler = ProxyHandler(upstream.route, upstream, self.health,
+                                       self.metrics.route(str(port)), auth)
+                await self._listen(handler, port, self.tls.listener_context())
+            if cfg.admin_port is not None:
+                await self._listen(self._admin, cfg.admin_port, None, bind=cfg.admin_bind)
         except OSError as exc:
             await self.stop(0)
             raise StartupError("CERTPROXY_BIND", f"cannot listen: {exc.strerror or exc}") from None
         self.reloader = Reloader(self.store, cfg.cert_domains, self.tls, self.health_state,
                                  poll_interval=cfg.reload_poll)
         await self.reloader.start()
+        self.metrics.watch(self.tls, self.health.renewals)
+        self.metrics.last_reload.set_function(
+            lambda: self.health_state.last_reload.timestamp() if self.health_state.last_reload else 0)
         if cfg.acme_enabled:
             settings = cfg.acme_settings()
             self.acme = CertManager(self.store, settings, AcmeIssuer(self.store, settings))
@@ -100,7 +120,20 @@ class Front:
             self._acme_task = asyncio.create_task(self.acme.run())
             log.info("ACME on: %s for %s", settings.directory, ", ".join(settings.domains))
 
-    async def _listen(self, handler: object, port: int, ssl_context: object) -> None:
+    async def _admin(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The admin listener: metrics and health, for the operator's network only."""
+        path = request.raw_path.partition("?")[0]
+        if path == "/metrics":
+            return await self.metrics.response()
+        if path == "/healthz" and self.health is not None:
+            return await self.health.response()
+        return web.Response(status=404, text="certproxy admin: /metrics or /healthz\n")
+
+    async def _listen(self, handler: object, port: int, ssl_context: object,
+                      bind: str | None = None) -> None:
+        listener = f"{port}"
+        if isinstance(ssl_context, ssl.SSLContext):
+            count_handshake_failures(ssl_context, self.metrics.handshake_failures.labels(listener).inc)
         server = web.Server(
             handler,  # type: ignore[arg-type]
             access_log=None,
@@ -114,11 +147,13 @@ class Front:
                                   shutdown_timeout=self.config.shutdown_grace)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.config.bind, port, ssl_context=ssl_context,  # type: ignore[arg-type]
+        self.metrics.track_server(server, listener)
+        address = bind or self.config.bind
+        site = web.TCPSite(runner, address, port, ssl_context=ssl_context,  # type: ignore[arg-type]
                            reuse_address=True, backlog=1024)
         await site.start()
-        log.info("listening on %s:%d (%s)", self.config.bind, port,
-                 "tls" if ssl_context else "http")
+        log.info("listening on %s:%d (%s)", address, port,
+                 "tls" if ssl_context else ("admin" if bind else "http"))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting everywhere, let requests in flight finish, close pools."""

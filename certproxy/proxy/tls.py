@@ -18,7 +18,7 @@ import logging
 import os
 import ssl
 import tempfile
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..certs import CertPair
 
@@ -127,6 +127,36 @@ class CertificateSet:
 
     def select(self, server_name: str | None) -> ssl.SSLContext:
         return self._contexts[id(self.select_pair(server_name))]
+
+
+def count_handshake_failures(ctx: ssl.SSLContext, on_failure: Callable[[], None]) -> None:
+    """Call ``on_failure`` for every handshake on ``ctx`` that fails (wrong
+    protocol, garbage, an alert) or is abandoned (a client that does not trust
+    the certificate hangs up): the event loop's TLS layer drives every
+    handshake through the context's ``sslobject_class``. Abandoned ones are
+    counted when their connection object is freed."""
+
+    class CountingSSLObject(ssl.SSLObject):
+        _cp_state = 0  # 0 not started, 1 under way, 2 done (completed or counted)
+
+        def do_handshake(self) -> None:
+            self._cp_state = 1
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise
+            except (ssl.SSLError, OSError):
+                self._cp_state = 2
+                on_failure()
+                raise
+            self._cp_state = 2
+
+        def __del__(self) -> None:
+            # Abandoned mid-handshake (the client gave up, e.g. on an unknown CA).
+            if self._cp_state == 1:
+                on_failure()
+
+    ctx.sslobject_class = CountingSSLObject
 
 
 class TLSState:

@@ -1,0 +1,116 @@
+"""Basic authentication in front of a route (the registry UI has none of its own).
+
+How this works: users come from an htpasswd file with bcrypt entries only
+(``htpasswd -B`` or ``certproxy htpasswd``); any other hash type is refused
+when the file is loaded, since MD5-crypt and SHA1 entries are too weak for a
+front that faces the internet. The file is reread when its modification time
+changes (checked at most once a second). bcrypt costs tens of milliseconds,
+so checks run in a thread, and a successful check is remembered for a few
+minutes (keyed by a SHA-256 of the credentials, never the password itself),
+so a page with fifty assets costs one bcrypt, not fifty. The Authorization
+header certproxy consumed is not forwarded upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import bcrypt
+
+BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+CACHE_TTL = 300.0
+CACHE_MAX = 1024
+RECHECK_FILE = 1.0
+
+
+class HtpasswdError(Exception):
+    pass
+
+
+def parse_htpasswd(text: str, source: str) -> dict[str, bytes]:
+    users: dict[str, bytes] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, digest = line.partition(":")
+        if not sep or not user:
+            raise HtpasswdError(f"{source}:{number}: not USER:HASH")
+        if not digest.startswith(BCRYPT_PREFIXES):
+            raise HtpasswdError(f"{source}:{number}: user {user!r} has no bcrypt hash "
+                                "(create entries with `htpasswd -B` or `certproxy htpasswd`)")
+        users[user] = digest.encode()
+    return users
+
+
+def make_entry(user: str, password: str, cost: int = 12) -> str:
+    if ":" in user or not user:
+        raise HtpasswdError("a user name cannot be empty or contain ':'")
+    digest = bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode()
+    return f"{user}:{digest}"
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    if not header or not header[:6].lower() == "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+class BasicAuth:
+    def __init__(self, path: Path, realm: str = "certproxy") -> None:
+        self.path = path
+        self.challenge = f'Basic realm="{realm}", charset="UTF-8"'
+        self._users: dict[str, bytes] = {}
+        self._mtime: float | None = None
+        self._checked = 0.0
+        self._ok: dict[bytes, float] = {}
+
+    def load(self) -> None:
+        """Read the file (raises HtpasswdError or OSError); blocking."""
+        st = os.stat(self.path)
+        text = Path(self.path).read_text(encoding="utf-8")
+        self._users = parse_htpasswd(text, str(self.path))
+        self._mtime = st.st_mtime
+        self._ok.clear()
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < RECHECK_FILE:
+            return
+        self._checked = now
+        try:
+            if os.stat(self.path).st_mtime != self._mtime:
+                self.load()
+        except (OSError, HtpasswdError):
+            pass  # keep the users loaded last; the start-up check reported the file
+
+    async def allowed(self, header: str | None) -> bool:
+        creds = basic_credentials(header)
+        if creds is None:
+            return False
+        await asyncio.to_thread(self._maybe_reload)
+        key = hashlib.sha256(f"{self._mtime}\0{creds[0]}\0{creds[1]}".encode()).digest()
+        now = time.monotonic()
+        until = self._ok.get(key)
+        if until is not None and until > now:
+            return True
+        digest = self._users.get(creds[0])
+        if digest is None:
+            return False
+        ok = await asyncio.to_thread(bcrypt.checkpw, creds[1].encode(), digest)
+        if ok:
+            if len(self._ok) >= CACHE_MAX:
+                self._ok.clear()
+            self._ok[key] = now + CACHE_TTL
+        return ok
