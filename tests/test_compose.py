@@ -1,0 +1,187 @@
+"""The compose files: every documented combination passes `docker-compose
+config`, the image is set up as documented, and the stack they describe runs
+natively (no Docker engine here) with a real push and pull through certproxy."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import urllib.error
+import urllib.request
+import ssl
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import trustme
+
+from certproxy.proxy.auth import make_entry
+from support.native_compose import COMPOSE_DIR, NativeStack, compose_config, prepare
+from support.oci import layer_digests, make_image
+from support.pebble import Pebble, start_pebble
+from support.procs import ROOT, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+BASE = "docker-compose.yml"
+# Every combination the README shows.
+COMBINATIONS = [
+    [BASE],
+    [BASE, "docker-compose.auth.yml"],
+    [BASE, "docker-compose.storage.yml"],
+    [BASE, "docker-compose.acme.yml"],
+    [BASE, "docker-compose.auth.yml", "docker-compose.acme.yml"],
+    [BASE, "docker-compose.auth.yml", "docker-compose.storage.yml", "docker-compose.acme.yml"],
+]
+ENV_EXAMPLE = (COMPOSE_DIR / ".env.example").read_text()
+
+
+@pytest.mark.parametrize("files", COMBINATIONS, ids=lambda f: "+".join(x.split(".")[1] for x in f))
+def test_compose_config_accepts_every_documented_combination(files: list[str], tmp_path: Path) -> None:
+    stack = prepare(tmp_path, files, ENV_EXAMPLE)
+    services = stack.config["services"]
+    published = {name: s.get("ports") for name, s in services.items() if s.get("ports")}
+    assert list(published) == ["certproxy"]  # certproxy is the only front
+    assert sorted(int(p["published"]) for p in published["certproxy"]) == [80, 443, 5000]
+    cp = services["certproxy"]
+    assert cp["healthcheck"]["test"] == ["CMD", "certproxy", "healthcheck"]
+    assert cp["sysctls"]["net.ipv4.ip_unprivileged_port_start"] in ("0", 0)
+    assert services["registry"]["environment"]["REGISTRY_STORAGE_DELETE_ENABLED"] == "true"
+    assert services["registry-ui"]["environment"]["ENV_DOCKER_REGISTRY_HOST"] == "registry"
+    env = cp["environment"]
+    if "docker-compose.acme.yml" in files:
+        assert env["CERTPROXY_ACME"] == "on" and env["CERTPROXY_DOMAINS"] == "registry.example.com"
+        assert env["CERTPROXY_STAGING"] == "1"
+    else:
+        assert env["CERTPROXY_ACME"] == "off"
+    if "docker-compose.storage.yml" in files:
+        assert services["registry"]["environment"]["REGISTRY_STORAGE"] == "s3"
+        assert "minio" in services
+
+
+def test_acme_layer_refuses_to_start_without_a_domain(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="set CERTPROXY_DOMAINS in .env"):
+        prepare(tmp_path, [BASE, "docker-compose.acme.yml"], "CERTPROXY_EMAIL=a@b.c\n")
+
+
+def test_dockerfile_runs_as_non_root_with_health_check_and_store_volume() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.startswith("#")]
+    assert any(l.startswith("USER certproxy") for l in lines)
+    assert 'VOLUME ["/var/lib/certproxy"]' in lines
+    assert "STOPSIGNAL SIGTERM" in lines
+    assert 'CMD ["certproxy", "healthcheck"]' in text and "HEALTHCHECK" in text
+    assert lines.index('ENTRYPOINT ["certproxy"]') > lines.index("USER certproxy")
+
+
+@pytest.fixture
+def native(tmp_path: Path) -> Iterator[Callable[..., NativeStack]]:
+    stacks: list[NativeStack] = []
+
+    def factory(files: list[str], env_text: str | None = None) -> NativeStack:
+        stack = prepare(tmp_path / f"stack{len(stacks)}", files, env_text)
+        stacks.append(stack)
+        return stack
+
+    yield factory
+    for s in stacks:
+        s.stop()
+
+
+def _skopeo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["skopeo", "--insecure-policy", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_base_and_auth_layers_run_natively_with_push_and_pull(
+        native: Callable[..., NativeStack], tmp_path: Path) -> None:
+    stack = native([BASE, "docker-compose.auth.yml"], ENV_EXAMPLE)
+    auth_dir = Path(stack.host_path("registry", "/auth"))
+    (auth_dir / "htpasswd").write_text(make_entry("alice", "s3cret", cost=5) + "\n")
+    stack.start_registry()
+    stack.start_ui()
+    cp = stack.start_certproxy()
+    reg_port, ui_port = stack.ports[5000], stack.ports[443]
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    # No ACME layer: certproxy serves its bootstrap certificate; trust it for skopeo.
+    (certs / "ca.crt").write_bytes((cp.store / "bootstrap" / "localhost" / "fullchain.pem").read_bytes())
+    image = tmp_path / "image"
+    pushed = make_image(image, 2 << 20)
+    ref = f"docker://localhost:{reg_port}/compose/native:v1"
+    denied = _skopeo("copy", "--dest-cert-dir", str(certs), f"oci:{image}:v1", ref)
+    assert denied.returncode != 0  # the registry's htpasswd auth, through certproxy
+    ok = _skopeo("copy", "--dest-cert-dir", str(certs), "--dest-creds", "alice:s3cret",
+                 f"oci:{image}:v1", ref)
+    assert ok.returncode == 0, ok.stderr
+    pull = _skopeo("copy", "--src-cert-dir", str(certs), "--src-creds", "alice:s3cret", ref,
+                   f"oci:{tmp_path / 'pulled'}:v1")
+    assert pull.returncode == 0, pull.stderr
+    assert layer_digests(tmp_path / "pulled") == pushed
+    # The UI route is behind certproxy's own basic auth.
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"https://localhost:{ui_port}/", context=ctx, timeout=10)
+    assert err.value.code == 401
+    req = urllib.request.Request(f"https://localhost:{ui_port}/", headers={
+        "Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()})
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+        assert r.status == 200 and b"Registry web UI placeholder" in r.read()
+    # Plain HTTP redirects to the UI port.
+    req = urllib.request.Request(f"http://127.0.0.1:{cp.http_port}/x?y=1", headers={"Host": "reg.test"})
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *a: object, **k: object) -> None:
+            return None
+
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.build_opener(NoRedirect).open(req, timeout=10)
+    assert err.value.code == 301 and err.value.headers["Location"] == f"https://reg.test:{ui_port}/x?y=1"
+
+
+def test_a_wrong_variable_in_a_compose_file_breaks_the_native_run(
+        native: Callable[..., NativeStack], tmp_path: Path) -> None:
+    stack = native([BASE, "docker-compose.auth.yml"], ENV_EXAMPLE)
+    stack.config["services"]["registry"]["environment"]["REGISTRY_AUTH_HTPASSWD_PATH"] = "/nowhere/htpasswd"
+    with pytest.raises((RuntimeError, TimeoutError, KeyError)):
+        stack.start_registry()
+    stack2 = native([BASE], ENV_EXAMPLE)
+    stack2.config["services"]["certproxy"]["environment"]["CERTPROXY_ROUTES"] = "5000=http://regsitry:5000"
+    stack2.start_registry()
+    with pytest.raises(KeyError, match="regsitry"):
+        stack2.start_certproxy()
+
+
+def test_acme_layer_runs_natively_against_pebble(
+        native: Callable[..., NativeStack], tmp_path: Path, ca: trustme.CA) -> None:
+    http_port = free_port()
+    pebble: Pebble = start_pebble(tmp_path, ca, http_port)
+    try:
+        env_text = (f"CERTPROXY_DOMAINS=localhost\nCERTPROXY_EMAIL=ops@certproxy.test\n"
+                    f"CERTPROXY_STAGING=0\nCERTPROXY_ACME_DIRECTORY={pebble.directory}\n")
+        stack = native([BASE, "docker-compose.acme.yml"], env_text)
+        stack.start_registry()
+        stack.start_ui()
+        # Pebble stands in for Let's Encrypt; its API certificate comes from the test CA.
+        cp = stack.start_certproxy(extra_env={"CERTPROXY_ACME_CA_BUNDLE": str(pebble.ca_bundle),
+                                              "CERTPROXY_ACME_RETRY_MIN": "1"}, http_port=http_port)
+        roots = pebble.roots_pem()
+        certs = tmp_path / "pebble-certs"
+        certs.mkdir()
+        (certs / "ca.crt").write_bytes(roots)
+        ctx = ssl.create_default_context(cadata=roots.decode())
+
+        def served() -> bool:
+            with urllib.request.urlopen(f"https://localhost:{stack.ports[443]}/", context=ctx, timeout=5):
+                return True
+
+        wait_for(served, 60, "the Pebble certificate", cp.proc, cp.log)
+        image = tmp_path / "image"
+        pushed = make_image(image, 1 << 20)
+        ref = f"docker://localhost:{stack.ports[5000]}/compose/acme:v1"
+        assert _skopeo("copy", "--dest-cert-dir", str(certs), f"oci:{image}:v1", ref).returncode == 0
+        pull = _skopeo("copy", "--src-cert-dir", str(certs), ref, f"oci:{tmp_path / 'pulled'}:v1")
+        assert pull.returncode == 0, pull.stderr
+        assert layer_digests(tmp_path / "pulled") == pushed
+    finally:
+        pebble.stop()
