@@ -1,105 +1,121 @@
-"""certproxy's demo: the registry stack on loopback, with certproxy as its front.
+"""certproxy's demo: the stack the compose files describe, run natively on loopback.
 
-Starts the real docker-registry, a placeholder web UI and certproxy (with a
-fresh store, so it serves its self-signed bootstrap certificate), pushes a
-small image through certproxy's registry port with skopeo, pulls it back,
-compares the digests, prints /healthz and `certproxy status`, and keeps
-serving until Ctrl-C. With DEMO_ONESHOT=1 it stops after the check and exits
-with its result.
-
-Ports (loopback): DEMO_HTTP_PORT (8080), DEMO_UI_PORT (8443), DEMO_REGISTRY_PORT (5000).
+It merges compose/docker-compose.yml + docker-compose.acme.yml with Debian's
+docker-compose, then starts what they describe as local processes (there is
+no Docker engine here): the real docker-registry, a placeholder for the web
+UI image, and certproxy with ACME on, with Pebble (Let's Encrypt's test CA)
+standing in for Let's Encrypt. It shows the bootstrap certificate being
+replaced by the ACME one, pushes a small image through certproxy's registry
+port with skopeo, pulls it back, compares digests, prints /healthz and
+`certproxy status`, and keeps serving until Ctrl-C (DEMO_ONESHOT=1: exits
+with the check's result).
 """
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 from pathlib import Path
+
+import trustme
+from cryptography import x509
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from support.native_compose import prepare  # noqa: E402
 from support.oci import layer_digests, make_image  # noqa: E402
-from support.procs import start_certproxy, stop_process  # noqa: E402
-from support.registry import start_registry  # noqa: E402
+from support.pebble import start_pebble  # noqa: E402
+from support.procs import free_port, wait_for  # noqa: E402
 
 
 def say(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-class Placeholder(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        body = (b"<!doctype html><title>registry UI</title>"
-                b"<h1>Registry web UI placeholder</h1><p>served through certproxy</p>\n")
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def served(port: int) -> x509.Certificate:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 
-    def log_message(self, *args: object) -> None:
-        pass
+
+def describe(cert: x509.Certificate) -> str:
+    issuer = cert.issuer.rfc4514_string()
+    return f"serial {cert.serial_number:x}, issuer {issuer}, expires {cert.not_valid_after_utc:%Y-%m-%d %H:%M}"
 
 
 def main() -> int:
     oneshot = os.environ.get("DEMO_ONESHOT") == "1"
-    http_port = int(os.environ.get("DEMO_HTTP_PORT", "8080"))
-    ui_port = int(os.environ.get("DEMO_UI_PORT", "8443"))
-    reg_port = int(os.environ.get("DEMO_REGISTRY_PORT", "5000"))
     work = Path(tempfile.mkdtemp(prefix="certproxy-demo-"))
-    procs = []
+    pebble = stack = None
     try:
         say(f"work folder {work}")
-        registry = start_registry(work)
-        procs.append(registry.proc)
-        say(f"docker-registry {registry.url} (storage {registry.root / 'data'})")
+        http_port = free_port()
+        pebble = start_pebble(work, trustme.CA(organization_name="certproxy demo CA"), http_port)
+        say(f"Pebble (stand-in for Let's Encrypt): {pebble.directory}")
+        env_text = (f"CERTPROXY_DOMAINS=localhost\nCERTPROXY_EMAIL=ops@certproxy.test\n"
+                    f"CERTPROXY_STAGING=0\nCERTPROXY_ACME_DIRECTORY={pebble.directory}\n")
+        stack = prepare(work, ["docker-compose.yml", "docker-compose.acme.yml"], env_text)
+        say("docker-compose -f docker-compose.yml -f docker-compose.acme.yml config: merged")
+        registry = stack.start_registry()
+        say(f"registry (registry:2 service, natively): {registry.url}")
+        stack.start_ui()
+        say(f"web UI placeholder (registry-ui service): http://{stack.hosts['registry-ui']}")
+        cp = stack.start_certproxy(extra_env={"CERTPROXY_ACME_CA_BUNDLE": str(pebble.ca_bundle),
+                                              "CERTPROXY_ACME_RETRY_MIN": "1"}, http_port=http_port)
+        ui, reg = stack.ports[443], stack.ports[5000]
+        say(f"certproxy: http://127.0.0.1:{http_port} (:80), https://localhost:{ui} (:443 -> UI), "
+            f"https://localhost:{reg} (:5000 -> registry)")
+        first = served(reg)
+        say(f"first certificate: {describe(first)}")
+        roots = pebble.roots_pem()
+        ctx = ssl.create_default_context(cadata=roots.decode())
 
-        ui = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Placeholder)
-        threading.Thread(target=ui.serve_forever, daemon=True).start()
-        ui_url = f"http://127.0.0.1:{ui.server_address[1]}"
-        say(f"placeholder UI {ui_url}")
+        def acme_served() -> bool:
+            with socket.create_connection(("127.0.0.1", reg), timeout=5) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost"):
+                    return True
 
-        store = work / "store"
-        cp = start_certproxy(work, {ui_port: ui_url, reg_port: registry.url}, store,
-                             http_port=http_port)
-        procs.append(cp.proc)
-        say(f"certproxy: http://127.0.0.1:{http_port} (redirects, /healthz), "
-            f"https://localhost:{ui_port} -> UI, https://localhost:{reg_port} -> registry")
+        t0 = time.monotonic()
+        wait_for(acme_served, 60, "the ACME certificate", cp.proc, cp.log)
+        say(f"ACME certificate served after {time.monotonic() - t0:.1f} s, no restart: "
+            f"{describe(served(reg))}")
 
-        # The store is new, so certproxy serves its bootstrap certificate: trust it for skopeo.
         certs = work / "certs.d"
         certs.mkdir()
-        shutil.copy(store / "bootstrap" / "localhost" / "fullchain.pem", certs / "ca.crt")
-
+        (certs / "ca.crt").write_bytes(roots)
         image = work / "image"
         pushed = make_image(image, 4 << 20)
-        ref = f"docker://localhost:{reg_port}/demo/hello:v1"
+        ref = f"docker://localhost:{reg}/demo/hello:v1"
         say(f"skopeo push {ref}")
         subprocess.run(["skopeo", "--insecure-policy", "copy", "--dest-cert-dir", str(certs),
                         f"oci:{image}:v1", ref], check=True, timeout=300)
         say(f"skopeo pull {ref}")
-        pulled = work / "pulled"
         subprocess.run(["skopeo", "--insecure-policy", "copy", "--src-cert-dir", str(certs),
-                        ref, f"oci:{pulled}:v1"], check=True, timeout=300)
-        ok = layer_digests(pulled) == pushed
+                        ref, f"oci:{work / 'pulled'}:v1"], check=True, timeout=300)
+        ok = layer_digests(work / "pulled") == pushed
         say(f"digests {'match' if ok else 'DIFFER'}: {', '.join(d[:19] for d in pushed)}")
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=10) as r:
+        with urllib.request.urlopen(cp.healthz, timeout=10) as r:
             health = json.load(r)
         say(f"/healthz: status {health['status']}")
         print(json.dumps(health, indent=2))
         say("certproxy status")
-        subprocess.run([sys.executable, "-m", "certproxy", "status", "--store", str(store)],
-                       check=False, timeout=60)
+        subprocess.run([sys.executable, "-m", "certproxy", "status", "--store", str(cp.store),
+                        "--url", cp.healthz], check=False, timeout=60)
         if oneshot:
             return 0 if ok else 1
         say("serving; Ctrl-C to stop")
@@ -109,12 +125,14 @@ def main() -> int:
         while not stop.wait(1):
             pass
         return 0 if ok else 1
-    except subprocess.CalledProcessError as exc:
+    except (subprocess.CalledProcessError, TimeoutError, RuntimeError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        for proc in reversed(procs):
-            stop_process(proc)
+        if stack is not None:
+            stack.stop()
+        if pebble is not None:
+            pebble.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

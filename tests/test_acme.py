@@ -86,8 +86,10 @@ def test_serve_moves_from_bootstrap_to_a_pebble_certificate_without_restart(
     pebble = pebble_factory(http_port)
     store = tmp_path / "store"
     t0 = time.monotonic()
+    admin = free_port()
     cp = certproxy_factory({reg_port: registry.url, ui_port: registry.url}, store,
-                           http_port=http_port, extra_env=acme_env(pebble))
+                           http_port=http_port,
+                           extra_env=acme_env(pebble, CERTPROXY_ADMIN_PORT=str(admin)))
     # Serving at once, with the bootstrap certificate; a push works with it.
     first = peer_cert(reg_port)
     if first.issuer == first.subject:
@@ -118,6 +120,11 @@ def test_serve_moves_from_bootstrap_to_a_pebble_certificate_without_restart(
     renewal = health["renewals"][0]
     assert renewal["last_success"] and renewal["last_error"] is None and renewal["next_renewal"]
     assert renewal["directory"] == pebble.directory
+    from test_metrics_auth import scrape, value
+    samples = scrape(admin)
+    assert value(samples, "certproxy_renewal_attempts_total", name="localhost") == 1
+    assert value(samples, "certproxy_renewal_failures_total", name="localhost") == 0
+    assert value(samples, "certproxy_renewal_next_timestamp_seconds", name="localhost") > time.time()
     assert "Traceback" not in cp.output()
 
 

@@ -5,22 +5,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from support.procs import ROOT, free_port
+from support.procs import ROOT
 
 pytestmark = pytest.mark.integration
 
 
-def test_demo_oneshot_pushes_pulls_and_exits_0(tmp_path: Path) -> None:
-    env = {**os.environ, "DEMO_ONESHOT": "1", "DEMO_HTTP_PORT": str(free_port()),
-           "DEMO_UI_PORT": str(free_port()), "DEMO_REGISTRY_PORT": str(free_port())}
-    env = {k: v for k, v in env.items() if not k.startswith("CERTPROXY_")}
+def test_demo_oneshot_runs_the_compose_stack_with_acme_and_exits_0() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTPROXY_")}
+    env["DEMO_ONESHOT"] = "1"
     proc = subprocess.run([sys.executable, str(ROOT / "demo" / "demo.py")], env=env,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "digests match" in proc.stdout
-    assert '"status": "degraded"' in proc.stdout  # bootstrap certificate, reported as such
-    assert "localhost  bootstrap" in proc.stdout
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    assert "first certificate: serial" in out and "certproxy bootstrap" in out
+    assert "ACME certificate served after" in out and "Pebble Intermediate" in out
+    assert "digests match" in out
+    assert '"status": "ok"' in out
+    assert "localhost  live" in out
