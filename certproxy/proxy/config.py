@@ -81,6 +81,7 @@ class Config:
     admin_bind: str = "127.0.0.1"
     auth_htpasswd: Path | None = None
     auth_ports: tuple[int, ...] = (443,)
+    hsts_max_age: int = 31536000  # 0: no Strict-Transport-Security header
 
     def __post_init__(self) -> None:
         if not self.routes:
@@ -183,6 +184,15 @@ def parse_seconds(raw: Any, source: str) -> float:
     if not 0 < value <= 86400 * 7:
         raise ConfigError(source, f"{value} seconds is out of range")
     return value
+
+
+def parse_hsts(raw: Any, source: str) -> int:
+    text = str(raw).strip().lower()
+    if text in ("off", "0", ""):
+        return 0
+    if not text.isdigit() or int(text) > 2**31:
+        raise ConfigError(source, f"{raw!r} is not a max-age in seconds (or off)")
+    return int(text)
 
 
 def parse_domains(raw: Any, source: str) -> tuple[str, ...]:
@@ -308,6 +318,7 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "admin_port": lambda raw, src: parse_port(raw, src, allow_off=True),
     "admin_bind": parse_bind,
     "auth_htpasswd": _optional_path,
+    "hsts_max_age": lambda raw, src: parse_hsts(raw, src),
     "auth_ports": lambda raw, src: tuple(
         _port(p, src) for p in (raw if isinstance(raw, list) else str(raw).split(",")) if str(p).strip()),
 }

@@ -40,6 +40,23 @@ from .upstream import Upstream, describe_client_error
 log = logging.getLogger("certproxy.proxy")
 
 REGISTRY_API_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
+# Not for a registry front: CONNECT would make it an open tunnel, TRACE echoes credentials.
+REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK"})
+
+
+def origin_form(raw_target: str) -> tuple[str, str | None] | None:
+    """``(path?query, authority)`` for a request target; None when unusable.
+
+    Absolute-form targets (``http://host/path``) become origin-form: whatever
+    host they name, the request goes to this route's upstream only.
+    """
+    if raw_target.startswith("/"):
+        return raw_target, None
+    scheme, sep, rest = raw_target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return None
+    authority, slash, path = rest.partition("/")
+    return "/" + path if slash else "/", authority or None
 
 
 class ClientGone(Exception):
@@ -64,8 +81,10 @@ def error_response(status: int, reason: str, raw_path: str) -> web.Response:
 
 class ProxyHandler:
     def __init__(self, route: Route, upstream: Upstream, health: Health,
-                 metrics: RouteMetrics, auth: BasicAuth | None = None) -> None:
+                 metrics: RouteMetrics, auth: BasicAuth | None = None,
+                 hsts_max_age: int = 0) -> None:
         self.route = route
+        self.hsts = f"max-age={hsts_max_age}" if hsts_max_age > 0 else None
         self.upstream = upstream
         self.health = health
         self.metrics = metrics
@@ -80,7 +99,10 @@ class ProxyHandler:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         client_ip = peer[0] if peer else "-"
         try:
-            if raw_path == "/healthz":
+            if request.method in REFUSED_METHODS:
+                resp = error_response(405, f"{request.method} is not allowed", raw_path)
+                resp.headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+            elif raw_path == "/healthz":
                 resp = await self.health.response()
             elif self.auth is not None and not await self.auth.allowed(
                     request.headers.get("Authorization")):
@@ -91,6 +113,8 @@ class ProxyHandler:
             status = resp.status
             if isinstance(resp, web.Response):  # certproxy's own answer, not streamed
                 count.bytes_out = resp.content_length or 0
+                if self.hsts and not resp.prepared:
+                    resp.headers.setdefault("Strict-Transport-Security", self.hsts)
             return resp
         finally:
             self.metrics.request(status, count.bytes_in, count.bytes_out)
@@ -114,13 +138,19 @@ class ProxyHandler:
 
     async def _proxy(self, request: web.BaseRequest, raw_path: str, client_ip: str,
                      count: _Counter) -> web.StreamResponse:
-        host_header = request.headers.get("Host")
+        target = origin_form(raw_path)
+        if target is None:
+            return error_response(400, "request target must be a path", raw_path)
+        raw_path, authority = target
+        host_header = authority or request.headers.get("Host")
         headers = upstream_request_headers(
             decode_raw(request.raw_headers), client_ip=client_ip, host=host_header,
             listener_port=self.route.port,
         )
         if self.auth is not None:  # certproxy consumed these credentials
             headers = [(n, v) for n, v in headers if n.lower() != "authorization"]
+        if authority:  # absolute-form: its authority is the Host (RFC 9112, 3.2.2)
+            headers = [(n, authority if n.lower() == "host" else v) for n, v in headers]
         parsed = parse_host(host_header)
         public = origin("https", parsed[0], parsed[1]) if parsed else None
         data = self._body(request, count) if request.body_exists else None
@@ -154,6 +184,8 @@ class ProxyHandler:
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         resp.headers.extend(client_response_headers(
             decode_raw(upstream.raw_headers), upstream_url=self._base, public_origin=public))
+        if self.hsts and "Strict-Transport-Security" not in resp.headers:
+            resp.headers["Strict-Transport-Security"] = self.hsts
         try:
             await resp.prepare(request)
             async for chunk in upstream.content.iter_any():

@@ -18,6 +18,8 @@ import signal
 import ssl
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
 from ..acme_client import AcmeIssuer
 from ..acme_client.manager import CertManager
@@ -39,6 +41,41 @@ log = logging.getLogger("certproxy")
 MAX_FIELD_SIZE = 16384
 MAX_LINE_SIZE = 16384
 SERVER_READ_BUFSIZE = 1 << 18
+
+
+class _RequestHandler(RequestHandler):
+    """aiohttp's connection handler with certproxy's answers to malformed requests.
+
+    aiohttp's parser (llhttp) already refuses ambiguous framing (Content-Length
+    with Transfer-Encoding, duplicate lengths, obsolete folding, bare CR/LF,
+    NUL, bad chunk sizes). Here the answer becomes one line without echoing
+    the request, 414/431 for an over-long request line/header, and a log line
+    without a traceback.
+    """
+
+    __slots__ = ()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError) or status == 500:
+            return super().handle_error(request, status, exc, message)
+        reason = (getattr(exc, "message", "") or str(exc) or "bad request").splitlines()[0].rstrip(":")
+        if isinstance(exc, LineTooLong):
+            # aiohttp's C parser reports the URL of a long request line as a
+            # bytearray, the value of a long header as bytes.
+            line = exc.args[0] if exc.args else b""
+            header = isinstance(line, bytes) and not line.startswith(b"/")
+            status = 431 if header else 414
+            reason = "request header too large" if header else "request line too long"
+        log.info("refused a malformed request from %s: %s", request.remote, reason)
+        resp = web.Response(status=status, text=f"certproxy: {reason}\n")
+        resp.force_close()
+        return resp
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
 
 
 class StartupError(Exception):
@@ -100,7 +137,7 @@ class Front:
                 port = upstream.route.port
                 auth = self.auth if port in cfg.auth_ports else None
                 handler = ProxyHandler(upstream.route, upstream, self.health,
-                                       self.metrics.route(str(port)), auth)
+                                       self.metrics.route(str(port)), auth, cfg.hsts_max_age)
                 await self._listen(handler, port, self.tls.listener_context())
             if cfg.admin_port is not None:
                 await self._listen(self._admin, cfg.admin_port, None, bind=cfg.admin_bind)
@@ -134,7 +171,7 @@ class Front:
         listener = f"{port}"
         if isinstance(ssl_context, ssl.SSLContext):
             count_handshake_failures(ssl_context, self.metrics.handshake_failures.labels(listener).inc)
-        server = web.Server(
+        server = _Server(
             handler,  # type: ignore[arg-type]
             access_log=None,
             keepalive_timeout=self.config.keepalive_timeout,

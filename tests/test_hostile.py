@@ -1,0 +1,114 @@
+"""Hostile and ambiguous requests: refused with a clear status, the connection
+closed, nothing forwarded (a recording upstream proves it), no crash."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from support.procs import CertproxyProcess, free_port
+from support.rawhttp import exchange, open_conn, read_response
+from support.upstreams import RawUpstream
+
+pytestmark = pytest.mark.integration
+
+Factory = Callable[..., CertproxyProcess]
+
+SMUGGLING = {
+    "content-length and transfer-encoding": "POST / HTTP/1.1\r\n{H}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "conflicting content-length": "POST / HTTP/1.1\r\n{H}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "duplicate content-length": "POST / HTTP/1.1\r\n{H}Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    "transfer-encoding not chunked": "POST / HTTP/1.1\r\n{H}Transfer-Encoding: gzip\r\n\r\nxx",
+    "chunked not last": "POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+    "obsolete line folding": "GET / HTTP/1.1\r\n{H}X-A: a\r\n b\r\n\r\n",
+    "bare LF": "GET / HTTP/1.1\n{H}\n",
+    "bare CR in a header": "GET / HTTP/1.1\r\n{H}X-A: a\rb\r\n\r\n",
+    "NUL in the target": "GET /a\x00b HTTP/1.1\r\n{H}\r\n",
+    "NUL in a header": "GET / HTTP/1.1\r\n{H}X-A: a\x00b\r\n\r\n",
+    "invalid chunk size": "POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    "whitespace before the colon": "GET / HTTP/1.1\r\n{H}X-A : a\r\n\r\n",
+}
+
+
+@pytest.fixture
+async def front(certproxy_factory: Factory, store: Path):  # type: ignore[no-untyped-def]
+    up = await RawUpstream().start()
+    port = free_port()
+    cp = await asyncio.to_thread(certproxy_factory, {port: up.url}, store)
+    yield cp, port, up
+    await up.close()
+
+
+async def test_ambiguous_requests_get_400_and_nothing_is_forwarded(front, client_ssl: ssl.SSLContext) -> None:  # type: ignore[no-untyped-def]
+    cp, port, up = front
+    host = f"Host: localhost:{port}\r\n"
+    for name, template in SMUGGLING.items():
+        reader, writer = await open_conn(port, client_ssl)
+        writer.write(template.replace("{H}", host).encode("latin-1"))
+        await writer.drain()
+        resp = await asyncio.wait_for(read_response(reader), 10)
+        assert resp.status == 400, name
+        body = resp.body.decode()
+        assert body.startswith("certproxy: ") and body.count("\n") == 1, (name, body)
+        assert await asyncio.wait_for(reader.read(), 5) == b"", name  # connection closed
+        writer.close()
+    assert up.forwarded == []
+    assert "Traceback" not in cp.output()
+
+
+async def test_pipelined_requests_stay_in_step(front, client_ssl: ssl.SSLContext) -> None:  # type: ignore[no-untyped-def]
+    cp, port, up = front
+    host = f"Host: localhost:{port}\r\n"
+    reader, writer = await open_conn(port, client_ssl)
+    writer.write((f"POST /one HTTP/1.1\r\n{host}Content-Length: 3\r\n\r\nabc"
+                  f"GET /two HTTP/1.1\r\n{host}\r\n"
+                  f"GET /three HTTP/1.1\r\n{host}\r\n").encode())
+    await writer.drain()
+    for _ in range(3):
+        assert (await asyncio.wait_for(read_response(reader), 10)).status == 200
+    writer.close()
+    assert [r.request_line.split()[1] for r in up.forwarded] == ["/one", "/two", "/three"]
+    assert up.forwarded[0].body == b"abc"
+
+
+async def test_limits_connect_trace_and_absolute_form(front, client_ssl: ssl.SSLContext) -> None:  # type: ignore[no-untyped-def]
+    cp, port, up = front
+    host = f"Host: localhost:{port}\r\n"
+    long_line = await exchange(port, f"GET /{'a' * 20000} HTTP/1.1\r\n{host}\r\n".encode(), client_ssl)
+    assert long_line.status == 414 and long_line.body == b"certproxy: request line too long\n"
+    big_header = await exchange(port, f"GET / HTTP/1.1\r\n{host}X-A: {'a' * 20000}\r\n\r\n".encode(),
+                                client_ssl)
+    assert big_header.status == 431
+    for method in ("CONNECT", "TRACE"):
+        target = "example.com:443" if method == "CONNECT" else "/"
+        resp = await exchange(port, f"{method} {target} HTTP/1.1\r\nHost: example.com\r\n\r\n".encode(),
+                              client_ssl)
+        assert resp.status == 405 and resp.header("Allow"), method
+    # Absolute-form naming a foreign site still goes to this route's upstream only.
+    resp = await exchange(port, b"GET http://example.com/v2/x?y=1 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+                          client_ssl)
+    assert resp.status == 200
+    assert up.forwarded[-1].request_line == "GET /v2/x?y=1 HTTP/1.1"
+    assert up.forwarded[-1].header("Host") == ["example.com"]
+    star = await exchange(port, f"OPTIONS * HTTP/1.1\r\n{host}\r\n".encode(), client_ssl)
+    assert star.status == 400
+    assert len(up.forwarded) == 1
+    assert "Traceback" not in cp.output()
+
+
+async def test_hsts_on_tls_responses_and_its_off_switch(
+        certproxy_factory: Factory, store: Path, client_ssl: ssl.SSLContext) -> None:
+    up = await RawUpstream().start()
+    on, off = free_port(), free_port()
+    await asyncio.to_thread(certproxy_factory, {on: up.url}, store)
+    await asyncio.to_thread(certproxy_factory, {off: up.url}, store,
+                            extra_env={"CERTPROXY_HSTS_MAX_AGE": "off"})
+    resp = await exchange(on, f"GET / HTTP/1.1\r\nHost: localhost:{on}\r\n\r\n".encode(), client_ssl)
+    assert resp.header("Strict-Transport-Security") == ["max-age=31536000"]
+    resp = await exchange(off, f"GET / HTTP/1.1\r\nHost: localhost:{off}\r\n\r\n".encode(), client_ssl)
+    assert resp.header("Strict-Transport-Security") == []
+    await up.close()
