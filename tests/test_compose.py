@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from certproxy.proxy.auth import make_entry
-from support.native_compose import COMPOSE_DIR, NativeStack, compose_config, prepare
+from support.native_compose import COMPOSE_DIR, NativeStack, prepare
 from support.oci import layer_digests, make_image
 from support.pebble import Pebble, start_pebble
 from support.procs import ROOT, free_port, wait_for
@@ -127,7 +127,9 @@ def test_base_and_auth_layers_run_natively_with_push_and_pull(
         "Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()})
     with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
         assert r.status == 200 and b"Registry web UI placeholder" in r.read()
-    # Plain HTTP redirects to the UI port.
+    # Plain HTTP redirects to https: on 443 in a container; natively 443 is remapped, so to
+    # the lowest TLS port (certproxy's rule when 443 is not routed).
+    https_port = min(ui_port, reg_port)
     req = urllib.request.Request(f"http://127.0.0.1:{cp.http_port}/x?y=1", headers={"Host": "reg.test"})
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -136,7 +138,7 @@ def test_base_and_auth_layers_run_natively_with_push_and_pull(
 
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.build_opener(NoRedirect).open(req, timeout=10)
-    assert err.value.code == 301 and err.value.headers["Location"] == f"https://reg.test:{ui_port}/x?y=1"
+    assert err.value.code == 301 and err.value.headers["Location"] == f"https://reg.test:{https_port}/x?y=1"
 
 
 def test_a_wrong_variable_in_a_compose_file_breaks_the_native_run(

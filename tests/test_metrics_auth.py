@@ -51,7 +51,7 @@ async def test_metrics_count_what_happened(certproxy_factory: Factory, store: Pa
 
     up = await RawUpstream(respond).start()
     port, admin = free_port(), free_port()
-    cp = await asyncio.to_thread(certproxy_factory, {port: up.url}, store,
+    await asyncio.to_thread(certproxy_factory, {port: up.url}, store,
                                  extra_env={"CERTPROXY_ADMIN_PORT": str(admin)})
     host = f"Host: localhost:{port}\r\n"
     for _ in range(7):
