@@ -7,13 +7,22 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test deps system-deps clean
+BENCH_ARGS ?=
+
+.PHONY: demo test bench bench-quick deps system-deps clean
 
 demo: deps
 	$(BIN)/python demo/demo.py
 
 test: deps
 	$(BIN)/python -m pytest -q -rfEs $(PYTEST_ARGS)
+
+bench: deps
+	@scripts/install-bench-deps.sh
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+bench-quick: BENCH_ARGS = --quick
+bench-quick: bench
 
 deps: system-deps $(STAMP)
 

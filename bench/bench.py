@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""certproxy's benchmark: certproxy, nginx, HAProxy and Caddy as the TLS front
+of the real docker-registry on loopback, one at a time, interleaved over rounds.
+
+For every front and round it measures skopeo push and pull of an incompressible
+layer, curl GET and monolithic PUT of that blob, wrk keep-alive `GET /v2/` and
+a 4 KiB blob, wrk with `Connection: close` (a full TLS handshake per request),
+and the same two wrk tests before a trivial upstream (the front's own ceiling);
+the front's CPU seconds per test (its whole process tree) and peak RSS.
+Figures are reported as ratios to nginx in the same round (these machines are
+shared and noisy), the medians across rounds in a Markdown table.
+
+    python bench/bench.py            # 3 rounds, 1 GiB layer, 10 s wrk runs (about 20 minutes)
+    python bench/bench.py --quick    # 1 round, 64 MiB layer, 3 s wrk runs (a few minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import trustme
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from fronts import FRONTS, Front, Nginx  # noqa: E402
+from support.oci import make_image  # noqa: E402
+from support.procs import free_port, tcp_open, wait_for  # noqa: E402
+from support.registry import start_registry  # noqa: E402
+
+BLOB_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
+MB = 1e6
+
+
+# -- process accounting ------------------------------------------------------
+def tree(pid: int) -> list[int]:
+    pids, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        for c in children:
+            pids.append(int(c))
+            frontier.append(int(c))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def rss_mib(pid: int) -> float:
+    """The largest RSS of any one process of the tree."""
+    best = 0
+    for p in tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    best = max(best, int(line.split()[1]))
+        except OSError:
+            continue
+    return best / 1024
+
+
+class Sampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop = pid, 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_mib(self.pid))
+            time.sleep(0.05)
+
+
+def measured(front: Front, fn, *args):  # type: ignore[no-untyped-def]
+    """Run one test; returns (its result, front CPU seconds, front peak RSS MiB)."""
+    assert front.proc is not None
+    sampler = Sampler(front.proc.pid)
+    sampler.start()
+    before = cpu_seconds(front.proc.pid)
+    try:
+        result = fn(*args)
+    finally:
+        sampler.stop.set()
+        sampler.join()
+    return result, cpu_seconds(front.proc.pid) - before, sampler.peak
+
+
+# -- the tests -----------------------------------------------------------------
+def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])}...: {out.stderr.strip()[-500:]}")
+    return out
+
+
+def wrk(url: str, seconds: int, close: bool = False) -> tuple[float, int]:
+    cmd = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--timeout", "10s"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    out = run(cmd + [url], timeout=seconds + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors and int(errors.group(1)) > total * 0.01:
+        raise RuntimeError(f"wrk {url}: {errors.group(1)} non-2xx responses")
+    return rps, total
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="certproxy-bench-"))
+        ca = trustme.CA()
+        leaf = ca.issue_cert("localhost", "127.0.0.1")  # ECDSA P-256 (trustme's default)
+        self.cert, self.key = self.work / "cert.pem", self.work / "key.pem"
+        self.cert.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+        self.key.write_bytes(leaf.private_key_pem.bytes())
+        self.certs_dir = self.work / "certs.d"
+        self.certs_dir.mkdir()
+        ca.cert_pem.write_to_path(str(self.certs_dir / "ca.crt"))
+        self.cafile = str(self.certs_dir / "ca.crt")
+        self.layer_mib = 64 if args.quick else args.layer_mib
+        self.seconds = 3 if args.quick else 10
+        self.rounds = 1 if args.quick else args.rounds
+
+    def setup(self) -> None:
+        self.registry = start_registry(self.work)
+        # The trivial upstream: nginx answering 200 from memory.
+        self.trivial_port = free_port()
+        self.trivial = Nginx("trivial", self.work / "trivial", self.cert, self.key, {})
+        conf = self.trivial.work / "nginx.conf"
+        conf.write_text(f"""daemon off; worker_processes 1; pid {self.trivial.work}/n.pid;
+error_log {self.trivial.work}/e.log warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{self.trivial_port}; location / {{ return 200 "ok\\n"; }} }} }}
+""")
+        self.trivial.proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(self.trivial.work)],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: tcp_open(self.trivial_port), 10, "trivial upstream")
+        # The big layer, and a 4 KiB blob for wrk.
+        self.image = self.work / "image"
+        digests = make_image(self.image, self.layer_mib << 20)
+        self.big_digest = digests[-1]
+        self.big_file = self.image / "blobs" / "sha256" / self.big_digest.split(":")[1]
+        self.big_size = self.big_file.stat().st_size
+        small = os.urandom(4096)
+        self.small_digest = "sha256:" + hashlib.sha256(small).hexdigest()
+        self._put_direct("bench/small", small, self.small_digest)
+
+    def _put_direct(self, repo: str, data: bytes, digest: str) -> None:
+        base = self.registry.url
+        req = urllib.request.Request(f"{base}/v2/{repo}/blobs/uploads/", method="POST", data=b"")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            loc = r.headers["Location"]
+        loc = loc if loc.startswith("http") else base + loc
+        sep = "&" if "?" in loc else "?"
+        req = urllib.request.Request(f"{loc}{sep}digest={digest}", method="PUT", data=data,
+                                     headers={"Content-Type": "application/octet-stream"})
+        urllib.request.urlopen(req, timeout=30).close()
+
+    # each returns the figure(s) of one test
+    def push(self, port: int, repo: str) -> float:
+        BLOB_CACHE.unlink(missing_ok=True)  # no cross-repository mount from skopeo's cache
+        t0 = time.monotonic()
+        run(["skopeo", "--insecure-policy", "copy", "--dest-cert-dir", str(self.certs_dir),
+             f"oci:{self.image}:v1", f"docker://localhost:{port}/{repo}:v1"])
+        elapsed = time.monotonic() - t0
+        log = self.registry.log.read_text(errors="replace")
+        if f"mount={self.big_digest}" in log and f"/v2/{repo}/blobs/uploads/?mount" in log:
+            raise RuntimeError(f"push to {repo} was a cross-repository mount, not an upload")
+        return self.big_size / elapsed / MB
+
+    def pull(self, port: int, repo: str) -> float:
+        dest = self.work / f"pull-{repo.replace('/', '_')}"
+        BLOB_CACHE.unlink(missing_ok=True)
+        t0 = time.monotonic()
+        run(["skopeo", "--insecure-policy", "copy", "--src-cert-dir", str(self.certs_dir),
+             f"docker://localhost:{port}/{repo}:v1", f"dir:{dest}"])
+        elapsed = time.monotonic() - t0
+        if not (dest / self.big_digest.split(":")[1]).exists():
+            raise RuntimeError("pull did not bring the big layer")
+        shutil.rmtree(dest, ignore_errors=True)
+        return self.big_size / elapsed / MB
+
+    def get(self, port: int, repo: str) -> float:
+        out = run(["curl", "-sS", "--fail", "--cacert", self.cafile, "-o", "/dev/null", "-w",
+                   "%{size_download} %{time_total}",
+                   f"https://localhost:{port}/v2/{repo}/blobs/{self.big_digest}"]).stdout.split()
+        if int(out[0]) != self.big_size:
+            raise RuntimeError("GET returned a short blob")
+        return self.big_size / float(out[1]) / MB
+
+    def put(self, port: int, repo: str) -> float:
+        loc = run(["curl", "-sS", "--fail", "--cacert", self.cafile, "-X", "POST", "-D", "-",
+                   "-o", "/dev/null", "-H", "Content-Length: 0",
+                   f"https://localhost:{port}/v2/{repo}/blobs/uploads/"]).stdout
+        location = re.search(r"(?im)^location:\s*(\S+)", loc).group(1)  # type: ignore[union-attr]
+        sep = "&" if "?" in location else "?"
+        out = run(["curl", "-sS", "--fail", "--cacert", self.cafile, "-X", "PUT", "-T", str(self.big_file),
+                   "-H", "Content-Type: application/octet-stream", "-o", "/dev/null", "-w",
+                   "%{size_upload} %{time_total}", f"{location}{sep}digest={self.big_digest}"]).stdout.split()
+        return int(out[0]) / float(out[1]) / MB
+
+    def one_front(self, name: str, rnd: int) -> dict[str, float]:
+        reg_port, triv_port = free_port(), free_port()
+        front = FRONTS[name](name, self.work / f"{name}-{rnd}", self.cert, self.key,
+                             {reg_port: self.registry.port, triv_port: self.trivial_port})
+        front.start()
+        assert front.proc is not None
+        wait_for(lambda: tcp_open(reg_port) and tcp_open(triv_port), 20, name, front.proc, front.log)
+        time.sleep(0.5)
+        fig: dict[str, float] = {}
+        peaks: list[float] = []
+        try:
+            repo = f"bench/{name}-{rnd}"
+            for test, fn, args in (("push MB/s", self.push, (reg_port, repo)),
+                                   ("pull MB/s", self.pull, (reg_port, repo)),
+                                   ("GET MB/s", self.get, (reg_port, repo)),
+                                   ("PUT MB/s", self.put, (reg_port, repo + "-put"))):
+                value, cpu, peak = measured(front, fn, *args)
+                fig[test] = value
+                fig[test.replace("MB/s", "CPU s/GB")] = cpu / (self.big_size / 1e9)
+                peaks.append(peak)
+            for test, url, close in (
+                ("GET /v2/ req/s", f"https://localhost:{reg_port}/v2/", False),
+                ("4 KiB blob req/s", f"https://localhost:{reg_port}/v2/bench/small/blobs/{self.small_digest}", False),
+                ("trivial keep-alive req/s", f"https://localhost:{triv_port}/", False),
+                ("trivial new TLS conn/s", f"https://localhost:{triv_port}/", True),
+            ):
+                (rps, total), cpu, peak = measured(front, wrk, url, self.seconds, close)
+                fig[test] = rps
+                unit = "µs/handshake" if close else "µs/req"
+                fig[test.replace(" req/s", "").replace(" conn/s", "") + f" CPU {unit}"] = cpu / total * 1e6
+                peaks.append(peak)
+            fig["peak RSS MiB"] = max(peaks)
+        finally:
+            front.stop()
+        return fig
+
+    def main(self) -> int:
+        self.setup()
+        names = [n for n in ("nginx", "haproxy", "caddy", "certproxy") if n in self.args.fronts]
+        rounds: list[dict[str, dict[str, float]]] = []
+        try:
+            for rnd in range(self.rounds):
+                results = {}
+                order = names[rnd % len(names):] + names[:rnd % len(names)]  # interleave
+                for name in order:
+                    print(f"round {rnd + 1}/{self.rounds}: {name}", flush=True)
+                    results[name] = self.one_front(name, rnd)
+                rounds.append(results)
+        finally:
+            self.registry.proc.terminate()
+            if self.trivial.proc:
+                self.trivial.proc.terminate()
+        report = self.report(rounds, names)
+        out = ROOT / "bench" / "results"
+        out.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        (out / f"bench-{stamp}.md").write_text(report)
+        (out / f"bench-{stamp}.json").write_text(json.dumps(rounds, indent=2))
+        print(report)
+        shutil.rmtree(self.work, ignore_errors=True)
+        return 0
+
+    def report(self, rounds: list[dict[str, dict[str, float]]], names: list[str]) -> str:
+        metrics = list(rounds[0][names[0]])
+        lines = [f"certproxy benchmark: {len(rounds)} round(s), {self.big_size / 2**20:.0f} MiB layer, "
+                 f"wrk -t2 -c64 {self.seconds}s; {os.cpu_count()} cores; "
+                 f"medians, (ratio to nginx in the same round)", "",
+                 "| figure | " + " | ".join(names) + " |",
+                 "|---|" + "---:|" * len(names)]
+        for m in metrics:
+            cells = []
+            for n in names:
+                vals = [r[n][m] for r in rounds]
+                ratios = [r[n][m] / r["nginx"][m] for r in rounds if "nginx" in r and r["nginx"][m]]
+                cell = f"{statistics.median(vals):,.1f}"
+                if ratios and n != "nginx":
+                    cell += f" ({statistics.median(ratios):.2f}x)"
+                cells.append(cell)
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 round, 64 MiB layer, 3 s wrk runs")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--layer-mib", type=int, default=1024)
+    parser.add_argument("--fronts", default="nginx,haproxy,caddy,certproxy")
+    args = parser.parse_args()
+    args.fronts = args.fronts.split(",")
+    if "nginx" not in args.fronts:
+        parser.error("nginx is the reference: keep it in --fronts")
+    return Bench(args).main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
