@@ -292,3 +292,35 @@ async def test_json_access_log(certproxy_factory: Factory, store: Path, client_s
     assert access[0]["bytes_out"] == len(b"hello from upstream\n") and access[0]["client"] == "127.0.0.1"
     assert access[0]["upstream"] == up.url
     await up.close()
+
+
+async def test_stale_pooled_connection_is_retried_once_for_idempotent_requests_only(
+        certproxy_factory: Factory, store: Path, client_ssl: ssl.SSLContext) -> None:
+    # The upstream answers the first request of each connection, then closes the
+    # connection when it is reused: an idle-timeout race with certproxy's pool.
+    per_connection: dict[int, int] = {}
+
+    async def respond(rec: Recorded, w: asyncio.StreamWriter) -> None:
+        key = id(w)
+        per_connection[key] = per_connection.get(key, 0) + 1
+        if per_connection[key] > 1:
+            w.transport.abort()
+            raise ConnectionResetError
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    up = await RawUpstream(respond).start()
+    cp, port = await start(certproxy_factory, up.url, store)
+    host = f"Host: localhost:{port}\r\n"
+    for _ in range(3):
+        resp = await exchange(port, f"GET /v2/ HTTP/1.1\r\n{host}\r\n".encode(), client_ssl)
+        assert resp.status == 200 and resp.body == b"ok"
+    gets = [r for r in up.forwarded if r.request_line.startswith("GET")]
+    # Every request after the first use of a connection hit a closed pooled
+    # connection and was retried once on a new one: never more than twice each.
+    assert 3 < len(gets) <= 6
+    posts_before = len(up.forwarded)
+    resp = await exchange(port, f"POST /v2/x/blobs/uploads/ HTTP/1.1\r\n{host}Content-Length: 3\r\n\r\nabc"
+                          .encode(), client_ssl)
+    assert resp.status == 502 and b"closed the connection" in resp.body
+    assert len(up.forwarded) == posts_before + 1  # never sent twice
+    await up.close()
