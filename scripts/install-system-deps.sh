@@ -11,6 +11,7 @@ command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v testssl >/dev/null 2>&1 || need+=(testssl.sh)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -eq 0 ]; then
