@@ -39,7 +39,6 @@ log = logging.getLogger("certproxy.acme")
 
 Progress = Callable[[str], None]
 ORDER_DEADLINE = dt.timedelta(seconds=120)
-NETWORK_TIMEOUT = 30
 
 
 def ari_cert_id(cert: x509.Certificate) -> str:
@@ -136,7 +135,8 @@ class AcmeIssuer:
             key = self._account_key(progress)
             verify: bool | str = str(self.settings.ca_bundle) if self.settings.ca_bundle else True
             net = _Network(key, alg=jose.ES256, verify_ssl=verify,
-                           user_agent=f"certproxy/{__version__}", timeout=NETWORK_TIMEOUT)
+                           user_agent=f"certproxy/{__version__}",
+                           timeout=self.settings.network_timeout)
             self._net = net
             directory = acme_client.ClientV2.get_directory(self.settings.directory, net)
             client = acme_client.ClientV2(directory, net)

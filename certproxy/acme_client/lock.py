@@ -49,8 +49,12 @@ class IssuanceLock:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(self._owner())
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self._owner())
+        except OSError:
+            self.path.unlink(missing_ok=True)  # never leave an empty lock behind (disk full)
+            raise
         self.held = True
         return True
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Protocol, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ..certs import CertPair, FileStore, PairError, StoreError, utcnow
+from ..certs import CertPair, FileStore, PairError, StoreError, os_reason, utcnow
 from . import policy
 from .client import ari_cert_id
 from .errors import AcmeError
@@ -227,7 +227,12 @@ class CertManager:
             if self.status.next_attempt and self.status.next_attempt > now:
                 return self.status.next_attempt
         lock = IssuanceLock(self.store.paths.locks, self.settings.name)
-        if not await asyncio.to_thread(lock.try_acquire):
+        try:
+            acquired = await asyncio.to_thread(lock.try_acquire)
+        except OSError as exc:
+            return self._failed(StoreError(f"{lock.path}: cannot take the issuance lock: "
+                                           f"{os_reason(exc)}"))
+        if not acquired:
             holder = await asyncio.to_thread(lock.holder)
             self.progress(f"lock: another issuer ({holder}) holds {lock.path}; checking again soon")
             return now + dt.timedelta(seconds=LOCK_BUSY_RETRY)

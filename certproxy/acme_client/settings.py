@@ -21,6 +21,7 @@ class AcmeSettings:
     key_type: str = "ec256"
     profile: str | None = None
     retry_min: float = 60.0  # seconds before the first retry after a failure
+    network_timeout: float = 30.0  # seconds for one request to the CA
 
     def __post_init__(self) -> None:
         if not self.domains:

@@ -1,11 +1,11 @@
 """The certificate store: the ground floor of certproxy (imports nothing above it)."""
 
-from .errors import InvalidName, PairError, StoreError
+from .errors import InvalidName, PairError, StoreError, os_reason
 from .pair import CertPair, load_pair, parse_pair
 from .paths import StorePaths, is_valid_token, name_for_domain
 from .store import FileStore, Inventory, utcnow
 
 __all__ = [
     "CertPair", "FileStore", "InvalidName", "Inventory", "PairError", "StoreError",
-    "StorePaths", "is_valid_token", "load_pair", "name_for_domain", "parse_pair", "utcnow",
+    "StorePaths", "is_valid_token", "os_reason", "load_pair", "name_for_domain", "parse_pair", "utcnow",
 ]

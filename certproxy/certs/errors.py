@@ -6,7 +6,15 @@ caller reacts to differently carry the data it needs (the file and the reason).
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+
+
+def os_reason(exc: OSError) -> str:
+    """One short reason for a filesystem error ("disk full", "Read-only file system", ...)."""
+    if exc.errno == errno.ENOSPC:
+        return "disk full"
+    return exc.strerror or str(exc)
 
 
 class StoreError(Exception):

@@ -24,7 +24,7 @@ from typing import Sequence
 
 from .atomic import CERT_MODE, KEY_MODE, write_atomic, write_pair_atomic
 from .bootstrap import make_self_signed
-from .errors import InvalidName, PairError, StoreError
+from .errors import InvalidName, PairError, StoreError, os_reason
 from .pair import CertPair, key_mode_problem, load_pair, parse_pair
 from .paths import FULLCHAIN, META, PRIVKEY, StorePaths, check_name, name_for_domain
 
@@ -61,7 +61,12 @@ class FileStore:
 
     # -- layout --------------------------------------------------------
     def ensure_layout(self) -> None:
-        """Create the store's folders; raise StoreError when that is impossible."""
+        """Create the store's folders; raise StoreError when that is impossible.
+
+        A read-only store that already holds ``live/`` is accepted (certificates
+        managed by another tool on a read-only volume); writing into it later
+        fails with a clear StoreError.
+        """
         root = self.paths.root
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -76,9 +81,13 @@ class FileStore:
         except FileExistsError:
             raise StoreError(f"{root}: not a folder") from None
         except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and self.paths.live.is_dir():
+                log.warning("store %s is read-only: serving what live/ holds; renewals and a "
+                            "bootstrap certificate need a writable store", root)
+                return
             raise StoreError(f"{exc.filename or root}: {exc.strerror or exc}") from None
-        if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
-            raise StoreError(f"{root}: not readable and writable")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise StoreError(f"{root}: not readable")
 
     # -- pairs ---------------------------------------------------------
     def live_names(self) -> list[str]:
@@ -109,7 +118,7 @@ class FileStore:
             try:
                 write_atomic(folder / META, json.dumps(meta, indent=2).encode() + b"\n")
             except OSError as exc:
-                raise StoreError(f"{folder / META}: cannot write: {exc.strerror or exc}") from None
+                raise StoreError(f"{folder / META}: cannot write: {os_reason(exc)}") from None
         return folder
 
     def live_meta(self, name: str) -> dict[str, object]:
@@ -164,8 +173,7 @@ class FileStore:
                 FULLCHAIN: (chain_pem, CERT_MODE),
             })
         except OSError as exc:
-            why = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise StoreError(f"{folder}: cannot write certificate: {why}") from None
+            raise StoreError(f"{folder}: cannot write certificate: {os_reason(exc)}") from None
 
     def inventory(self, domains: tuple[str, ...], now: dt.datetime | None = None, *,
                   previous: Sequence[CertPair] = (), fresh: bool = False) -> Inventory:
