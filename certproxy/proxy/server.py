@@ -55,6 +55,25 @@ class _RequestHandler(RequestHandler):
 
     __slots__ = ()
 
+    def data_received(self, data: bytes) -> None:
+        """Keep feeding the body of the request in flight while shutting down.
+
+        aiohttp drops every incoming byte once a connection is marked closing,
+        which would stall an upload caught by SIGTERM until the grace period
+        ends; the request in flight must be able to finish.
+        """
+        if (self._close or self._force_close) and self._request_in_progress \
+                and self.transport is not None:
+            closing, forced = self._close, self._force_close
+            self._close = self._force_close = False
+            try:
+                super().data_received(data)
+            finally:
+                self._close = self._close or closing
+                self._force_close = self._force_close or forced
+            return
+        super().data_received(data)
+
     def handle_error(self, request: web.BaseRequest, status: int = 500,
                      exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
         if not isinstance(exc, HttpProcessingError) or status == 500:

@@ -1,0 +1,82 @@
+"""SIGTERM during a push: the upload either completes within the grace period
+and is in the registry, or fails visibly for the client and is not."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import aiohttp
+import pytest
+
+from support.procs import CertproxyProcess, free_port
+from support.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+
+
+def in_registry(registry: Registry, repo: str, digest: str) -> bool:
+    req = urllib.request.Request(f"{registry.url}/v2/{repo}/blobs/{digest}", method="HEAD")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status == 200
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return False
+        raise
+
+
+async def slow_push(port: int, ctx: ssl.SSLContext, repo: str, chunks: int, pause: float
+                    ) -> tuple[str, int | str]:
+    chunk = os.urandom(MiB)
+    digest = "sha256:" + hashlib.sha256(chunk * chunks).hexdigest()
+
+    async def body():  # type: ignore[no-untyped-def]
+        for _ in range(chunks):
+            yield chunk
+            await asyncio.sleep(pause)
+
+    base = f"https://localhost:{port}/v2/{repo}/blobs/uploads/"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        async with s.post(base, ssl=ctx, data=b"") as r:
+            location = r.headers["Location"]
+        sep = "&" if "?" in location else "?"
+        try:
+            async with s.put(f"{location}{sep}digest={digest}", ssl=ctx, data=body(),
+                             headers={"Content-Length": str(chunks * MiB),
+                                      "Content-Type": "application/octet-stream"}) as r:
+                return digest, r.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return digest, type(exc).__name__
+
+
+@pytest.mark.parametrize("grace, chunks, pause, completes", [
+    ("10", 32, 0.03, True),    # ~1 s of upload left when SIGTERM comes: it finishes
+    ("1", 40, 0.1, False),     # ~4 s left, 1 s of grace: it is cut off
+])
+async def test_sigterm_during_a_push(grace: str, chunks: int, pause: float, completes: bool,
+                                     certproxy_factory: Callable[..., CertproxyProcess],
+                                     registry: Registry, store: Path, client_ssl: ssl.SSLContext) -> None:
+    port = free_port()
+    cp = await asyncio.to_thread(certproxy_factory, {port: registry.url}, store,
+                                 extra_env={"CERTPROXY_SHUTDOWN_GRACE": grace})
+    repo = f"shutdown/g{grace}"
+    push = asyncio.create_task(slow_push(port, client_ssl, repo, chunks, pause))
+    await asyncio.sleep(0.4)
+    cp.proc.send_signal(signal.SIGTERM)
+    digest, outcome = await push
+    assert await asyncio.to_thread(cp.proc.wait, 30) == 0
+    stored = await asyncio.to_thread(in_registry, registry, repo, digest)
+    if completes:
+        assert outcome == 201 and stored
+    else:
+        assert outcome != 201 and not stored  # visible to the client, nothing half-done upstream
