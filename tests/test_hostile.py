@@ -83,6 +83,9 @@ async def test_limits_connect_trace_and_absolute_form(front, client_ssl: ssl.SSL
     big_header = await exchange(port, f"GET / HTTP/1.1\r\n{host}X-A: {'a' * 20000}\r\n\r\n".encode(),
                                 client_ssl)
     assert big_header.status == 431
+    many = "".join(f"X-H{i}: v\r\n" for i in range(200))
+    too_many = await exchange(port, f"GET / HTTP/1.1\r\n{host}{many}\r\n".encode(), client_ssl)
+    assert too_many.status == 431, too_many.body
     for method in ("CONNECT", "TRACE"):
         target = "example.com:443" if method == "CONNECT" else "/"
         resp = await exchange(port, f"{method} {target} HTTP/1.1\r\nHost: example.com\r\n\r\n".encode(),

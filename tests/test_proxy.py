@@ -324,3 +324,69 @@ async def test_stale_pooled_connection_is_retried_once_for_idempotent_requests_o
     assert resp.status == 502 and b"closed the connection" in resp.body
     assert len(up.forwarded) == posts_before + 1  # never sent twice
     await up.close()
+
+
+@pytest.mark.parametrize("fault", ["garbage", "hang-mid-body", "trickle"])
+async def test_upstream_faults(fault: str, certproxy_factory: Factory, store: Path,
+                               client_ssl: ssl.SSLContext) -> None:
+    async def respond(rec: Recorded, w: asyncio.StreamWriter) -> None:
+        if fault == "garbage":
+            w.write(b"SPDY/9 what is this\r\n\r\n")
+        elif fault == "hang-mid-body":
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100)
+            await w.drain()
+            await asyncio.sleep(30)
+        else:  # 20 bytes over ~2 s: slow, but never silent past the read timeout
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n")
+            for _ in range(20):
+                await w.drain()
+                await asyncio.sleep(0.1)
+                w.write(b"t")
+
+    up = await RawUpstream(respond).start()
+    cp, port = await start(certproxy_factory, up.url, store,
+                           extra_env={"CERTPROXY_UPSTREAM_READ_TIMEOUT": "1"})
+    started = time.monotonic()
+    resp = await exchange(port, f"GET /v2/x HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode(),
+                          client_ssl, timeout=20)
+    if fault == "garbage":
+        assert resp.status == 502 and resp.body.startswith(b"certproxy: upstream")
+    elif fault == "hang-mid-body":
+        assert resp.status == 200 and not resp.complete  # cut, never a short body that looks whole
+        assert time.monotonic() - started < 10
+    else:
+        assert resp.status == 200 and resp.complete and resp.body == b"t" * 20
+    # Later requests still work.
+    ok = await exchange(port, f"GET /healthz HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode(), client_ssl)
+    assert ok.status == 200
+    assert "Traceback" not in cp.output()
+    await up.close()
+
+
+async def test_a_slow_reader_is_not_disconnected(certproxy_factory: Factory, store: Path,
+                                                 client_ssl: ssl.SSLContext) -> None:
+    size = 16 << 20
+
+    async def big(rec: Recorded, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size >> 16):
+            w.write(b"z" * 65536)
+            await w.drain()
+
+    up = await RawUpstream(big).start()
+    cp, port = await start(certproxy_factory, up.url, store,
+                           extra_env={"CERTPROXY_UPSTREAM_READ_TIMEOUT": "1"})
+    reader, writer = await open_conn(port, client_ssl)
+    writer.write(f"GET /big HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")
+    got = 0
+    while got < size:  # about 3 s of reading, with pauses longer than the upstream read timeout
+        chunk = await asyncio.wait_for(reader.read(1 << 20), 10)
+        assert chunk, f"cut off after {got} bytes"
+        got += len(chunk)
+        if got % (4 << 20) < len(chunk):
+            await asyncio.sleep(1.5)
+    writer.close()
+    assert got == size
+    await up.close()

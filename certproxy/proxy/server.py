@@ -86,6 +86,8 @@ class _RequestHandler(RequestHandler):
             header = isinstance(line, bytes) and not line.startswith(b"/")
             status = 431 if header else 414
             reason = "request header too large" if header else "request line too long"
+        elif reason.lower().startswith("too many headers"):
+            status, reason = 431, "too many request headers"
         log.info("refused a malformed request from %s: %s", request.remote, reason)
         resp = web.Response(status=status, text=f"certproxy: {reason}\n")
         resp.force_close()
