@@ -19,7 +19,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from certproxy.acme_client import AcmeError, AcmeIssuer, AcmeSettings
+from certproxy.acme_client import AcmeIssuer, AcmeSettings
 from certproxy.acme_client.manager import CertManager
 from certproxy.certs import FileStore, StoreError
 from support.pairs import issue
@@ -123,7 +123,7 @@ def test_read_only_store_fails_writes_clearly_and_still_serves(
 def test_store_missing_at_start_is_created_and_an_unusable_one_stops_start_up(
         certproxy_factory: Factory, tmp_path: Path, tmpfs: Callable[[int], Path]) -> None:
     missing = tmp_path / "not" / "there" / "yet"
-    cp = certproxy_factory({free_port(): "http://127.0.0.1:9"}, missing)
+    certproxy_factory({free_port(): "http://127.0.0.1:9"}, missing)
     assert (missing / "bootstrap" / "localhost" / "privkey.pem").exists()
     empty_ro = tmpfs(64)
     remount_ro(empty_ro)

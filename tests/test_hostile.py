@@ -115,3 +115,58 @@ async def test_hsts_on_tls_responses_and_its_off_switch(
     resp = await exchange(off, f"GET / HTTP/1.1\r\nHost: localhost:{off}\r\n\r\n".encode(), client_ssl)
     assert resp.header("Strict-Transport-Security") == []
     await up.close()
+
+
+async def test_connection_bounds(certproxy_factory: Factory, store: Path, client_ssl: ssl.SSLContext) -> None:
+    up = await RawUpstream().start()
+    port = free_port()
+    cp = await asyncio.to_thread(certproxy_factory, {port: up.url}, store, extra_env={
+        "CERTPROXY_HEADER_TIMEOUT": "1", "CERTPROXY_TLS_HANDSHAKE_TIMEOUT": "1",
+        "CERTPROXY_KEEPALIVE_TIMEOUT": "1", "CERTPROXY_MAX_CONNECTIONS": "2"})
+    loop = asyncio.get_running_loop()
+
+    async def closed_within(reader: asyncio.StreamReader, seconds: float) -> float:
+        start = loop.time()
+        while await asyncio.wait_for(reader.read(65536), seconds + 2):
+            pass
+        return loop.time() - start
+
+    # Slowloris: a request head dribbled a byte at a time is cut off.
+    reader, writer = await open_conn(port, client_ssl)
+    writer.write(f"GET / HTTP/1.1\r\nHost: localhost:{port}\r\n".encode())
+
+    async def dribble() -> None:
+        for b in b"X-Slow: " + b"a" * 30:
+            writer.write(bytes([b]))
+            await asyncio.sleep(0.25)
+
+    dribbler = asyncio.create_task(dribble())
+    assert await closed_within(reader, 1) < 3
+    dribbler.cancel()
+    writer.close()
+    # A TCP connection that never starts its TLS handshake is closed.
+    raw_reader, raw_writer = await asyncio.open_connection("127.0.0.1", port)
+    assert await closed_within(raw_reader, 1) < 3
+    raw_writer.close()
+    # An idle keep-alive connection is closed after its timeout.
+    reader, writer = await open_conn(port, client_ssl)
+    writer.write(f"GET / HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
+    assert (await read_response(reader)).status == 200
+    assert await closed_within(reader, 1) < 3
+    writer.close()
+    # Past the connection cap, a clean 503 instead of a hang.
+    held = [await open_conn(port, client_ssl) for _ in range(2)]
+    for r, w in held:
+        w.write(f"GET / HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
+        assert (await read_response(r)).status == 200
+    r3, w3 = await open_conn(port, client_ssl)
+    refused = await asyncio.wait_for(read_response(r3), 5)
+    assert refused.status == 503 and refused.header("Retry-After") == ["1"]
+    w3.close()
+    for _, w in held:
+        w.close()
+    await asyncio.sleep(0.3)
+    resp = await exchange(port, f"GET / HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode(), client_ssl)
+    assert resp.status == 200
+    assert "Traceback" not in cp.output()
+    await up.close()

@@ -73,6 +73,9 @@ class Config:
     upstream_read_timeout: float = 300.0
     upstream_keepalive: float = 30.0
     keepalive_timeout: float = 75.0
+    header_timeout: float = 30.0  # first byte of a request head to its end (slowloris)
+    tls_handshake_timeout: float = 10.0
+    max_connections: int = 4096  # per listener; past it, new connections get a 503 and close
     shutdown_grace: float = 30.0
     reload_poll: float = 30.0
     log_format: str = "text"
@@ -184,6 +187,13 @@ def parse_seconds(raw: Any, source: str) -> float:
     if not 0 < value <= 86400 * 7:
         raise ConfigError(source, f"{value} seconds is out of range")
     return value
+
+
+def parse_count(raw: Any, source: str) -> int:
+    text = str(raw).strip()
+    if not text.isdigit() or not 1 <= int(text) <= 1_000_000:
+        raise ConfigError(source, f"{raw!r} is not a count from 1 to 1000000")
+    return int(text)
 
 
 def parse_hsts(raw: Any, source: str) -> int:
@@ -311,6 +321,9 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "upstream_read_timeout": parse_seconds,
     "upstream_keepalive": parse_seconds,
     "keepalive_timeout": parse_seconds,
+    "header_timeout": parse_seconds,
+    "tls_handshake_timeout": parse_seconds,
+    "max_connections": lambda raw, src: parse_count(raw, src),
     "shutdown_grace": parse_seconds,
     "reload_poll": parse_seconds,
     "log_format": parse_choice("text", "json"),

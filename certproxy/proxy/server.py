@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 import ssl
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
@@ -53,9 +54,54 @@ class _RequestHandler(RequestHandler):
     without a traceback.
     """
 
-    __slots__ = ()
+    __slots__ = ("_cp_head_timer",)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._cp_head_timer: asyncio.TimerHandle | None = None
+        server = self._manager
+        limit = getattr(server, "max_connections", 0)
+        if limit and server is not None and len(server.connections) >= limit:
+            # Past the cap: a clean refusal, not a hang and not a reset.
+            body = b"certproxy: too many connections, try again\n"
+            transport.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+                            b"Retry-After: 1\r\nContent-Type: text/plain\r\n"
+                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            transport.close()
+            log.warning("refused a connection: %d connections open on this listener", limit)
+            return
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if getattr(self, "_cp_head_timer", None) is not None:
+            self._cp_head_timer.cancel()
+        if self.transport is None and self._manager is not None and self not in self._manager.connections:
+            return  # refused in connection_made: aiohttp never saw it
+        super().connection_lost(exc)
+
+    def _watch_head(self) -> None:
+        """Bound the time between the first byte of a request head and its end (slowloris)."""
+        if self._request_in_progress or self._messages:
+            if self._cp_head_timer is not None:
+                self._cp_head_timer.cancel()
+                self._cp_head_timer = None
+        elif self._cp_head_timer is None and self.transport is not None:
+            timeout = getattr(self._manager, "header_timeout", 0)
+            if timeout:
+                self._cp_head_timer = self._loop.call_later(timeout, self._head_timed_out, timeout)
+
+    def _head_timed_out(self, timeout: float) -> None:
+        self._cp_head_timer = None
+        if not (self._request_in_progress or self._messages) and self.transport is not None:
+            peer = self.transport.get_extra_info("peername")
+            log.info("closed a connection from %s: no complete request head within %g s",
+                     peer[0] if peer else "-", timeout)
+            self.force_close()
 
     def data_received(self, data: bytes) -> None:
+        self._data_received(data)
+        self._watch_head()
+
+    def _data_received(self, data: bytes) -> None:
         """Keep feeding the body of the request in flight while shutting down.
 
         aiohttp drops every incoming byte once a connection is marked closing,
@@ -95,8 +141,34 @@ class _RequestHandler(RequestHandler):
 
 
 class _Server(web.Server):
+    """``web.Server`` making certproxy's connection handlers, with their limits."""
+
+    def __init__(self, handler: Any, *, header_timeout: float = 0, max_connections: int = 0,
+                 **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+
     def __call__(self) -> RequestHandler:
         return _RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _TCPSite(web.TCPSite):
+    """``TCPSite`` with a bound on the TLS handshake (aiohttp does not pass one)."""
+
+    def __init__(self, *args: Any, tls_handshake_timeout: float = 10.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tls_handshake_timeout = tls_handshake_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        if server is None:
+            raise RuntimeError("runner not set up")
+        extra = {"ssl_handshake_timeout": self._tls_handshake_timeout} if self._ssl_context else {}
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port, **extra)
 
 
 class StartupError(Exception):
@@ -193,7 +265,9 @@ class Front:
         if isinstance(ssl_context, ssl.SSLContext):
             count_handshake_failures(ssl_context, self.metrics.handshake_failures.labels(listener).inc)
         server = _Server(
-            handler,  # type: ignore[arg-type]
+            handler,
+            header_timeout=self.config.header_timeout,
+            max_connections=self.config.max_connections,
             access_log=None,
             keepalive_timeout=self.config.keepalive_timeout,
             max_line_size=MAX_LINE_SIZE,
@@ -207,8 +281,9 @@ class Front:
         self._runners.append(runner)
         self.metrics.track_server(server, listener)
         address = bind or self.config.bind
-        site = web.TCPSite(runner, address, port, ssl_context=ssl_context,  # type: ignore[arg-type]
-                           reuse_address=True, backlog=1024)
+        site = _TCPSite(runner, address, port, ssl_context=ssl_context,  # type: ignore[arg-type]
+                        reuse_address=True, backlog=1024,
+                        tls_handshake_timeout=self.config.tls_handshake_timeout)
         await site.start()
         log.info("listening on %s:%d (%s)", address, port,
                  "tls" if ssl_context else ("admin" if bind else "http"))
