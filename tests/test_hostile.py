@@ -170,3 +170,26 @@ async def test_connection_bounds(certproxy_factory: Factory, store: Path, client
     assert resp.status == 200
     assert "Traceback" not in cp.output()
     await up.close()
+
+
+async def test_plain_http_on_a_tls_port_gets_a_readable_answer(front, client_ssl: ssl.SSLContext) -> None:  # type: ignore[no-untyped-def]
+    cp, port, up = front
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /v2/ HTTP/1.1\r\nHost: reg.example.com:{port}\r\nUser-Agent: docker\r\n\r\n".encode())
+    await writer.drain()
+    resp = await asyncio.wait_for(read_response(reader), 5)
+    assert resp.status == 400
+    assert resp.body == f"certproxy: this port speaks HTTPS, not plain HTTP: use https://reg.example.com:{port}/\n".encode()
+    assert resp.header("Connection") == ["close"]  # the client closes; the handshake timeout bounds the rest
+    writer.close()
+    # TLS garbage: a clean close, no hang.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"\x16\x03\x01\x00\x05hello-not-tls" * 3)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 5)  # closed within 5 s, at most a TLS alert
+    assert data == b"" or data[:1] == b"\x15"
+    writer.close()
+    assert up.forwarded == []
+    # The listener still serves TLS.
+    ok = await exchange(port, f"GET / HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode(), client_ssl)
+    assert ok.status == 200

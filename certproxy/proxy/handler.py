@@ -40,9 +40,6 @@ from .upstream import Upstream, describe_client_error
 log = logging.getLogger("certproxy.proxy")
 
 REGISTRY_API_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
-# Retried once when a pooled upstream connection turns out closed (RFC 9110, 9.2.2),
-# and only without a body: a streamed body cannot be sent twice.
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 # Not for a registry front: CONNECT would make it an open tunnel, TRACE echoes credentials.
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK"})
 
@@ -157,39 +154,31 @@ class ProxyHandler:
         parsed = parse_host(host_header)
         public = origin("https", parsed[0], parsed[1]) if parsed else None
         data = self._body(request, count) if request.body_exists else None
-        retries = 1 if data is None and request.method in IDEMPOTENT else 0
+        # aiohttp's client retries an idempotent request once when a pooled
+        # connection turns out closed (RFC 9112, 9.3.1), and never resends a body
+        # it has started to send; POST and PATCH are never retried.
         sent = time.monotonic()
-        while True:
-            try:
-                upstream = await self.upstream.session.request(
-                    request.method,
-                    URL(self._base + raw_path, encoded=True),
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    compress=None,
-                )
-            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-                return error_response(
-                    504, f"upstream {self._base} of port {self.route.port} did not answer in time",
-                    raw_path)
-            except aiohttp.ClientError as exc:
-                if isinstance(exc.__cause__, ClientGone):
-                    # The upstream connection is closed by now; so is the client's.
-                    log.info("client %s went away mid-upload: %s", client_ip, exc.__cause__)
-                    self._abort(request)
-                    return web.Response(status=499)
-                stale = isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)) \
-                    and not isinstance(exc, aiohttp.ClientConnectorError)
-                if stale and retries:
-                    retries -= 1
-                    log.debug("upstream %s closed a pooled connection; retrying %s once",
-                              self._base, request.method)
-                    continue
-                return error_response(
-                    502, f"upstream {self._base} of port {self.route.port}: {describe_client_error(exc)}",
-                    raw_path)
-            break
+        try:
+            upstream = await self.upstream.session.request(
+                request.method,
+                URL(self._base + raw_path, encoded=True),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                compress=None,
+            )
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            return error_response(
+                504, f"upstream {self._base} of port {self.route.port} did not answer in time", raw_path)
+        except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, ClientGone):
+                # The upstream connection is closed by now; so is the client's.
+                log.info("client %s went away mid-upload: %s", client_ip, exc.__cause__)
+                self._abort(request)
+                return web.Response(status=499)
+            return error_response(
+                502, f"upstream {self._base} of port {self.route.port}: {describe_client_error(exc)}",
+                raw_path)
         self.metrics.latency.observe(time.monotonic() - sent)
         return await self._relay(request, upstream, public, count)
 

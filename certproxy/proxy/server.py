@@ -32,7 +32,7 @@ from .health import Health, HealthState
 from .metrics import Metrics
 from .plain import PlainHandler
 from .reload import Reloader
-from .tls import CertificateSet, TLSState, count_handshake_failures
+from .tls import CertificateSet, TLSState, guard_listener
 from .upstream import Upstream
 
 log = logging.getLogger("certproxy")
@@ -263,7 +263,7 @@ class Front:
                       bind: str | None = None) -> None:
         listener = f"{port}"
         if isinstance(ssl_context, ssl.SSLContext):
-            count_handshake_failures(ssl_context, self.metrics.handshake_failures.labels(listener).inc)
+            guard_listener(ssl_context, port, self.metrics.handshake_failures.labels(listener).inc)
         server = _Server(
             handler,
             header_timeout=self.config.header_timeout,

@@ -129,34 +129,79 @@ class CertificateSet:
         return self._contexts[id(self.select_pair(server_name))]
 
 
-def count_handshake_failures(ctx: ssl.SSLContext, on_failure: Callable[[], None]) -> None:
-    """Call ``on_failure`` for every handshake on ``ctx`` that fails (wrong
-    protocol, garbage, an alert) or is abandoned (a client that does not trust
-    the certificate hangs up): the event loop's TLS layer drives every
-    handshake through the context's ``sslobject_class``. Abandoned ones are
-    counted when their connection object is freed."""
+def _host_of(head: bytes) -> str | None:
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"host":
+            host = value.strip().decode("latin-1")
+            return host if host and all(c.isalnum() or c in ".-:[]" for c in host) else None
+    return None
 
-    class CountingSSLObject(ssl.SSLObject):
+
+def plain_http_answer(head: bytes, port: int) -> bytes:
+    """What certproxy answers when plain HTTP arrives on a TLS port."""
+    host = _host_of(head)
+    name = host.rsplit(":", 1)[0] if host and not host.endswith("]") else host
+    hint = f"https://{name}:{port}/" if name else f"https:// on port {port}"
+    body = f"certproxy: this port speaks HTTPS, not plain HTTP: use {hint}\n".encode()
+    return (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def guard_listener(ctx: ssl.SSLContext, port: int, on_failure: Callable[[], None]) -> None:
+    """Handshake hooks for one listener's context, through its ``sslobject_class``
+    (the event loop's TLS layer drives every handshake through it):
+
+    - ``on_failure`` for every handshake that fails (wrong protocol, garbage, an
+      alert) or is abandoned (a client that does not trust the certificate hangs
+      up; counted when its connection object is freed);
+    - plain HTTP sent to the TLS port (``http://`` for ``https://``, a classic
+      ``docker login`` mistake) gets a readable plain-text 400 naming the right
+      URL instead of a TLS alert: OpenSSL reports it as ``HTTP_REQUEST``, the
+      answer goes out through the connection's outgoing buffer, and the next
+      handshake step fails the connection.
+    """
+
+    class GuardedSSLObject(ssl.SSLObject):
         _cp_state = 0  # 0 not started, 1 under way, 2 done (completed or counted)
+        _cp_bios: tuple[ssl.MemoryBIO, ssl.MemoryBIO] | None = None
+        _cp_refused: ssl.SSLError | None = None
+
+        @classmethod
+        def _create(cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,  # type: ignore[override]
+                    *args: object, **kwargs: object) -> GuardedSSLObject:
+            obj = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]
+            obj._cp_bios = (incoming, outgoing)
+            return obj  # type: ignore[no-any-return]
 
         def do_handshake(self) -> None:
+            if self._cp_refused is not None:
+                raise self._cp_refused
             self._cp_state = 1
             try:
                 super().do_handshake()
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 raise
-            except (ssl.SSLError, OSError):
+            except ssl.SSLError as exc:
+                self._cp_state = 2
+                on_failure()
+                if exc.reason == "HTTP_REQUEST" and self._cp_bios is not None:
+                    incoming, outgoing = self._cp_bios
+                    outgoing.write(plain_http_answer(incoming.read(), port))
+                    self._cp_refused = exc
+                    raise ssl.SSLWantReadError("plain HTTP answered") from None
+                raise
+            except OSError:
                 self._cp_state = 2
                 on_failure()
                 raise
             self._cp_state = 2
 
         def __del__(self) -> None:
-            # Abandoned mid-handshake (the client gave up, e.g. on an unknown CA).
             if self._cp_state == 1:
                 on_failure()
 
-    ctx.sslobject_class = CountingSSLObject
+    ctx.sslobject_class = GuardedSSLObject
 
 
 class TLSState:
