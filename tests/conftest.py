@@ -4,7 +4,9 @@ they start."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import ssl
 from pathlib import Path
 from typing import Callable, Iterator
@@ -106,3 +108,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     out = Path(__file__).resolve().parents[1] / "build" / "measurements.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(dict(MEASUREMENTS), indent=2) + "\n")
+
+
+@pytest.fixture
+async def no_blocking(caplog: pytest.LogCaptureFixture):  # type: ignore[no-untyped-def]
+    """Fail the test if anything holds up its event loop for 100 ms or more.
+
+    For tests that run certproxy's own async code in-process (reloader, ACME
+    manager, TLS state): asyncio's debug mode reports every callback that
+    runs too long.
+    """
+    loop = asyncio.get_running_loop()
+    debug, slow = loop.get_debug(), loop.slow_callback_duration
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.1
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    yield
+    loop.set_debug(debug)
+    loop.slow_callback_duration = slow
+    blocked = [r.getMessage() for phase in ("setup", "call") for r in caplog.get_records(phase)
+               if r.name == "asyncio" and "took" in r.getMessage()]
+    assert not blocked, blocked

@@ -173,7 +173,7 @@ def _manager(tmp_path: Path, ca: trustme.CA, **kw: Any) -> tuple[CertManager, Fa
     return CertManager(store, settings, fake, jitter=lambda: 0.5), fake, store  # type: ignore[arg-type]
 
 
-async def test_manager_issues_when_missing_then_waits_until_due(tmp_path: Path, ca: trustme.CA) -> None:
+async def test_manager_issues_when_missing_then_waits_until_due(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     manager, fake, store = _manager(tmp_path, ca)
     store.ensure_bootstrap(("reg.example.com", "ui.example.com"))
     next_check = await manager.maintain()
@@ -194,7 +194,7 @@ async def test_manager_issues_when_missing_then_waits_until_due(tmp_path: Path, 
         issue(ca, "reg.example.com", "ui.example.com")), {"directory": "https://other.test/dir"}),
      "another ACME directory"),
 ])
-async def test_manager_replaces_certificates_that_do_not_fit(setup, reason: str, tmp_path: Path,  # type: ignore[no-untyped-def]
+async def test_manager_replaces_certificates_that_do_not_fit(no_blocking: None, setup, reason: str, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                               ca: trustme.CA) -> None:
     manager, fake, store = _manager(tmp_path, ca)
     setup(store, ca)
@@ -205,7 +205,7 @@ async def test_manager_replaces_certificates_that_do_not_fit(setup, reason: str,
     assert store.live_meta("reg.example.com")["directory"] == "https://ca.test/dir"
 
 
-async def test_manager_backs_off_stops_on_permanent_errors_and_keeps_the_pair(
+async def test_manager_backs_off_stops_on_permanent_errors_and_keeps_the_pair(no_blocking: None, 
         tmp_path: Path, ca: trustme.CA) -> None:
     manager, fake, store = _manager(tmp_path, ca)
     fake.fail = AcmeError("order: urn:ietf:params:acme:error:serverInternal: oops")
@@ -224,7 +224,7 @@ async def test_manager_backs_off_stops_on_permanent_errors_and_keeps_the_pair(
     assert not (tmp_path / "live" / "reg.example.com").exists()
 
 
-async def test_manager_skips_while_another_process_holds_the_lock(tmp_path: Path, ca: trustme.CA) -> None:
+async def test_manager_skips_while_another_process_holds_the_lock(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     manager, fake, store = _manager(tmp_path, ca)
     other = IssuanceLock(store.paths.locks, "reg.example.com")
     assert other.try_acquire()
@@ -295,7 +295,7 @@ class AriStandIn:
             headers={**self._nonce(), "Retry-After": "3600"})
 
 
-async def test_renewal_names_the_certificate_it_replaces_and_honours_retry_after(
+async def test_renewal_names_the_certificate_it_replaces_and_honours_retry_after(no_blocking: None, 
         tmp_path: Path, ca: trustme.CA) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     stand_in = AriStandIn((now - dt.timedelta(hours=2), now - dt.timedelta(hours=1)))

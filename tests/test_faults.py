@@ -75,7 +75,7 @@ def _store_with_pair(root: Path, ca: trustme.CA, directory: str = "https://other
 
 
 # -- store faults ---------------------------------------------------------------
-async def test_disk_full_while_writing_keeps_the_old_pair_and_no_partial_files(
+async def test_disk_full_while_writing_keeps_the_old_pair_and_no_partial_files(no_blocking: None, 
         tmpfs: Callable[[int], Path], ca: trustme.CA) -> None:
     root = tmpfs(256)
     store = _store_with_pair(root, ca)
@@ -177,7 +177,7 @@ class BrokenCA:
     ("error500", "urn:ietf:params:acme:error:serverInternal: the database is on fire"),
     ("slow", "cannot reach the ACME server"),
 ])
-async def test_ca_failures_leave_the_served_pair_alone(mode: str, expected: str, tmp_path: Path,
+async def test_ca_failures_leave_the_served_pair_alone(no_blocking: None, mode: str, expected: str, tmp_path: Path,
                                                        ca: trustme.CA) -> None:
     broken = BrokenCA(mode)
     directory = await broken.start()
@@ -197,7 +197,7 @@ async def test_ca_failures_leave_the_served_pair_alone(mode: str, expected: str,
         await broken.stop()
 
 
-async def test_an_invalid_certificate_from_the_ca_never_lands(tmp_path: Path, ca: trustme.CA) -> None:
+async def test_an_invalid_certificate_from_the_ca_never_lands(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     store = _store_with_pair(tmp_path, ca)
     live = tmp_path / "live" / "reg.example.com"
     before = snapshot(live)
@@ -215,7 +215,7 @@ async def test_an_invalid_certificate_from_the_ca_never_lands(tmp_path: Path, ca
 
 
 @pytest.mark.integration
-async def test_a_failing_ca_is_visible_in_healthz_while_the_pair_keeps_serving(
+async def test_a_failing_ca_is_visible_in_healthz_while_the_pair_keeps_serving(no_blocking: None, 
         certproxy_factory: Factory, tmp_path: Path, ca: trustme.CA) -> None:
     broken = BrokenCA("error500")
     directory = await broken.start()

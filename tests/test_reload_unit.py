@@ -29,7 +29,7 @@ async def _reloader(root: Path, ca: trustme.CA, **kw: object) -> tuple[Reloader,
     return Reloader(store, ("localhost",), tls, health, **kw), tls, health  # type: ignore[arg-type]
 
 
-async def test_a_burst_of_events_is_one_reload(tmp_path: Path, ca: trustme.CA) -> None:
+async def test_a_burst_of_events_is_one_reload(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     reloader, tls, _ = await _reloader(tmp_path, ca, poll_interval=0, debounce=0.1, max_delay=2.0)
     calls: list[str] = []
 
@@ -52,7 +52,7 @@ async def test_a_burst_of_events_is_one_reload(tmp_path: Path, ca: trustme.CA) -
         await reloader.stop()
 
 
-async def test_a_steady_stream_of_events_still_reloads(tmp_path: Path, ca: trustme.CA) -> None:
+async def test_a_steady_stream_of_events_still_reloads(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     reloader, _, _ = await _reloader(tmp_path, ca, poll_interval=0, debounce=0.1, max_delay=0.3)
     calls: list[float] = []
 
@@ -80,7 +80,7 @@ async def test_a_steady_stream_of_events_still_reloads(tmp_path: Path, ca: trust
     (lambda f, ca: replace_atomic(f, issue(ca, "localhost", not_before=dt.datetime(2020, 1, 1),
                                            not_after=dt.datetime(2020, 2, 1))), "expired"),
 ])
-async def test_a_bad_pair_keeps_the_old_one_in_service(bad, reason: str, tmp_path: Path,  # type: ignore[no-untyped-def]
+async def test_a_bad_pair_keeps_the_old_one_in_service(no_blocking: None, bad, reason: str, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                         ca: trustme.CA) -> None:
     reloader, tls, health = await _reloader(tmp_path, ca, poll_interval=0)
     served = tls.current.primary.serial
@@ -97,7 +97,7 @@ async def test_a_bad_pair_keeps_the_old_one_in_service(bad, reason: str, tmp_pat
     assert health.last_reload_error is None
 
 
-async def test_removed_names_go_unless_they_are_the_last(tmp_path: Path, ca: trustme.CA) -> None:
+async def test_removed_names_go_unless_they_are_the_last(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     reloader, tls, _ = await _reloader(tmp_path, ca, poll_interval=0)
     replace_atomic(tmp_path / "live" / "other.test", issue(ca, "other.test"))
     await reloader.reload("test")
@@ -114,7 +114,7 @@ async def test_removed_names_go_unless_they_are_the_last(tmp_path: Path, ca: tru
     assert tls.current.primary.serial == primary and tls.current.primary.kind == "live"
 
 
-async def test_unchanged_pairs_keep_their_context_and_load_time(tmp_path: Path, ca: trustme.CA) -> None:
+async def test_unchanged_pairs_keep_their_context_and_load_time(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     reloader, tls, _ = await _reloader(tmp_path, ca, poll_interval=0)
     before = tls.current.primary
     ctx = tls.current.select(None)
@@ -179,7 +179,7 @@ def test_watcher_sees_every_way_a_pair_changes_and_not_reads(tmp_path: Path, ca:
         watcher.stop()
 
 
-async def test_reloader_with_the_real_watcher_follows_a_certbot_flip(tmp_path: Path, ca: trustme.CA) -> None:
+async def test_reloader_with_the_real_watcher_follows_a_certbot_flip(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     reloader, tls, _ = await _reloader(tmp_path, ca, poll_interval=0)
     await reloader.start()
     try:
@@ -194,7 +194,7 @@ async def test_reloader_with_the_real_watcher_follows_a_certbot_flip(tmp_path: P
         await reloader.stop()
 
 
-async def test_poll_notices_changes_no_event_reported(tmp_path: Path, ca: trustme.CA) -> None:
+async def test_poll_notices_changes_no_event_reported(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     first = issue(ca, "localhost")

@@ -57,7 +57,7 @@ async def _handshake(port: int, sni: str | None, *, tls_max: ssl.TLSVersion | No
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
-async def test_listener_serves_by_sni_and_swaps_one_reference(tmp_path: Path, ca: trustme.CA) -> None:
+async def test_listener_serves_by_sni_and_swaps_one_reference(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     certs = _set(tmp_path, ca)
     state = TLSState(certs)
 
