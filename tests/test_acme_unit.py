@@ -30,6 +30,7 @@ from certproxy.acme_client.manager import CertManager
 from certproxy.certs import FileStore
 from certproxy.proxy.cli import _parser, renew_config
 from certproxy.proxy.config import LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING, load_config
+from support.apps import serve_app
 from support.pairs import issue, replace_atomic
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -256,12 +257,7 @@ class AriStandIn:
         app.router.add_post("/acct", self.account)
         app.router.add_get("/ari/{id}", self.ari)
         app.router.add_post("/order", self.order)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-        self.base = f"http://127.0.0.1:{port}"
+        self.runner, self.base = await serve_app(app)
         return self.base + "/dir"
 
     async def directory(self, request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ from aiohttp import web
 from certproxy.acme_client import AcmeIssuer, AcmeSettings
 from certproxy.acme_client.manager import CertManager
 from certproxy.certs import FileStore, StoreError
+from support.apps import serve_app
 from support.pairs import issue
 from support.procs import CertproxyProcess, free_port, wait_for
 from test_acme_unit import FakeIssuer
@@ -154,12 +155,8 @@ class BrokenCA:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_get("/dir", self.directory)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-        return f"http://127.0.0.1:{port}/dir"
+        self.runner, base = await serve_app(app)
+        return base + "/dir"
 
     async def directory(self, request: web.Request) -> web.Response:
         if self.mode == "slow":
