@@ -91,6 +91,11 @@ class Front:
             settings = cfg.acme_settings()
             self.acme = CertManager(self.store, settings, AcmeIssuer(self.store, settings))
             self.health.renewals.append(self.acme.status)
+        # Watching the store before the first listener opens: a change made as
+        # soon as certproxy answers is never missed.
+        self.reloader = Reloader(self.store, cfg.cert_domains, self.tls, self.health_state,
+                                 poll_interval=cfg.reload_poll)
+        await self.reloader.start()
         for upstream in self.upstreams:
             await upstream.start()
         try:
@@ -109,9 +114,6 @@ class Front:
         except OSError as exc:
             await self.stop(0)
             raise StartupError("CERTPROXY_BIND", f"cannot listen: {exc.strerror or exc}") from None
-        self.reloader = Reloader(self.store, cfg.cert_domains, self.tls, self.health_state,
-                                 poll_interval=cfg.reload_poll)
-        await self.reloader.start()
         if self.acme is not None:
             self._acme_task = asyncio.create_task(self.acme.run())
             log.info("ACME on: %s for %s", self.acme.settings.directory,
