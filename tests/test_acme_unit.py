@@ -27,7 +27,7 @@ from certproxy.acme_client import policy
 from certproxy.acme_client.errors import translate
 from certproxy.acme_client.lock import IssuanceLock, LockTimeout
 from certproxy.acme_client.manager import CertManager
-from certproxy.certs import FileStore
+from certproxy.certs import FileStore, StorePaths
 from certproxy.proxy.cli import _parser, renew_config
 from certproxy.proxy.config import LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING, load_config
 from support.apps import serve_app
@@ -84,8 +84,10 @@ def test_backoff_is_front_weighted_capped_jittered_and_honours_retry_after() -> 
 
 
 def test_lock_is_exclusive_and_a_dead_holders_lock_expires(tmp_path: Path) -> None:
-    a = IssuanceLock(tmp_path, "reg.example.com", ttl=60)
-    b = IssuanceLock(tmp_path, "reg.example.com", ttl=60)
+    path = StorePaths(tmp_path).lock("reg.example.com")
+    path.parent.mkdir()
+    a = IssuanceLock(path, ttl=60)
+    b = IssuanceLock(path, ttl=60)
     assert a.try_acquire() and not b.try_acquire()
     assert f"pid {os.getpid()}" in b.holder()
     with pytest.raises(LockTimeout):
@@ -227,7 +229,7 @@ async def test_manager_backs_off_stops_on_permanent_errors_and_keeps_the_pair(no
 
 async def test_manager_skips_while_another_process_holds_the_lock(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     manager, fake, store = _manager(tmp_path, ca)
-    other = IssuanceLock(store.paths.locks, "reg.example.com")
+    other = IssuanceLock(store.paths.lock("reg.example.com"))
     assert other.try_acquire()
     await manager.maintain()
     assert fake.calls == []

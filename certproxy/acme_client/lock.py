@@ -25,8 +25,8 @@ class LockTimeout(Exception):
 
 
 class IssuanceLock:
-    def __init__(self, folder: Path, name: str, ttl: float = DEFAULT_TTL) -> None:
-        self.path = Path(folder) / f"{name}.lock"
+    def __init__(self, path: Path, ttl: float = DEFAULT_TTL) -> None:
+        self.path = Path(path)  # StorePaths.lock(name)
         self.ttl = ttl
         self._token = secrets.token_hex(8)
         self.held = False

@@ -23,7 +23,7 @@ import datetime as dt
 import logging
 import random
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol, TypeVar
 
 from cryptography import x509
@@ -100,7 +100,6 @@ class RenewalStatus:
     failures_total: int = 0
     blocked: bool = False  # an error that retrying cannot fix
     ari: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         def iso(t: dt.datetime | None) -> str | None:
@@ -226,7 +225,7 @@ class CertManager:
                 return min(decision.due_at, decision.next_check)
             if self.status.next_attempt and self.status.next_attempt > now:
                 return self.status.next_attempt
-        lock = IssuanceLock(self.store.paths.locks, self.settings.name)
+        lock = IssuanceLock(self.store.paths.lock(self.settings.name))
         try:
             acquired = await asyncio.to_thread(lock.try_acquire)
         except OSError as exc:
