@@ -11,48 +11,48 @@ from certproxy.proxy.plain import redirect_target
 
 def test_hop_by_hop_headers_and_those_named_in_connection_are_dropped() -> None:
     headers = [
-        ("Host", "reg.example.com"), ("Connection", "keep-alive, X-Secret-Hop"),
-        ("Keep-Alive", "timeout=5"), ("Proxy-Authorization", "Basic xx"),
-        ("Proxy-Foo", "1"), ("TE", "trailers"), ("Trailer", "X"),
-        ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"), ("x-secret-hop", "1"),
-        ("Accept", "a"), ("Accept", "b"), ("Docker-Content-Digest", "sha256:00"),
+        (b"Host", b"reg.example.com"), (b"Connection", b"keep-alive, X-Secret-Hop"),
+        (b"Keep-Alive", b"timeout=5"), (b"Proxy-Authorization", b"Basic xx"),
+        (b"Proxy-Foo", b"1"), (b"TE", b"trailers"), (b"Trailer", b"X"),
+        (b"Transfer-Encoding", b"chunked"), (b"Upgrade", b"h2c"), (b"x-secret-hop", b"1"),
+        (b"Accept", b"a"), (b"Accept", b"b"), (b"Docker-Content-Digest", b"sha256:00"),
     ]
     assert end_to_end(headers) == [
-        ("Host", "reg.example.com"), ("Accept", "a"), ("Accept", "b"),
-        ("Docker-Content-Digest", "sha256:00"),
+        (b"Host", b"reg.example.com"), (b"Accept", b"a"), (b"Accept", b"b"),
+        (b"Docker-Content-Digest", b"sha256:00"),
     ]
 
 
 def test_repeated_headers_keep_their_order_and_case() -> None:
-    headers = [("Accept", "application/vnd.oci.image.manifest.v1+json"),
-               ("Authorization", "Bearer t"),
-               ("accept", "application/vnd.docker.distribution.manifest.v2+json")]
+    headers = [(b"Accept", b"application/vnd.oci.image.manifest.v1+json"),
+               (b"Authorization", b"Bearer t"),
+               (b"accept", b"application/vnd.docker.distribution.manifest.v2+json")]
     assert end_to_end(headers) == headers
 
 
 def test_forwarded_headers_come_from_the_connection_not_the_client() -> None:
-    headers = [("Host", "reg.example.com:5000"), ("X-Forwarded-For", "6.6.6.6"),
-               ("X-Real-IP", "6.6.6.6"), ("X-Forwarded-Proto", "http"),
-               ("X-Forwarded-Host", "evil"), ("Forwarded", "for=6.6.6.6"), ("Range", "bytes=0-9")]
-    out = upstream_request_headers(headers, client_ip="192.0.2.7", host="reg.example.com:5000",
+    headers = [(b"Host", b"reg.example.com:5000"), (b"X-Forwarded-For", b"6.6.6.6"),
+               (b"X-Real-IP", b"6.6.6.6"), (b"X-Forwarded-Proto", b"http"),
+               (b"X-Forwarded-Host", b"evil"), (b"Forwarded", b"for=6.6.6.6"), (b"Range", b"bytes=0-9")]
+    out = upstream_request_headers(headers, client_ip=b"192.0.2.7", host=b"reg.example.com:5000",
                                    listener_port=5000)
     assert out == [
-        ("Host", "reg.example.com:5000"), ("Range", "bytes=0-9"),
-        ("X-Forwarded-For", "192.0.2.7"), ("X-Real-IP", "192.0.2.7"),
-        ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "reg.example.com:5000"),
-        ("X-Forwarded-Port", "5000"),
+        (b"Host", b"reg.example.com:5000"), (b"Range", b"bytes=0-9"),
+        (b"X-Forwarded-For", b"192.0.2.7"), (b"X-Real-IP", b"192.0.2.7"),
+        (b"X-Forwarded-Proto", b"https"), (b"X-Forwarded-Host", b"reg.example.com:5000"),
+        (b"X-Forwarded-Port", b"5000"),
     ]
 
 
 def test_location_pointing_at_the_upstream_is_rewritten_others_are_not() -> None:
-    up = "http://registry:5000"
+    up = b"http://registry:5000"
     rewrite = lambda loc: client_response_headers(  # noqa: E731
-        [("Location", loc)], upstream_url=up, public_origin="https://reg.example.com:5000")[0][1]
-    assert rewrite("http://registry:5000/v2/x/blobs/uploads/u?_state=s") == \
-        "https://reg.example.com:5000/v2/x/blobs/uploads/u?_state=s"
-    assert rewrite("https://reg.example.com:5000/v2/") == "https://reg.example.com:5000/v2/"
-    assert rewrite("http://registry:50001/x") == "http://registry:50001/x"
-    assert rewrite("/v2/relative") == "/v2/relative"
+        [(b"Location", loc)], upstream_url=up, public_origin=lambda: b"https://reg.example.com:5000")[0][1]
+    assert rewrite(b"http://registry:5000/v2/x/blobs/uploads/u?_state=s") == \
+        b"https://reg.example.com:5000/v2/x/blobs/uploads/u?_state=s"
+    assert rewrite(b"https://reg.example.com:5000/v2/") == b"https://reg.example.com:5000/v2/"
+    assert rewrite(b"http://registry:50001/x") == b"http://registry:50001/x"
+    assert rewrite(b"/v2/relative") == b"/v2/relative"
 
 
 @pytest.mark.parametrize("value, parsed", [

@@ -298,10 +298,10 @@ async def test_stale_pooled_connection_is_retried_once_for_idempotent_requests_o
         certproxy_factory: Factory, store: Path, client_ssl: ssl.SSLContext) -> None:
     # The upstream answers the first request of each connection, then closes the
     # connection when it is reused: an idle-timeout race with certproxy's pool.
-    per_connection: dict[int, int] = {}
+    per_connection: dict[object, int] = {}
 
     async def respond(rec: Recorded, w: asyncio.StreamWriter) -> None:
-        key = id(w)
+        key = w.get_extra_info("peername")  # unique per connection (an id() can be reused)
         per_connection[key] = per_connection.get(key, 0) + 1
         if per_connection[key] > 1:
             w.transport.abort()

@@ -95,12 +95,26 @@ class BasicAuth:
         except (OSError, HtpasswdError):
             pass  # keep the users loaded last; the start-up check reported the file
 
+    def _key(self, creds: tuple[str, str]) -> bytes:
+        return hashlib.sha256(f"{self._mtime}\0{creds[0]}\0{creds[1]}".encode()).digest()
+
+    def known(self, header: bytes | None) -> bool:
+        """True when these credentials passed a check recently and the file has not
+        been due for a recheck since: no thread, no bcrypt. False means ask ``allowed``."""
+        if header is None or time.monotonic() - self._checked >= RECHECK_FILE:
+            return False
+        creds = basic_credentials(header.decode("latin-1"))
+        if creds is None:
+            return False
+        until = self._ok.get(self._key(creds))
+        return until is not None and until > time.monotonic()
+
     async def allowed(self, header: str | None) -> bool:
         creds = basic_credentials(header)
         if creds is None:
             return False
         await asyncio.to_thread(self._maybe_reload)
-        key = hashlib.sha256(f"{self._mtime}\0{creds[0]}\0{creds[1]}".encode()).digest()
+        key = self._key(creds)
         now = time.monotonic()
         until = self._ok.get(key)
         if until is not None and until > now:

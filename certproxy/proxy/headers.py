@@ -6,75 +6,81 @@
 - End-to-end headers pass unchanged, in order, repeated ones repeated.
 - ``X-Forwarded-*``, ``X-Real-IP`` and ``Forwarded`` from the client are
   dropped: certproxy sets them from the connection itself.
+
+Headers are ``(name, value)`` pairs of bytes, exactly as they came off the
+wire: nothing is decoded on the way through.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable
 
-Headers = list[tuple[str, str]]
+Headers = list[tuple[bytes, bytes]]
 
 HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
-    "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
 })
 FORWARDING = frozenset({
-    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-    "x-forwarded-port", "x-real-ip", "forwarded",
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+    b"x-forwarded-port", b"x-real-ip", b"forwarded",
 })
+# Dropped from requests: hop-by-hop and the client's own forwarding claims.
+_REQUEST_DROP = HOP_BY_HOP | FORWARDING
 
 
-def decode_raw(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """Raw header pairs as text; latin-1 keeps every byte as it came."""
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
-
-
-def _connection_named(headers: Headers) -> set[str]:
-    named: set[str] = set()
+def _connection_named(headers: Headers) -> frozenset[bytes]:
+    named: set[bytes] = set()
     for name, value in headers:
-        if name.lower() == "connection":
-            named.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return named
+        if name.lower() == b"connection":
+            named.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(named)
 
 
-def end_to_end(headers: Headers) -> Headers:
-    """``headers`` without the hop-by-hop ones."""
-    named = _connection_named(headers)
+def end_to_end(headers: Headers, drop: frozenset[bytes] = HOP_BY_HOP) -> Headers:
+    """``headers`` without the hop-by-hop ones (and without any name in ``drop``)."""
     out: Headers = []
+    named: frozenset[bytes] = frozenset()
+    for name, _ in headers:
+        if name.lower() == b"connection":
+            named = _connection_named(headers)
+            break
     for name, value in headers:
         low = name.lower()
-        if low in HOP_BY_HOP or low.startswith("proxy-") or low in named:
+        if low in drop or low in named or low.startswith(b"proxy-"):
             continue
         out.append((name, value))
     return out
 
 
-def upstream_request_headers(headers: Headers, *, client_ip: str, host: str | None,
+def upstream_request_headers(headers: Headers, *, client_ip: bytes, host: bytes | None,
                              listener_port: int) -> Headers:
     """The headers certproxy sends upstream for a client request."""
-    out = [(n, v) for n, v in end_to_end(headers) if n.lower() not in FORWARDING]
-    out.append(("X-Forwarded-For", client_ip))
-    out.append(("X-Real-IP", client_ip))
-    out.append(("X-Forwarded-Proto", "https"))
+    out = end_to_end(headers, _REQUEST_DROP)
+    out.append((b"X-Forwarded-For", client_ip))
+    out.append((b"X-Real-IP", client_ip))
+    out.append((b"X-Forwarded-Proto", b"https"))
     if host:
-        out.append(("X-Forwarded-Host", host))
-    out.append(("X-Forwarded-Port", str(listener_port)))
+        out.append((b"X-Forwarded-Host", host))
+    out.append((b"X-Forwarded-Port", b"%d" % listener_port))
     return out
 
 
-def client_response_headers(headers: Headers, *, upstream_url: str,
-                            public_origin: str | None) -> Headers:
+def client_response_headers(headers: Headers, *, upstream_url: bytes,
+                            public_origin: Callable[[], bytes | None]) -> Headers:
     """The headers certproxy sends back to the client for an upstream response.
 
     A ``Location`` that points at the upstream's own address (an upstream that
     does not honour ``X-Forwarded-*``) is rewritten to the public origin, as
-    nginx's ``proxy_redirect default`` does.
+    nginx's ``proxy_redirect default`` does. ``public_origin`` is asked only
+    when there is such a Location.
     """
     out = end_to_end(headers)
-    if public_origin:
-        for i, (name, value) in enumerate(out):
-            if name.lower() == "location" and value.startswith(upstream_url):
-                rest = value[len(upstream_url):]
-                if not rest or rest[0] in "/?#":
-                    out[i] = (name, public_origin + rest)
+    for i, (name, value) in enumerate(out):
+        if value.startswith(upstream_url) and name.lower() == b"location":
+            rest = value[len(upstream_url):]
+            if not rest or rest[:1] in (b"/", b"?", b"#"):
+                public = public_origin()
+                if public:
+                    out[i] = (name, public + rest)
     return out

@@ -103,8 +103,12 @@ class Health:
         }
         return (503 if status == "failing" else 200), body
 
-    async def response(self) -> web.Response:
+    async def render(self) -> tuple[int, bytes]:
+        """The status code and JSON body of ``/healthz``."""
         code, body = await self.report()
-        return web.Response(status=code, text=json.dumps(body, indent=2) + "\n",
-                            content_type="application/json",
+        return code, (json.dumps(body, indent=2) + "\n").encode()
+
+    async def response(self) -> web.Response:
+        code, body = await self.render()
+        return web.Response(status=code, body=body, content_type="application/json",
                             headers={"Cache-Control": "no-store"})

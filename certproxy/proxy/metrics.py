@@ -8,7 +8,7 @@ additions; certificate expiry and renewal state are read at scrape time.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sized
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -106,6 +106,9 @@ class Metrics:
         ref = weakref.ref(server)
         self.active.labels(listener).set_function(
             lambda: len(s.connections) if (s := ref()) is not None else 0)
+
+    def track_connections(self, connections: Sized, listener: str) -> None:
+        self.active.labels(listener).set_function(lambda: len(connections))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,12 +1,13 @@
 """The running program: listeners, upstream pools, signals, draining.
 
 How this works: ``Front.start()`` makes sure the store is usable, loads what
-it holds (making a bootstrap certificate if there is nothing to serve), opens
-one pooled session per upstream, then starts one aiohttp runner per listener:
-the plain-HTTP one and one TLS listener per route, all sharing one
-``TLSState``. ``Front.stop()`` first stops every listener from accepting, then
-lets in-flight requests finish within the grace period, then closes the
-upstream pools. ``run()`` ties this to SIGTERM/SIGINT.
+it holds (making a bootstrap certificate if there is nothing to serve), then
+opens one data-plane listener per route (``dataplane``: asyncio protocols,
+one upstream pool each) and aiohttp runners for the control listeners (plain
+HTTP, admin), all TLS listeners sharing one ``TLSState``. ``Front.stop()``
+first stops every listener from accepting, then lets in-flight requests
+finish within the grace period, then closes the upstream pools. ``run()``
+ties this to SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..acme_client.manager import CertManager
 from ..certs import FileStore, StoreError, utcnow
 from .config import Config
 from .auth import BasicAuth, HtpasswdError
-from .handler import ProxyHandler
+from .dataplane import SWEEP_INTERVAL, Listener, ProxyRoute, UpstreamPool
 from .listener import MAX_FIELD_SIZE, MAX_LINE_SIZE, SERVER_READ_BUFSIZE, Server, TCPSite
 from .health import Health, HealthState
 from .metrics import Metrics
@@ -55,6 +56,9 @@ class Front:
         self.acme: CertManager | None = None
         self._acme_task: asyncio.Task[None] | None = None
         self._runners: list[web.BaseRunner] = []
+        self._listeners: list[Listener] = []
+        self._pools: list[UpstreamPool] = []
+        self._sweeper: asyncio.TimerHandle | None = None
         self.metrics = Metrics()
         self.auth = BasicAuth(config.auth_htpasswd) if config.auth_htpasswd else None
 
@@ -106,14 +110,13 @@ class Front:
             for upstream in self.upstreams:
                 port = upstream.route.port
                 auth = self.auth if port in cfg.auth_ports else None
-                handler = ProxyHandler(upstream.route, upstream, self.health,
-                                       self.metrics.route(str(port)), auth, cfg.hsts_max_age)
-                await self._listen(handler, port, self.tls.listener_context())
+                await self._listen_tls(upstream, auth)
             if cfg.admin_port is not None:
                 await self._listen(self._admin, cfg.admin_port, None, bind=cfg.admin_bind)
         except OSError as exc:
             await self.stop(0)
             raise StartupError("CERTPROXY_BIND", f"cannot listen: {exc.strerror or exc}") from None
+        self._sweep()
         if self.acme is not None:
             self._acme_task = asyncio.create_task(self.acme.run())
             log.info("ACME on: %s for %s", self.acme.settings.directory,
@@ -127,6 +130,30 @@ class Front:
         if path == "/healthz" and self.health is not None:
             return await self.health.response()
         return web.Response(status=404, text="certproxy admin: /metrics or /healthz\n")
+
+    async def _listen_tls(self, upstream: Upstream, auth: BasicAuth | None) -> None:
+        """One TLS listener on the data plane, with its own upstream pool."""
+        assert self.tls is not None and self.health is not None
+        port = upstream.route.port
+        ctx = self.tls.listener_context()
+        guard_listener(ctx, port, self.metrics.handshake_failures.labels(str(port)).inc)
+        pool = UpstreamPool(upstream.route, self.config)
+        self._pools.append(pool)
+        route = ProxyRoute(upstream.route, pool, self.health, self.metrics.route(str(port)), auth,
+                           self.config.hsts_max_age)
+        listener = Listener(route, self.config)
+        await listener.start(self.config.bind, port, ctx)
+        self._listeners.append(listener)
+        self.metrics.track_connections(listener.connections, str(port))
+        log.info("listening on %s:%d (tls)", self.config.bind, port)
+
+    def _sweep(self) -> None:
+        """Timeouts of every data-plane connection, a few times a second."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for listener in self._listeners:
+            listener.sweep(now)
+        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     async def _listen(self, handler: object, port: int, ssl_context: object,
                       bind: str | None = None) -> None:
@@ -165,14 +192,24 @@ class Front:
                 await self._acme_task
         if self.reloader is not None:
             await self.reloader.stop()
+        for listener in self._listeners:
+            listener.stop_accepting()
         for runner in self._runners:
             for site in list(runner.sites):
                 await site.stop()
-        if grace is not None:
-            for runner in self._runners:
-                runner._shutdown_timeout = grace  # type: ignore[attr-defined]
-        await asyncio.gather(*(runner.cleanup() for runner in self._runners))
+        if grace is None:
+            grace = self.config.shutdown_grace
+        for runner in self._runners:
+            runner._shutdown_timeout = grace  # type: ignore[attr-defined]
+        await asyncio.gather(*(runner.cleanup() for runner in self._runners),
+                             *(listener.drain(grace) for listener in self._listeners))
         self._runners.clear()
+        self._listeners.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for pool in self._pools:
+            pool.close()
+        self._pools.clear()
         for upstream in self.upstreams:
             await upstream.close()
 

@@ -1,11 +1,8 @@
-"""One pooled HTTP client per upstream, and its reachability probe.
+"""An upstream's reachability probe for ``/healthz``.
 
-Each route owns one ``aiohttp.ClientSession`` for its whole life: connections
-to the registry are kept alive and reused across client requests. The session
-never decompresses, never follows redirects, never keeps cookies and adds no
-headers of its own. Timeouts: connecting is bounded, and so is silence while
-reading (``sock_read``), but there is no total limit, so a multi-GB layer that
-keeps moving is never cut off.
+The data plane keeps its own pool of upstream connections (``dataplane``);
+this module's aiohttp session serves only the probe, which asks the upstream
+for ``/`` at most every few seconds and accepts any HTTP answer.
 """
 
 from __future__ import annotations
