@@ -210,6 +210,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.abort()
             return
         self.last = self.pool.loop.time()
+        client = ex.conn
+        client.corked = True  # what this data makes for the client goes out in one write
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -221,11 +223,14 @@ class UpstreamConnection(asyncio.Protocol):
             if not self.complete:
                 reason = str(exc) or type(exc).__name__
                 self.exchange = None
+                client.uncork()
                 ex.upstream_failed(f"sent a malformed response: {reason}")
                 return
             self.extra = True
-        if self.complete and self.exchange is ex:
-            ex.response_complete(self.keep_alive and not self.extra)
+        finally:
+            if self.complete and self.exchange is ex:
+                ex.response_complete(self.keep_alive and not self.extra)
+            client.uncork()
 
     # parser callbacks
     def on_message_begin(self) -> None:
@@ -733,6 +738,8 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.closing = False
         self.stopped = False
+        self.corked = False
+        self.out: list[bytes] = []
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -851,12 +858,32 @@ class ClientConnection(asyncio.Protocol):
 
     # used by exchanges
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
+        if self.corked:
+            self.out.append(data)
+        elif self.transport is not None:
             self.transport.write(data)
 
     def writelines(self, data: tuple[bytes, ...]) -> None:
+        if self.corked:
+            self.out.extend(data)
+        elif self.transport is not None:
+            self.transport.write(b"".join(data))
+
+    def uncork(self) -> None:
+        """Send what was written while corked: one TLS record and one send for a small response."""
+        self.corked = False
+        out = self.out
+        if out:
+            self.out = []
+            if self.transport is not None:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def close(self) -> None:
+        """Close after everything written has gone out; nothing more is read."""
+        self.stopped = True
+        self.uncork()
         if self.transport is not None:
-            self.transport.writelines(data)
+            self.transport.close()
 
     def abort(self) -> None:
         self.stopped = True
@@ -887,9 +914,7 @@ class ClientConnection(asyncio.Protocol):
         if self.paused_up:
             self.paused_up = False
         if ex.close_after or (self.closing and not queue):
-            self.stopped = True
-            if self.transport is not None:
-                self.transport.close()  # after what is buffered has gone out
+            self.close()
             return
         self.idle_since = self.listener.loop.time()
         if queue:

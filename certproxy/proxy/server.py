@@ -28,6 +28,7 @@ from .auth import BasicAuth, HtpasswdError
 from .dataplane import SWEEP_INTERVAL, Listener, ProxyRoute, UpstreamPool
 from .listener import MAX_FIELD_SIZE, MAX_LINE_SIZE, SERVER_READ_BUFSIZE, Server, TCPSite
 from .health import Health, HealthState
+from .logs import flush_access
 from .metrics import Metrics
 from .plain import PlainHandler
 from .reload import Reloader
@@ -153,6 +154,7 @@ class Front:
         now = loop.time()
         for listener in self._listeners:
             listener.sweep(now)
+        flush_access()
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     async def _listen(self, handler: object, port: int, ssl_context: object,
@@ -235,4 +237,5 @@ async def run(config: Config) -> None:
     await stopping.wait()
     log.info("stopping: draining requests in flight (up to %g s)", config.shutdown_grace)
     await front.stop()
+    flush_access()
     log.info("stopped")
