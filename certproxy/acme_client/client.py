@@ -16,11 +16,9 @@ Encrypt's rate limits, and the response headers of a failed request (so a
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import logging
-import math
 from typing import Any, Callable
 
 import josepy as jose
@@ -39,19 +37,6 @@ log = logging.getLogger("certproxy.acme")
 
 Progress = Callable[[str], None]
 ORDER_DEADLINE = dt.timedelta(seconds=120)
-
-
-def ari_cert_id(cert: x509.Certificate) -> str:
-    """The RFC 9773 certificate identifier: base64url(AKI keyIdentifier) '.' base64url(serial)."""
-    aki = cert.extensions.get_extension_for_oid(x509.ExtensionOID.AUTHORITY_KEY_IDENTIFIER)
-    key_id = aki.value.key_identifier or b""
-    serial = cert.serial_number
-    serial_bytes = serial.to_bytes(math.ceil((serial.bit_length() + 1) / 8), "big", signed=True)
-
-    def b64(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-    return f"{b64(key_id)}.{b64(serial_bytes)}"
 
 
 class NewOrderReplacing(messages.NewOrder):

@@ -12,9 +12,10 @@ import datetime as dt
 import email.utils
 from typing import Mapping
 
-import requests
-from acme import errors as acme_errors
-from acme import messages
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the acme library is loaded by the client, when an order is due
+    from acme import messages
 
 PROBLEM_PREFIX = "urn:ietf:params:acme:error:"
 # Problems that retrying with the same configuration cannot fix.
@@ -60,6 +61,10 @@ def _problem_text(err: messages.Error) -> tuple[str, str]:
 def translate(exc: BaseException, *, stage: str, headers: Mapping[str, str] | None = None,
               now: dt.datetime | None = None) -> AcmeError:
     """One ``AcmeError`` for whatever the ACME exchange raised during ``stage``."""
+    import requests
+    from acme import errors as acme_errors
+    from acme import messages
+
     now = now or dt.datetime.now(dt.timezone.utc)
     retry_after = parse_retry_after((headers or {}).get("Retry-After"), now)
     if isinstance(exc, AcmeError):

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..certs import CertPair, FileStore, PairError, StoreError, os_reason, utcnow
 from . import policy
-from .client import ari_cert_id
+from .ari import ari_cert_id
 from .errors import AcmeError
 from .lock import IssuanceLock
 from .settings import AcmeSettings

@@ -35,10 +35,9 @@ import asyncio
 import collections
 import http
 import logging
-import os
 import ssl
 import time
-from typing import Optional
+from typing import Awaitable, Callable, Optional
 
 import httptools
 
@@ -49,6 +48,7 @@ from .headers import Headers, client_response_headers, upstream_request_headers
 from .health import Health
 from .hostname import origin, parse_host
 from .metrics import RouteMetrics
+from .upstream import describe_os_error
 
 log = logging.getLogger("certproxy.proxy")
 
@@ -125,11 +125,37 @@ class _HeadDone(Exception):
     """Stops the upstream parser after the head of a response to HEAD."""
 
 
-# --------------------------------------------------------------------------- route
+# --------------------------------------------------------------------------- routes
+
+# What a control listener's answer function returns: status, headers, body, content type.
+Answer = tuple[int, Headers, bytes, bytes]
+
+
+class ControlRoute:
+    """A listener that answers by itself: plain HTTP, admin, ``renew``'s challenges.
+
+    It gets the same connection handling as the proxy (limits, timeouts,
+    one-line refusals); request bodies are not read.
+    """
+
+    pool: UpstreamPool | None = None
+    auth: BasicAuth | None = None
+    hsts: bytes | None = None
+    base = "-"
+
+    def __init__(self, port: int, answer: Callable[[Exchange], Awaitable[Answer]],
+                 metrics: RouteMetrics | None = None, access_log: bool = True) -> None:
+        self.port = port
+        self.answer: Callable[[Exchange], Awaitable[Answer]] | None = answer
+        self.metrics = metrics
+        self.access_log = access_log
 
 
 class ProxyRoute:
     """What every connection of one TLS listener shares: upstream, pool, policy."""
+
+    answer: Callable[[Exchange], Awaitable[Answer]] | None = None
+    access_log = True
 
     def __init__(self, route: Route, pool: UpstreamPool, health: Health, metrics: RouteMetrics,
                  auth: BasicAuth | None, hsts_max_age: int) -> None:
@@ -416,6 +442,9 @@ class Exchange:
         if method in REFUSED_METHODS:
             self.own_error(405, f"{method.decode('latin-1')} is not allowed", [(b"Allow", ALLOWED)])
             return
+        if route.answer is not None:
+            self.gate = 3
+            return
         if target == b"/healthz":
             self.gate = 1
             return
@@ -494,6 +523,12 @@ class Exchange:
     async def _slow_begin(self) -> None:
         route = self.route
         try:
+            if self.gate == 3:
+                assert route.answer is not None
+                code, headers, body, content_type = await route.answer(self)
+                if not self.done:
+                    self.send_own(code, body, headers, content_type)
+                return
             if self.gate == 1:
                 code, body = await route.health.render()
                 if not self.done:
@@ -523,8 +558,7 @@ class Exchange:
                 return
             except OSError as exc:
                 if not self.done:
-                    why = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc) or type(exc).__name__)
-                    self.own_error(502, f"{route.unreachable}: cannot connect: {why}")
+                    self.own_error(502, f"{route.unreachable}: {describe_os_error(exc)}")
                 return
             if self.done:
                 route.pool.release(up, True)
@@ -704,10 +738,16 @@ class Exchange:
                      self.bytes_in)
         self._record(self.status if self.resp_started else 499)
 
+    def header(self, name: bytes) -> list[bytes]:
+        """The values of one request header (``name`` in lower case)."""
+        return [v for n, v in self.headers if n.lower() == name]
+
     def _record(self, status: int) -> None:
         route = self.route
-        route.metrics.request(status, self.bytes_in, self.bytes_out)
-        logs.access(self.conn.client_ip, self.method.decode("latin-1"), self.target.decode("latin-1"),
+        if route.metrics is not None:
+            route.metrics.request(status, self.bytes_in, self.bytes_out)
+        if route.access_log:
+            logs.access(self.conn.client_ip, self.method.decode("latin-1"), self.target.decode("latin-1"),
                     status, self.bytes_in, self.bytes_out, time.monotonic() - self.started,
                     route.base, route.port)
 
@@ -967,7 +1007,7 @@ class ClientConnection(asyncio.Protocol):
 class Listener:
     """One TLS listener: its server socket, its connections and their limits."""
 
-    def __init__(self, route: ProxyRoute, config: Config) -> None:
+    def __init__(self, route: ProxyRoute | ControlRoute, config: Config) -> None:
         self.loop = asyncio.get_running_loop()
         self.route = route
         self.connections: set[ClientConnection] = set()
@@ -981,10 +1021,10 @@ class Listener:
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext) -> None:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+        extra = {"ssl_handshake_timeout": self.handshake_timeout} if ssl_context else {}
         self.server = await self.loop.create_server(
-            self, host, port, ssl=ssl_context, backlog=1024, reuse_address=True,
-            ssl_handshake_timeout=self.handshake_timeout)
+            self, host, port, ssl=ssl_context, backlog=1024, reuse_address=True, **extra)
 
     def stop_accepting(self) -> None:
         self.stopping = True
@@ -1007,4 +1047,5 @@ class Listener:
     def sweep(self, now: float) -> None:
         for conn in list(self.connections):
             conn.sweep(now)
-        self.route.pool.sweep(now)
+        if self.route.pool is not None:
+            self.route.pool.sweep(now)

@@ -19,8 +19,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from aiohttp import web
-
 from ..acme_client.manager import RenewalStatus
 from ..certs import utcnow
 from .tls import TLSState
@@ -107,8 +105,3 @@ class Health:
         """The status code and JSON body of ``/healthz``."""
         code, body = await self.report()
         return code, (json.dumps(body, indent=2) + "\n").encode()
-
-    async def response(self) -> web.Response:
-        code, body = await self.render()
-        return web.Response(status=code, body=body, content_type="application/json",
-                            headers={"Cache-Control": "no-store"})

@@ -7,10 +7,8 @@ additions; certificate expiry and renewal state are read at scrape time.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Callable, Iterable, Sized
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -102,17 +100,8 @@ class Metrics:
     def route(self, route: str) -> RouteMetrics:
         return RouteMetrics(self, route)
 
-    def track_server(self, server: web.Server, listener: str) -> None:
-        ref = weakref.ref(server)
-        self.active.labels(listener).set_function(
-            lambda: len(s.connections) if (s := ref()) is not None else 0)
-
     def track_connections(self, connections: Sized, listener: str) -> None:
         self.active.labels(listener).set_function(lambda: len(connections))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-    async def response(self) -> web.Response:
-        return web.Response(body=self.render(), headers={"Content-Type": CONTENT_TYPE,
-                                                         "Cache-Control": "no-store"})

@@ -13,17 +13,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
-
-from aiohttp import web
 
 from ..certs import FileStore, is_valid_token
-from . import logs
+from .dataplane import Answer, Exchange
 from .health import Health
 from .hostname import origin, parse_host
-from .metrics import RouteMetrics
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+TEXT = b"text/plain; charset=utf-8"
+NO_STORE = [(b"Cache-Control", b"no-store")]
 
 
 def redirect_target(host_header: str | None, raw_path: str, https_port: int) -> str | None:
@@ -34,43 +32,36 @@ def redirect_target(host_header: str | None, raw_path: str, https_port: int) -> 
     return origin("https", parsed[0], https_port) + path
 
 
+async def challenge_answer(store: FileStore, method: bytes, token: str, who: str = "certproxy") -> Answer:
+    """The key authorization for an HTTP-01 token from the store, or 404."""
+    data = None
+    if method in (b"GET", b"HEAD") and is_valid_token(token):
+        data = await asyncio.to_thread(store.read_challenge, token)
+    if data is None:
+        return 404, [], f"{who}: no such challenge\n".encode(), TEXT
+    return 200, NO_STORE, data, b"application/octet-stream"
+
+
 class PlainHandler:
-    def __init__(self, store: FileStore, health: Health, https_port: int, port: int,
-                 metrics: RouteMetrics) -> None:
+    """The answer function of the plain-HTTP listener (see ``dataplane.ControlRoute``)."""
+
+    def __init__(self, store: FileStore, health: Health, https_port: int) -> None:
         self.store = store
         self.health = health
         self.https_port = https_port
-        self.port = port
-        self.metrics = metrics
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        started = time.monotonic()
-        resp = await self._answer(request)
-        self.metrics.request(resp.status, 0, resp.content_length or 0)
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        logs.access(peer[0] if peer else "-", request.method, request.raw_path, resp.status,
-                    0, resp.content_length or 0, time.monotonic() - started, "-", self.port)
-        return resp
-
-    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
-        raw_path = request.raw_path
+    async def __call__(self, ex: Exchange) -> Answer:
+        raw_path = ex.target.decode("latin-1")
         path_only = raw_path.partition("?")[0]
         if path_only.startswith(CHALLENGE_PREFIX):
-            return await self._challenge(request, path_only[len(CHALLENGE_PREFIX):])
+            return await challenge_answer(self.store, ex.method, path_only[len(CHALLENGE_PREFIX):])
         if path_only == "/healthz":
-            return await self.health.response()
-        target = redirect_target(request.headers.get("Host"), raw_path, self.https_port)
-        if target is None or len(request.headers.getall("Host", [])) > 1:
-            return web.Response(status=400, text="certproxy: missing or malformed Host header\n")
-        status = 301 if request.method in ("GET", "HEAD") else 308
-        return web.Response(status=status, headers={"Location": target},
-                            text=f"Moved to {target}\n")
-
-    async def _challenge(self, request: web.BaseRequest, token: str) -> web.Response:
-        if request.method not in ("GET", "HEAD") or not is_valid_token(token):
-            return web.Response(status=404, text="certproxy: no such challenge\n")
-        data = await asyncio.to_thread(self.store.read_challenge, token)
-        if data is None:
-            return web.Response(status=404, text="certproxy: no such challenge\n")
-        return web.Response(status=200, body=data, content_type="application/octet-stream",
-                            headers={"Cache-Control": "no-store"})
+            code, body = await self.health.render()
+            return code, NO_STORE, body, b"application/json"
+        hosts = ex.header(b"host")
+        target = redirect_target(hosts[0].decode("latin-1") if hosts else None, raw_path,
+                                 self.https_port)
+        if target is None or len(hosts) > 1:
+            return 400, [], b"certproxy: missing or malformed Host header\n", TEXT
+        status = 301 if ex.method in (b"GET", b"HEAD") else 308
+        return status, [(b"Location", target.encode())], f"Moved to {target}\n".encode(), TEXT

@@ -11,33 +11,28 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from aiohttp import web
-
 from ..acme_client import AcmeIssuer
 from ..acme_client.manager import CertManager
-from ..certs import FileStore, PairError, StoreError, is_valid_token, utcnow
+from ..certs import FileStore, PairError, StoreError, utcnow
 from .config import Config
 from .health import fetch_health
-from .plain import CHALLENGE_PREFIX
+from .dataplane import Answer, ControlRoute, Exchange, Listener
+from .plain import CHALLENGE_PREFIX, challenge_answer
 
 
 def _certproxy_answers(port: int) -> bool:
     return fetch_health(f"http://127.0.0.1:{port}/healthz") is not None
 
 
-async def _challenge_server(store: FileStore, bind: str, port: int) -> web.BaseRunner:
-    async def answer(request: web.BaseRequest) -> web.Response:
-        path = request.raw_path.partition("?")[0]
+async def _challenge_server(store: FileStore, config: Config, port: int) -> Listener:
+    async def answer(ex: Exchange) -> Answer:
+        path = ex.target.decode("latin-1").partition("?")[0]
         token = path[len(CHALLENGE_PREFIX):] if path.startswith(CHALLENGE_PREFIX) else ""
-        data = await asyncio.to_thread(store.read_challenge, token) if is_valid_token(token) else None
-        if data is None:
-            return web.Response(status=404, text="certproxy renew: no such challenge\n")
-        return web.Response(body=data, content_type="application/octet-stream")
+        return await challenge_answer(store, ex.method, token, "certproxy renew")
 
-    runner = web.ServerRunner(web.Server(answer, access_log=None), handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, bind, port).start()
-    return runner
+    listener = Listener(ControlRoute(port, answer, access_log=False), config)
+    await listener.start(config.bind, port, None)
+    return listener
 
 
 async def renew(config: Config, force: bool) -> int:
@@ -51,7 +46,7 @@ async def renew(config: Config, force: bool) -> int:
     except StoreError as exc:
         print(f"certproxy renew: CERTPROXY_STORE: {exc}", file=sys.stderr)
         return 2
-    runner = None
+    server = None
     port = config.http_port
     if port is None:
         say("no HTTP port configured: relying on whoever answers http-01 for the store")
@@ -59,7 +54,7 @@ async def renew(config: Config, force: bool) -> int:
         say(f"a certproxy answers on :{port}: it serves the challenges from the store")
     else:
         try:
-            runner = await _challenge_server(store, config.bind, port)
+            server = await _challenge_server(store, config, port)
         except OSError as exc:
             print(f"certproxy renew: cannot listen on {config.bind}:{port} for http-01: "
                   f"{exc.strerror or exc}", file=sys.stderr)
@@ -69,8 +64,9 @@ async def renew(config: Config, force: bool) -> int:
     try:
         await manager.maintain(force=force)
     finally:
-        if runner is not None:
-            await runner.cleanup()
+        if server is not None:
+            server.stop_accepting()
+            await server.drain(1.0)
     status = manager.status
     try:
         pair = await asyncio.to_thread(store.load_live, settings.name)

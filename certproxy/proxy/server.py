@@ -3,8 +3,8 @@
 How this works: ``Front.start()`` makes sure the store is usable, loads what
 it holds (making a bootstrap certificate if there is nothing to serve), then
 opens one data-plane listener per route (``dataplane``: asyncio protocols,
-one upstream pool each) and aiohttp runners for the control listeners (plain
-HTTP, admin), all TLS listeners sharing one ``TLSState``. ``Front.stop()``
+one upstream pool each) and the control listeners on the same machinery
+(plain HTTP, admin), all TLS listeners sharing one ``TLSState``. ``Front.stop()``
 first stops every listener from accepting, then lets in-flight requests
 finish within the grace period, then closes the upstream pools. ``run()``
 ties this to SIGTERM/SIGINT.
@@ -17,23 +17,22 @@ import contextlib
 import logging
 import signal
 import ssl
+from typing import TYPE_CHECKING
 
-from aiohttp import web
-
-from ..acme_client import AcmeIssuer
-from ..acme_client.manager import CertManager
 from ..certs import FileStore, StoreError, utcnow
 from .config import Config
 from .auth import BasicAuth, HtpasswdError
-from .dataplane import SWEEP_INTERVAL, Listener, ProxyRoute, UpstreamPool
-from .listener import MAX_FIELD_SIZE, MAX_LINE_SIZE, SERVER_READ_BUFSIZE, Server, TCPSite
+from .dataplane import SWEEP_INTERVAL, Answer, ControlRoute, Exchange, Listener, ProxyRoute, UpstreamPool
 from .health import Health, HealthState
 from .logs import flush_access
-from .metrics import Metrics
-from .plain import PlainHandler
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
+from .plain import NO_STORE, PlainHandler
 from .reload import Reloader
 from .tls import CertificateSet, TLSState, guard_listener
 from .upstream import Upstream
+
+if TYPE_CHECKING:
+    from ..acme_client.manager import CertManager
 
 log = logging.getLogger("certproxy")
 
@@ -56,7 +55,6 @@ class Front:
         self.reloader: Reloader | None = None
         self.acme: CertManager | None = None
         self._acme_task: asyncio.Task[None] | None = None
-        self._runners: list[web.BaseRunner] = []
         self._listeners: list[Listener] = []
         self._pools: list[UpstreamPool] = []
         self._sweeper: asyncio.TimerHandle | None = None
@@ -93,6 +91,8 @@ class Front:
         self.metrics.last_reload.set_function(
             lambda: self.health_state.last_reload.timestamp() if self.health_state.last_reload else 0)
         if cfg.acme_enabled:
+            from ..acme_client.client import AcmeIssuer  # the acme library only when ACME is on
+            from ..acme_client.manager import CertManager
             settings = cfg.acme_settings()
             self.acme = CertManager(self.store, settings, AcmeIssuer(self.store, settings))
             self.health.renewals.append(self.acme.status)
@@ -105,15 +105,16 @@ class Front:
             await upstream.start()
         try:
             if cfg.http_port is not None:
-                plain = PlainHandler(self.store, self.health, cfg.redirect_port, cfg.http_port,
-                                     self.metrics.route("http"))
-                await self._listen(plain, cfg.http_port, None)
+                plain = PlainHandler(self.store, self.health, cfg.redirect_port)
+                await self._listen(ControlRoute(cfg.http_port, plain, self.metrics.route("http")),
+                                   cfg.bind, None, "http")
             for upstream in self.upstreams:
                 port = upstream.route.port
                 auth = self.auth if port in cfg.auth_ports else None
                 await self._listen_tls(upstream, auth)
             if cfg.admin_port is not None:
-                await self._listen(self._admin, cfg.admin_port, None, bind=cfg.admin_bind)
+                await self._listen(ControlRoute(cfg.admin_port, self._admin, access_log=False),
+                                   cfg.admin_bind, None, "admin")
         except OSError as exc:
             await self.stop(0)
             raise StartupError("CERTPROXY_BIND", f"cannot listen: {exc.strerror or exc}") from None
@@ -123,14 +124,16 @@ class Front:
             log.info("ACME on: %s for %s", self.acme.settings.directory,
                      ", ".join(self.acme.settings.domains))
 
-    async def _admin(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _admin(self, ex: Exchange) -> Answer:
         """The admin listener: metrics and health, for the operator's network only."""
-        path = request.raw_path.partition("?")[0]
-        if path == "/metrics":
-            return await self.metrics.response()
-        if path == "/healthz" and self.health is not None:
-            return await self.health.response()
-        return web.Response(status=404, text="certproxy admin: /metrics or /healthz\n")
+        path = ex.target.partition(b"?")[0]
+        if path == b"/metrics":
+            body = await asyncio.to_thread(self.metrics.render)
+            return 200, NO_STORE, body, METRICS_CONTENT_TYPE.encode()
+        if path == b"/healthz" and self.health is not None:
+            code, body = await self.health.render()
+            return code, NO_STORE, body, b"application/json"
+        return 404, [], b"certproxy admin: /metrics or /healthz\n", b"text/plain; charset=utf-8"
 
     async def _listen_tls(self, upstream: Upstream, auth: BasicAuth | None) -> None:
         """One TLS listener on the data plane, with its own upstream pool."""
@@ -142,11 +145,15 @@ class Front:
         self._pools.append(pool)
         route = ProxyRoute(upstream.route, pool, self.health, self.metrics.route(str(port)), auth,
                            self.config.hsts_max_age)
+        await self._listen(route, self.config.bind, ctx, "tls")
+
+    async def _listen(self, route: ProxyRoute | ControlRoute, bind: str,
+                      ctx: ssl.SSLContext | None, kind: str) -> None:
         listener = Listener(route, self.config)
-        await listener.start(self.config.bind, port, ctx)
+        await listener.start(bind, route.port, ctx)
         self._listeners.append(listener)
-        self.metrics.track_connections(listener.connections, str(port))
-        log.info("listening on %s:%d (tls)", self.config.bind, port)
+        self.metrics.track_connections(listener.connections, str(route.port))
+        log.info("listening on %s:%d (%s)", bind, route.port, kind)
 
     def _sweep(self) -> None:
         """Timeouts of every data-plane connection, a few times a second."""
@@ -156,35 +163,6 @@ class Front:
             listener.sweep(now)
         flush_access()
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
-
-    async def _listen(self, handler: object, port: int, ssl_context: object,
-                      bind: str | None = None) -> None:
-        listener = f"{port}"
-        if isinstance(ssl_context, ssl.SSLContext):
-            guard_listener(ssl_context, port, self.metrics.handshake_failures.labels(listener).inc)
-        server = Server(
-            handler,
-            header_timeout=self.config.header_timeout,
-            max_connections=self.config.max_connections,
-            access_log=None,
-            keepalive_timeout=self.config.keepalive_timeout,
-            max_line_size=MAX_LINE_SIZE,
-            max_field_size=MAX_FIELD_SIZE,
-            read_bufsize=SERVER_READ_BUFSIZE,
-            auto_decompress=False,
-        )
-        runner = web.ServerRunner(server, handle_signals=False,
-                                  shutdown_timeout=self.config.shutdown_grace)
-        await runner.setup()
-        self._runners.append(runner)
-        self.metrics.track_server(server, listener)
-        address = bind or self.config.bind
-        site = TCPSite(runner, address, port, ssl_context=ssl_context,  # type: ignore[arg-type]
-                       reuse_address=True, backlog=1024,
-                       tls_handshake_timeout=self.config.tls_handshake_timeout)
-        await site.start()
-        log.info("listening on %s:%d (%s)", address, port,
-                 "tls" if ssl_context else ("admin" if bind else "http"))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting everywhere, let requests in flight finish, close pools."""
@@ -196,16 +174,9 @@ class Front:
             await self.reloader.stop()
         for listener in self._listeners:
             listener.stop_accepting()
-        for runner in self._runners:
-            for site in list(runner.sites):
-                await site.stop()
         if grace is None:
             grace = self.config.shutdown_grace
-        for runner in self._runners:
-            runner._shutdown_timeout = grace  # type: ignore[attr-defined]
-        await asyncio.gather(*(runner.cleanup() for runner in self._runners),
-                             *(listener.drain(grace) for listener in self._listeners))
-        self._runners.clear()
+        await asyncio.gather(*(listener.drain(grace) for listener in self._listeners))
         self._listeners.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()

@@ -1,68 +1,39 @@
 """An upstream's reachability probe for ``/healthz``.
 
 The data plane keeps its own pool of upstream connections (``dataplane``);
-this module's aiohttp session serves only the probe, which asks the upstream
-for ``/`` at most every few seconds and accepts any HTTP answer.
+the probe opens a connection of its own, asks for ``/`` and accepts any HTTP
+status line as an answer, at most every few seconds (the result is cached,
+and concurrent checks share one probe).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import time
-
-import aiohttp
 
 from .config import Config, Route
 
 PROBE_TTL = 5.0
 PROBE_TIMEOUT = 2.0
-# The client adds these unless told not to; a proxy must not invent them.
-SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-READ_BUFSIZE = 1 << 18
 
 
 class Upstream:
     def __init__(self, route: Route, config: Config) -> None:
         self.route = route
         self._config = config
-        self._session: aiohttp.ClientSession | None = None
         self._probe: tuple[float, bool, str | None] | None = None
         self._probe_task: asyncio.Task[tuple[bool, str | None]] | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("upstream not started")
-        return self._session
+        self._ssl: ssl.SSLContext | None = None
 
     async def start(self) -> None:
-        cfg = self._config
-        connector = aiohttp.TCPConnector(
-            limit=0,
-            keepalive_timeout=cfg.upstream_keepalive,
-            ttl_dns_cache=10,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=cfg.upstream_connect_timeout,
-                sock_connect=cfg.upstream_connect_timeout,
-                sock_read=cfg.upstream_read_timeout,
-            ),
-            auto_decompress=False,
-            skip_auto_headers=SKIP_AUTO_HEADERS,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            read_bufsize=READ_BUFSIZE,
-        )
+        if self.route.scheme == "https":
+            self._ssl = await asyncio.to_thread(ssl.create_default_context)
 
     async def close(self) -> None:
         if self._probe_task is not None:
             self._probe_task.cancel()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def reachable(self) -> tuple[bool, str | None]:
         """Whether the upstream answers HTTP at all (any status counts), cached."""
@@ -76,34 +47,34 @@ class Upstream:
     async def _run_probe(self) -> tuple[bool, str | None]:
         result: tuple[bool, str | None]
         try:
-            async with self.session.get(
-                self.route.url + "/",
-                allow_redirects=False,
-                headers={"User-Agent": "certproxy-healthcheck"},
-                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT),
-            ) as resp:
-                result = (True, None)
-                resp.release()
+            result = await asyncio.wait_for(self._ask(), PROBE_TIMEOUT)
         except asyncio.TimeoutError:
             result = (False, f"no answer within {PROBE_TIMEOUT:g} s")
-        except aiohttp.ClientError as exc:
-            result = (False, describe_client_error(exc))
+        except OSError as exc:
+            result = (False, describe_os_error(exc))
         self._probe = (time.monotonic(), *result)
         return result
 
+    async def _ask(self) -> tuple[bool, str | None]:
+        route = self.route
+        reader, writer = await asyncio.open_connection(
+            route.host, route.upstream_port, ssl=self._ssl,
+            server_hostname=route.host if self._ssl else None)
+        try:
+            host = route.url.partition("://")[2]
+            writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: certproxy-healthcheck\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            line = await reader.readline()
+        finally:
+            writer.close()
+        if line.startswith(b"HTTP/1.") and line[8:9] == b" " and line[9:12].isdigit():
+            return True, None
+        return False, "answered something that is not HTTP/1.1" if line else \
+            "closed the connection without an answer"
 
-def describe_client_error(exc: BaseException) -> str:
-    """One line for an aiohttp client error, without a traceback."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        inner = exc.os_error
-        if isinstance(inner, OSError) and inner.errno:
-            why = os.strerror(inner.errno)
-        elif isinstance(inner, OSError) and inner.strerror:
-            why = inner.strerror
-        else:
-            why = str(inner) or type(inner).__name__
-        return f"cannot connect: {why}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "closed the connection without an answer"
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed connection, without a traceback."""
+    if exc.errno:
+        return f"cannot connect: {os.strerror(exc.errno)}"
+    return f"cannot connect: {exc.strerror or str(exc) or type(exc).__name__}"
