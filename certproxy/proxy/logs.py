@@ -109,7 +109,6 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").disabled = True
     _fast.handler = handler
     _fast.json = fmt == "json"
 
