@@ -129,3 +129,23 @@ async def test_pipelined_requests_mixing_own_answers_and_proxied_ones_keep_their
     writer.close()
     assert [r.request_line.split()[1] for r in up.forwarded] == ["/one", "/two", "/three"]
     await up.close()
+
+
+async def test_a_client_silent_mid_upload_is_disconnected_after_the_read_timeout(
+        certproxy_factory: Factory, store: Path, client_ssl: ssl.SSLContext) -> None:
+    up = await RawUpstream().start()
+    port = free_port()
+    cp = await asyncio.to_thread(certproxy_factory, {port: up.url}, store,
+                                 extra_env={"CERTPROXY_UPSTREAM_READ_TIMEOUT": "1"})
+    reader, writer = await open_conn(port, client_ssl)
+    writer.write(f"PUT /v2/x/blobs/uploads/u HTTP/1.1\r\nHost: localhost:{port}\r\n"
+                 "Content-Length: 1000\r\n\r\n".encode() + b"x" * 100)
+    await writer.drain()
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, no answer
+    assert asyncio.get_running_loop().time() - started < 5
+    writer.close()
+    await asyncio.wait_for(up.aborted.wait(), 10)
+    assert up.forwarded == []
+    assert await asyncio.to_thread(cp.wait_output, "request body silent")
+    await up.close()

@@ -26,7 +26,9 @@ that goes away mid-upload gets its upstream request aborted.
 
 Timeouts are checked by a sweep a few times a second (``sweep``) rather than
 by a timer per request: request-head time (slowloris), idle keep-alive,
-upstream silence (never while the client is the slow side).
+upstream silence (never while the client is the slow side), and client
+silence in the middle of a request body (never while certproxy holds the
+client back).
 """
 
 from __future__ import annotations
@@ -780,6 +782,7 @@ class ClientConnection(asyncio.Protocol):
         self.stopped = False
         self.corked = False
         self.out: list[bytes] = []
+        self.last_data = 0.0
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -824,6 +827,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.stopped:
             return
+        self.last_data = self.listener.loop.time()
         if self.in_head:
             self._head_size += len(data)
             if self._head_size > MAX_HEAD_SIZE:
@@ -991,9 +995,17 @@ class ClientConnection(asyncio.Protocol):
             self.closing = True
 
     def sweep(self, now: float) -> None:
-        if self.queue or self.transport is None:
+        if self.transport is None:
             return
         listener = self.listener
+        if self.queue:
+            ex = self.queue[0]
+            if (not ex.req_done and not ex.discard and not self.reading_paused
+                    and now - self.last_data > listener.body_timeout):
+                log.info("closed a connection from %s: request body silent for %g s after %d bytes",
+                         self.client_ip, listener.body_timeout, ex.bytes_in)
+                self.abort()
+            return
         if self.in_head:
             if listener.header_timeout and now - self.head_started > listener.header_timeout:
                 log.info("closed a connection from %s: no complete request head within %g s",
@@ -1014,6 +1026,8 @@ class Listener:
         self.max_connections = config.max_connections
         self.header_timeout = config.header_timeout
         self.keepalive_timeout = config.keepalive_timeout
+        # A client silent mid-upload is held to the same bound as a silent upstream.
+        self.body_timeout = config.upstream_read_timeout
         self.handshake_timeout = config.tls_handshake_timeout
         self.server: asyncio.base_events.Server | None = None
         self.stopping = False
