@@ -201,6 +201,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.uses = 0
         self.reused = False
+        self.out: list[bytes] = []
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -315,6 +316,21 @@ class UpstreamConnection(asyncio.Protocol):
             self.last = self.pool.loop.time()
             self.transport.resume_reading()
 
+    def corked_out(self, client: ClientConnection) -> list[bytes]:
+        """Where request bytes go while the client's data is being parsed: everything
+        one client read produces for this upstream leaves in one write at the end."""
+        if not self.out:
+            client.corked_ups.append(self)
+        return self.out
+
+    def uncork(self) -> None:
+        out, self.out = self.out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
+
     def start_waiting(self) -> None:
         self.waiting = True
         self.last = self.pool.loop.time()
@@ -322,6 +338,7 @@ class UpstreamConnection(asyncio.Protocol):
     def abandon(self) -> None:
         """Drop the connection (mid-request: the upstream sees the request cut)."""
         self.exchange = None
+        self.out = []
         self.pool.forget(self)
         if self.transport is not None:
             self.transport.abort()
@@ -602,10 +619,11 @@ class Exchange:
         up = self.upstream
         if up is not None and up.transport is not None:
             self.body_started = True
+            out = up.corked_out(self.conn)
             if self.chunked_in:
-                up.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                out.extend((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
             else:
-                up.transport.write(chunk)
+                out.append(chunk)
         elif self.chunked_in:
             self.pending.extend((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
         else:
@@ -620,7 +638,7 @@ class Exchange:
         up = self.upstream
         if up is not None and up.transport is not None:
             if self.chunked_in:
-                up.transport.write(b"0\r\n\r\n")
+                up.corked_out(self.conn).append(b"0\r\n\r\n")
             up.start_waiting()
         elif self.chunked_in:
             self.pending.append(b"0\r\n\r\n")
@@ -782,6 +800,7 @@ class ClientConnection(asyncio.Protocol):
         self.stopped = False
         self.corked = False
         self.out: list[bytes] = []
+        self.corked_ups: list[UpstreamConnection] = []
         self.last_data = 0.0
 
     # asyncio callbacks
@@ -850,6 +869,11 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             reason = (str(exc) or "malformed request").splitlines()[0].rstrip(":")
             self.refuse(400, f"bad request: {reason}")
+        finally:
+            if self.corked_ups:
+                ups, self.corked_ups = self.corked_ups, []
+                for up in ups:
+                    up.uncork()
 
     # parser callbacks
     def on_message_begin(self) -> None:
