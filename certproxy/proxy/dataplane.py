@@ -2,7 +2,7 @@
 
 How this works: each client connection is a protocol whose bytes go through
 llhttp (``httptools``); each upstream connection is a protocol with a response
-parser of its own. A request is an ``Exchange``: when its head is parsed it
+parser of its own (``upstream.UpstreamConnection``, pooled per route). A request is an ``Exchange``: when its head is parsed it
 takes an idle upstream connection from the route's pool (or opens one in a
 task) and writes the request head; body bytes are written to the upstream
 connection from the parser's callbacks as they arrive, and response bytes are
@@ -46,11 +46,11 @@ import httptools
 from . import logs
 from .auth import BasicAuth
 from .config import Config, Route
-from .headers import Headers, client_response_headers, upstream_request_headers
+from .headers import Answer, Headers, client_response_headers, upstream_request_headers
 from .health import Health
 from .hostname import origin, parse_host
 from .metrics import RouteMetrics
-from .upstream import describe_os_error
+from .upstream import WRITE_BUFFER_HIGH, UpstreamConnection, UpstreamPool, describe_os_error
 
 log = logging.getLogger("certproxy.proxy")
 
@@ -60,7 +60,6 @@ MAX_LINE_SIZE = 16384
 MAX_FIELD_SIZE = 16384
 MAX_HEADERS = 100
 MAX_HEAD_SIZE = 65536
-WRITE_BUFFER_HIGH = 1 << 19
 SWEEP_INTERVAL = 0.25
 
 REGISTRY_API_HEADER = (b"Docker-Distribution-Api-Version", b"registry/2.0")
@@ -123,14 +122,7 @@ class HeadRefused(Exception):
         self.status = status
 
 
-class _HeadDone(Exception):
-    """Stops the upstream parser after the head of a response to HEAD."""
-
-
 # --------------------------------------------------------------------------- routes
-
-# What a control listener's answer function returns: status, headers, body, content type.
-Answer = tuple[int, Headers, bytes, bytes]
 
 
 class ControlRoute:
@@ -175,245 +167,6 @@ class ProxyRoute:
         self.unreachable = f"upstream {self.base} of port {self.port}"
 
 
-# --------------------------------------------------------------------------- upstream side
-
-
-class UpstreamConnection(asyncio.Protocol):
-    """One connection to the upstream; serves one exchange at a time."""
-
-    def __init__(self, pool: UpstreamPool) -> None:
-        self.pool = pool
-        self.transport: asyncio.Transport | None = None
-        self.exchange: Exchange | None = None
-        self.parser: httptools.HttpResponseParser | None = None
-        self.reason = b""
-        self.headers: Headers = []
-        self.status = 0
-        self.interim = False
-        self.complete = False
-        self.extra = False
-        self.head_only = False
-        self.keep_alive = False
-        self.until_eof = False
-        self.waiting = False
-        self.reading_paused = False
-        self.last = 0.0
-        self.idle_since = 0.0
-        self.uses = 0
-        self.reused = False
-        self.out: list[bytes] = []
-
-    # asyncio callbacks
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self.transport = None
-        self.pool.forget(self)
-        ex = self.exchange
-        if ex is not None:
-            self.exchange = None
-            if self.until_eof and not self.complete and ex.resp_started:
-                ex.response_complete(False)
-            else:
-                ex.upstream_failed("closed the connection without an answer"
-                                   if not ex.resp_started else "closed the connection mid-response",
-                                   retry=True)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def pause_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.conn.pause_for_upstream(True)
-
-    def resume_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.conn.pause_for_upstream(False)
-
-    def data_received(self, data: bytes) -> None:
-        ex = self.exchange
-        if ex is None or self.parser is None:  # unasked-for bytes: not a connection to reuse
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        self.last = self.pool.loop.time()
-        client = ex.conn
-        client.corked = True  # what this data makes for the client goes out in one write
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            if not isinstance(exc.__context__, _HeadDone):
-                raise exc.__context__ or exc  # a defect in certproxy, not in the upstream
-            self.complete = True
-            self.extra = not data.endswith(b"\r\n\r\n")
-        except httptools.HttpParserError as exc:
-            if not self.complete:
-                reason = str(exc) or type(exc).__name__
-                self.exchange = None
-                client.uncork()
-                ex.upstream_failed(f"sent a malformed response: {reason}")
-                return
-            self.extra = True
-        finally:
-            if self.complete and self.exchange is ex:
-                ex.response_complete(self.keep_alive and not self.extra)
-            client.uncork()
-
-    # parser callbacks
-    def on_message_begin(self) -> None:
-        if self.complete:
-            self.extra = True
-        self.headers = []
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason = reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        parser = self.parser
-        assert parser is not None and self.exchange is not None
-        status = parser.get_status_code()
-        if 100 <= status < 200:
-            self.interim = True
-            self.exchange.interim_response(status, self.reason, self.headers)
-            return
-        self.status = status
-        self.keep_alive = parser.should_keep_alive()
-        self.exchange.response_head(status, self.reason, self.headers, self)
-        if self.head_only:
-            raise _HeadDone
-
-    def on_body(self, body: bytes) -> None:
-        if self.exchange is not None:
-            self.exchange.response_body(body)
-
-    def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
-            return
-        self.complete = True
-
-    # used by the exchange
-    def bind(self, exchange: Exchange, head_only: bool) -> None:
-        self.exchange = exchange
-        self.parser = httptools.HttpResponseParser(self)
-        self.complete = self.extra = self.interim = self.until_eof = self.waiting = False
-        self.head_only = head_only
-        self.reason = b""
-        self.uses += 1
-
-    def pause_reading(self, paused: bool) -> None:
-        if paused == self.reading_paused or self.transport is None:
-            return
-        self.reading_paused = paused
-        if paused:
-            self.transport.pause_reading()
-        else:
-            self.last = self.pool.loop.time()
-            self.transport.resume_reading()
-
-    def corked_out(self, client: ClientConnection) -> list[bytes]:
-        """Where request bytes go while the client's data is being parsed: everything
-        one client read produces for this upstream leaves in one write at the end."""
-        if not self.out:
-            client.corked_ups.append(self)
-        return self.out
-
-    def uncork(self) -> None:
-        out, self.out = self.out, []
-        if out and self.transport is not None and not self.transport.is_closing():
-            if len(out) == 1:
-                self.transport.write(out[0])
-            else:
-                self.transport.writelines(out)
-
-    def start_waiting(self) -> None:
-        self.waiting = True
-        self.last = self.pool.loop.time()
-
-    def abandon(self) -> None:
-        """Drop the connection (mid-request: the upstream sees the request cut)."""
-        self.exchange = None
-        self.out = []
-        self.pool.forget(self)
-        if self.transport is not None:
-            self.transport.abort()
-
-
-class UpstreamPool:
-    """Idle keep-alive connections to one upstream, most recently used first."""
-
-    def __init__(self, route: Route, config: Config) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.host = route.host
-        self.port = route.upstream_port
-        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if route.scheme == "https" else None
-        self.connect_timeout = config.upstream_connect_timeout
-        self.read_timeout = config.upstream_read_timeout
-        self.keepalive = config.upstream_keepalive
-        self.idle: list[UpstreamConnection] = []
-        self.busy: set[UpstreamConnection] = set()
-
-    def take(self) -> UpstreamConnection | None:
-        idle = self.idle
-        while idle:
-            up = idle.pop()
-            if up.transport is not None and not up.transport.is_closing():
-                self.busy.add(up)
-                return up
-        return None
-
-    async def connect(self) -> UpstreamConnection:
-        _, up = await asyncio.wait_for(self.loop.create_connection(
-            lambda: UpstreamConnection(self), self.host, self.port, ssl=self.ssl,
-            server_hostname=self.host if self.ssl else None), self.connect_timeout)
-        self.busy.add(up)
-        return up
-
-    def release(self, up: UpstreamConnection, reusable: bool) -> None:
-        self.busy.discard(up)
-        up.exchange = None
-        up.parser = None
-        up.waiting = False
-        if reusable and up.transport is not None and not up.transport.is_closing():
-            up.pause_reading(False)
-            up.idle_since = self.loop.time()
-            self.idle.append(up)
-        elif up.transport is not None:
-            up.transport.close()
-
-    def forget(self, up: UpstreamConnection) -> None:
-        self.busy.discard(up)
-        if up in self.idle:
-            self.idle.remove(up)
-
-    def sweep(self, now: float) -> None:
-        timeout = self.read_timeout
-        for up in [u for u in self.busy if u.waiting and not u.reading_paused
-                   and now - u.last > timeout]:
-            ex = up.exchange
-            if ex is not None:
-                up.exchange = None
-                ex.upstream_failed("did not answer in time", timeout=True)
-        if self.idle and now - self.idle[0].idle_since > self.keepalive:
-            stale = [u for u in self.idle if now - u.idle_since > self.keepalive]
-            self.idle = [u for u in self.idle if now - u.idle_since <= self.keepalive]
-            for up in stale:
-                if up.transport is not None:
-                    up.transport.close()
-
-    def close(self) -> None:
-        for up in [*self.idle, *self.busy]:
-            if up.transport is not None:
-                up.transport.abort()
-        self.idle.clear()
-        self.busy.clear()
-
-
 # --------------------------------------------------------------------------- one request
 
 
@@ -424,8 +177,8 @@ class Exchange:
         "conn", "route", "method", "target", "headers", "keep_alive", "http10", "started",
         "bytes_in", "bytes_out", "status", "upstream", "head", "pending", "req_done",
         "resp_started", "resp_done", "chunked_in", "chunk_out", "close_after", "own",
-        "body_started", "retried", "done", "task", "host", "gate", "sent_at", "discard",
-        "expects_body",
+        "body_started", "retried", "done", "task", "host", "answer", "check_auth", "creds",
+        "sent_at", "discard", "expects_body",
     )
 
     def __init__(self, conn: ClientConnection, method: bytes, target: bytes, headers: Headers,
@@ -450,7 +203,10 @@ class Exchange:
         self.own: tuple[int, bytes, Headers] | None = None
         self.task: asyncio.Task[None] | None = None
         self.host: bytes | None = None
-        self.gate = 0  # 1: /healthz, 2: credentials to check
+        # Set when the answer is certproxy's own (a control listener, /healthz).
+        self.answer: Callable[[Exchange], Awaitable[Answer]] | None = None
+        self.check_auth = False  # credentials not seen recently: bcrypt in a thread first
+        self.creds: bytes | None = None
         self.sent_at = 0.0
         self.prepare()
 
@@ -462,10 +218,10 @@ class Exchange:
             self.own_error(405, f"{method.decode('latin-1')} is not allowed", [(b"Allow", ALLOWED)])
             return
         if route.answer is not None:
-            self.gate = 3
+            self.answer = route.answer
             return
         if target == b"/healthz":
-            self.gate = 1
+            self.answer = route.health.answer
             return
         parsed = origin_form(target)
         if parsed is None:
@@ -481,13 +237,11 @@ class Exchange:
                     break
         self.host = host
         if route.auth is not None:
-            creds = None
             for name, value in headers:
                 if name.lower() == b"authorization":
-                    creds = value
+                    self.creds = value
                     break
-            if not route.auth.known(creds):
-                self.gate = 2
+            self.check_auth = not route.auth.known(self.creds)
             headers = [(n, v) for n, v in headers if n.lower() != b"authorization"]
         out = upstream_request_headers(headers, client_ip=self.conn.client_ip_b, host=host,
                                        listener_port=route.port)
@@ -529,7 +283,7 @@ class Exchange:
         """Called when this exchange is first in its connection's queue."""
         if self.own is not None:
             self.send_own(*self.own)
-        elif self.gate:
+        elif self.answer is not None or self.check_auth:
             self.task = asyncio.ensure_future(self._slow_begin())
         else:
             up = self.route.pool.take()
@@ -542,32 +296,23 @@ class Exchange:
     async def _slow_begin(self) -> None:
         route = self.route
         try:
-            if self.gate == 3:
-                assert route.answer is not None
-                code, headers, body, content_type = await route.answer(self)
+            if self.answer is not None:
+                code, headers, body, content_type = await self.answer(self)
                 if not self.done:
                     self.send_own(code, body, headers, content_type)
                 return
-            if self.gate == 1:
-                code, body = await route.health.render()
-                if not self.done:
-                    self.send_own(code, body, [(b"Cache-Control", b"no-store")], b"application/json")
-                return
-            if self.gate == 2:
-                creds = next((v for n, v in self.headers if n.lower() == b"authorization"), None)
+            if self.check_auth:
                 assert route.auth is not None
-                if not await route.auth.allowed(creds.decode("latin-1") if creds else None):
+                creds = self.creds.decode("latin-1") if self.creds else None
+                if not await route.auth.allowed(creds):
                     if not self.done:
                         self.send_own(401, b"certproxy: authentication required\n",
                                       [(b"WWW-Authenticate", route.auth.challenge.encode())])
                     return
-                self.gate = 0
+                self.check_auth = False
                 up = route.pool.take()
                 if up is not None:
-                    if self.done:
-                        route.pool.release(up, True)
-                    else:
-                        self.attach(up, reused=True)
+                    self._attach_unless_done(up, reused=True)
                     return
             try:
                 up = await route.pool.connect()
@@ -579,10 +324,7 @@ class Exchange:
                 if not self.done:
                     self.own_error(502, f"{route.unreachable}: {describe_os_error(exc)}")
                 return
-            if self.done:
-                route.pool.release(up, True)
-            else:
-                self.attach(up, reused=False)
+            self._attach_unless_done(up, reused=False)
         except asyncio.CancelledError:
             raise
         except Exception:  # a defect: never leave a client hanging
@@ -592,12 +334,19 @@ class Exchange:
         finally:
             self.task = None
 
+    def _attach_unless_done(self, up: UpstreamConnection, reused: bool) -> None:
+        """After a wait: use the connection, or give it back if the client has gone."""
+        if self.done:
+            self.route.pool.release(up, True)
+        else:
+            self.attach(up, reused)
+
     def attach(self, up: UpstreamConnection, reused: bool) -> None:
         self.upstream = up
         up.bind(self, self.method == b"HEAD")
         transport = up.transport
         assert transport is not None
-        up.reused = reused  # type: ignore[attr-defined]
+        up.reused = reused
         if self.pending:
             self.body_started = True
             transport.writelines([self.head, *self.pending])
@@ -723,8 +472,7 @@ class Exchange:
         if self.done:
             return
         if (retry and not self.resp_started and not self.retried and not self.body_started
-                and self.method in IDEMPOTENT and up is not None
-                and getattr(up, "reused", False)):
+                and self.method in IDEMPOTENT and up is not None and up.reused):
             self.retried = True
             self.task = asyncio.ensure_future(self._slow_begin())
             return
@@ -862,10 +610,11 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             # CONNECT or an Upgrade request: answered as a plain request; nothing
             # after it on this connection is HTTP/1.1 any more.
-            self.stopped = True
             self.closing = True
-            if not self.queue and self.transport is not None:
-                self.transport.close()
+            if self.queue:
+                self.stopped = True
+            else:
+                self.close()
         except httptools.HttpParserError as exc:
             reason = (str(exc) or "malformed request").splitlines()[0].rstrip(":")
             self.refuse(400, f"bad request: {reason}")
@@ -1010,13 +759,11 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.abort()
             return
-        answer = own_response(status, f"certproxy: {reason}\n".encode(), close=True)
-        if not self.queue:
-            self.write(answer)
-            if self.transport is not None:
-                self.transport.close()
-        else:  # after the requests already in flight
+        if self.queue:  # requests in flight finish first, then the connection closes
             self.closing = True
+        else:
+            self.write(own_response(status, f"certproxy: {reason}\n".encode(), close=True))
+            self.close()
 
     def sweep(self, now: float) -> None:
         if self.transport is None:
@@ -1036,8 +783,7 @@ class ClientConnection(asyncio.Protocol):
                          self.client_ip, listener.header_timeout)
                 self.abort()
         elif now - self.idle_since > listener.keepalive_timeout or self.closing:
-            self.stopped = True
-            self.transport.close()
+            self.close()
 
 
 class Listener:
@@ -1070,9 +816,8 @@ class Listener:
             self.server.close()
         for conn in list(self.connections):
             conn.closing = True
-            if not conn.queue and not conn.in_head and conn.transport is not None:
-                conn.stopped = True
-                conn.transport.close()
+            if not conn.queue and not conn.in_head:
+                conn.close()
 
     async def drain(self, grace: float) -> None:
         """Let requests in flight finish within ``grace`` seconds, then cut the rest."""

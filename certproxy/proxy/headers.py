@@ -16,6 +16,9 @@ from __future__ import annotations
 from typing import Callable
 
 Headers = list[tuple[bytes, bytes]]
+# An answer certproxy makes itself: status, headers, body, content type.
+Answer = tuple[int, Headers, bytes, bytes]
+NO_STORE: Headers = [(b"Cache-Control", b"no-store")]
 
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",

@@ -21,6 +21,7 @@ from typing import Sequence
 
 from ..acme_client.manager import RenewalStatus
 from ..certs import utcnow
+from .headers import NO_STORE, Answer
 from .tls import TLSState
 from .upstream import Upstream
 
@@ -101,7 +102,7 @@ class Health:
         }
         return (503 if status == "failing" else 200), body
 
-    async def render(self) -> tuple[int, bytes]:
-        """The status code and JSON body of ``/healthz``."""
+    async def answer(self, _request: object = None) -> Answer:
+        """``/healthz`` as an answer (the same on every listener)."""
         code, body = await self.report()
-        return code, (json.dumps(body, indent=2) + "\n").encode()
+        return code, NO_STORE, (json.dumps(body, indent=2) + "\n").encode(), b"application/json"

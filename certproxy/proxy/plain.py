@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 
 from ..certs import FileStore, is_valid_token
-from .dataplane import Answer, Exchange
+from .dataplane import Exchange
+from .headers import NO_STORE, Answer
 from .health import Health
 from .hostname import origin, parse_host
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 TEXT = b"text/plain; charset=utf-8"
-NO_STORE = [(b"Cache-Control", b"no-store")]
 
 
 def redirect_target(host_header: str | None, raw_path: str, https_port: int) -> str | None:
@@ -56,8 +56,7 @@ class PlainHandler:
         if path_only.startswith(CHALLENGE_PREFIX):
             return await challenge_answer(self.store, ex.method, path_only[len(CHALLENGE_PREFIX):])
         if path_only == "/healthz":
-            code, body = await self.health.render()
-            return code, NO_STORE, body, b"application/json"
+            return await self.health.answer()
         hosts = ex.header(b"host")
         target = redirect_target(hosts[0].decode("latin-1") if hosts else None, raw_path,
                                  self.https_port)

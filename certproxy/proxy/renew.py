@@ -16,7 +16,8 @@ from ..acme_client.manager import CertManager
 from ..certs import FileStore, PairError, StoreError, utcnow
 from .config import Config
 from .health import fetch_health
-from .dataplane import Answer, ControlRoute, Exchange, Listener
+from .dataplane import ControlRoute, Exchange, Listener
+from .headers import Answer
 from .plain import CHALLENGE_PREFIX, challenge_answer
 
 

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING
 from ..certs import FileStore, StoreError, utcnow
 from .config import Config
 from .auth import BasicAuth, HtpasswdError
-from .dataplane import SWEEP_INTERVAL, Answer, ControlRoute, Exchange, Listener, ProxyRoute, UpstreamPool
+from .dataplane import SWEEP_INTERVAL, ControlRoute, Exchange, Listener, ProxyRoute
+from .headers import NO_STORE, Answer
 from .health import Health, HealthState
 from .logs import flush_access
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
-from .plain import NO_STORE, PlainHandler
+from .plain import PlainHandler
 from .reload import Reloader
 from .tls import CertificateSet, TLSState, guard_listener
 from .upstream import Upstream
@@ -56,7 +57,6 @@ class Front:
         self.acme: CertManager | None = None
         self._acme_task: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
-        self._pools: list[UpstreamPool] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self.metrics = Metrics()
         self.auth = BasicAuth(config.auth_htpasswd) if config.auth_htpasswd else None
@@ -131,8 +131,7 @@ class Front:
             body = await asyncio.to_thread(self.metrics.render)
             return 200, NO_STORE, body, METRICS_CONTENT_TYPE.encode()
         if path == b"/healthz" and self.health is not None:
-            code, body = await self.health.render()
-            return code, NO_STORE, body, b"application/json"
+            return await self.health.answer()
         return 404, [], b"certproxy admin: /metrics or /healthz\n", b"text/plain; charset=utf-8"
 
     async def _listen_tls(self, upstream: Upstream, auth: BasicAuth | None) -> None:
@@ -141,9 +140,7 @@ class Front:
         port = upstream.route.port
         ctx = self.tls.listener_context()
         guard_listener(ctx, port, self.metrics.handshake_failures.labels(str(port)).inc)
-        pool = UpstreamPool(upstream.route, self.config)
-        self._pools.append(pool)
-        route = ProxyRoute(upstream.route, pool, self.health, self.metrics.route(str(port)), auth,
+        route = ProxyRoute(upstream.route, upstream.pool, self.health, self.metrics.route(str(port)), auth,
                            self.config.hsts_max_age)
         await self._listen(route, self.config.bind, ctx, "tls")
 
@@ -180,9 +177,6 @@ class Front:
         self._listeners.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for pool in self._pools:
-            pool.close()
-        self._pools.clear()
         for upstream in self.upstreams:
             await upstream.close()
 
