@@ -1,4 +1,4 @@
-# certproxy: `make demo` runs the demo stack, `make test` runs the test suite.
+# certproxy: `make demo` runs the demo stack, `make test` runs the static checks and the test suite.
 # Both install what they need first (Debian packages when missing, a virtualenv).
 
 PYTHON ?= python3
@@ -9,13 +9,19 @@ PYTEST_ARGS ?=
 
 BENCH_ARGS ?=
 
-.PHONY: demo test bench bench-quick deps system-deps clean
+.PHONY: demo test check bench bench-quick deps system-deps clean
 
 demo: deps
 	$(BIN)/python demo/demo.py
 
-test: deps
+test: check
 	$(BIN)/python -m pytest -q -rfEs $(PYTEST_ARGS)
+
+# Static checks of certproxy/: lint, formatting, types.
+check: deps
+	$(BIN)/ruff check certproxy
+	$(BIN)/ruff format --check certproxy
+	$(BIN)/mypy
 
 bench: deps
 	@scripts/install-bench-deps.sh

@@ -1,11 +1,15 @@
 """certproxy: the TLS front of a self-hosted Docker registry stack.
 
-Three layers, lower never imports higher:
+Five layers, lower never imports higher:
 
 - ``certproxy.certs``: the certificate store (paths, atomic writes, pairs,
-  bootstrap certificates);
+  bootstrap certificates, the watcher);
 - ``certproxy.acme_client``: getting certificates from an ACME CA;
-- ``certproxy.proxy``: the running program, its listeners and its CLI.
+- ``certproxy.proxy``: the data plane (HTTP/1.1 over TLS, upstream pools,
+  TLS contexts); imports ``certs`` only;
+- ``certproxy.service``: the running program (configuration, wiring,
+  reload, health, auth, metrics, logs);
+- ``certproxy.cli``: the ``certproxy`` command, one module per command.
 """
 
 __version__ = "0.1.0"

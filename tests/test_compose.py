@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import pytest
 import trustme
 
-from certproxy.proxy.auth import make_entry
+from certproxy.service.auth import make_entry
 from support.native_compose import COMPOSE_DIR, NativeStack, prepare
 from support.oci import layer_digests, make_image
 from support.pebble import Pebble, start_pebble

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from certproxy.proxy.config import (
+from certproxy.service.config import (
     LETSENCRYPT_STAGING, Config, ConfigError, load_config, parse_routes,
 )
 

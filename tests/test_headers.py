@@ -6,7 +6,7 @@ import pytest
 
 from certproxy.proxy.headers import client_response_headers, end_to_end, upstream_request_headers
 from certproxy.proxy.hostname import origin, parse_host
-from certproxy.proxy.plain import redirect_target
+from certproxy.service.plain import redirect_target
 
 
 def test_hop_by_hop_headers_and_those_named_in_connection_are_dropped() -> None:

@@ -1,4 +1,6 @@
-"""The packages are layers: certs imports neither acme_client nor proxy."""
+"""The packages are layers, lower never imports higher:
+certs -> acme_client -> proxy -> service -> cli. Inside the data plane the
+upstream side knows the exchange only through ``ResponseSink``."""
 
 from __future__ import annotations
 
@@ -6,21 +8,30 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "certproxy"
-ORDER = ["certs", "acme_client", "proxy"]
+ORDER = ["certs", "acme_client", "proxy", "service", "cli"]
 
 
 def _imports(path: Path) -> set[str]:
+    """Every ``certproxy`` module a file imports, as ``package`` or ``package.module``
+    (relative imports resolved), including those under ``TYPE_CHECKING``."""
+    package = path.relative_to(PKG.parent).with_suffix("").parts[:-1]
     tree = ast.parse(path.read_text())
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            mod = node.module or ""
-            if node.level >= 2 or mod.startswith("certproxy."):
-                found.add(mod.removeprefix("certproxy.").split(".")[0])
+            if node.level:
+                base = list(package[:len(package) - (node.level - 1)])
+                mod = ".".join([*base, node.module] if node.module else base)
+            else:
+                mod = node.module or ""
+            names = [f"{mod}.{a.name}" for a in node.names]  # a name may be a module
+            for full in [mod, *names]:
+                if full.startswith("certproxy."):
+                    found.add(full.removeprefix("certproxy."))
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("certproxy."):
-                    found.add(alias.name.split(".")[1])
+                    found.add(alias.name.removeprefix("certproxy."))
     return found
 
 
@@ -28,10 +39,33 @@ def test_lower_layers_never_import_higher_ones() -> None:
     checked = 0
     for level, layer in enumerate(ORDER):
         folder = PKG / layer
-        if not folder.exists():
-            continue
+        assert folder.is_dir(), f"layer {layer} is missing"
         for path in folder.rglob("*.py"):
             checked += 1
-            higher = _imports(path) & set(ORDER[level + 1:])
+            higher = {m.split(".")[0] for m in _imports(path)} & set(ORDER[level + 1:])
             assert not higher, f"{path.relative_to(PKG)} imports {higher}"
-    assert checked >= 5
+    assert checked >= 30
+
+
+def test_the_data_plane_imports_only_the_store_below_it() -> None:
+    for path in (PKG / "proxy").rglob("*.py"):
+        layers = {m.split(".")[0] for m in _imports(path)}
+        assert layers <= {"proxy", "certs"}, f"{path.relative_to(PKG)} imports {layers}"
+
+
+def test_the_upstream_side_knows_neither_the_exchange_nor_the_client() -> None:
+    imported = _imports(PKG / "proxy" / "upstream.py")
+    assert not imported & {"proxy.exchange", "proxy.client"}, imported
+    # and the exchange does not reach into the client's module at run time
+    assert "proxy.client" not in {m for m in _imports(PKG / "proxy" / "routes.py")}
+
+
+def test_the_resolver_sees_relative_imports() -> None:
+    """The checker itself: a relative import of a higher layer is found."""
+    probe = PKG / "certs" / "_layer_probe.py"
+    probe.write_text("from ..proxy import wire\nfrom ..service.config import Config\n")
+    try:
+        found = _imports(probe)
+    finally:
+        probe.unlink()
+    assert {"proxy.wire", "service.config"} <= found

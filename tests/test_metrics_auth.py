@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
-from certproxy.proxy.auth import HtpasswdError, basic_credentials, make_entry, parse_htpasswd
+from certproxy.service.auth import HtpasswdError, basic_credentials, make_entry, parse_htpasswd
 from support.procs import CertproxyProcess, free_port
 from support.rawhttp import exchange, open_conn
 from support.upstreams import Recorded, RawUpstream

@@ -13,8 +13,8 @@ import trustme
 
 from certproxy.certs import FileStore
 from certproxy.certs.watcher import StoreWatcher
-from certproxy.proxy.health import HealthState
-from certproxy.proxy.reload import Reloader
+from certproxy.service.health import HealthState
+from certproxy.service.reload import Reloader
 from certproxy.proxy.tls import CertificateSet, TLSState
 from support.pairs import issue, replace_atomic, replace_certbot, replace_in_place
 

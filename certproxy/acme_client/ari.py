@@ -14,7 +14,7 @@ from cryptography import x509
 
 def ari_cert_id(cert: x509.Certificate) -> str:
     """The RFC 9773 certificate identifier: base64url(AKI keyIdentifier) '.' base64url(serial)."""
-    aki = cert.extensions.get_extension_for_oid(x509.ExtensionOID.AUTHORITY_KEY_IDENTIFIER)
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
     key_id = aki.value.key_identifier or b""
     serial = cert.serial_number
     serial_bytes = serial.to_bytes(math.ceil((serial.bit_length() + 1) / 8), "big", signed=True)

@@ -19,14 +19,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-import josepy as jose
 import requests
-from acme import challenges, client as acme_client, crypto_util, errors as acme_errors, messages
+from acme import challenges, crypto_util, messages
+from acme import client as acme_client
+from acme import errors as acme_errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from josepy.json_util import field as jose_field
+from josepy.jwa import ES256
+from josepy.jwk import JWKEC
 
 from .. import __version__
 from ..certs import FileStore
@@ -42,7 +47,7 @@ ORDER_DEADLINE = dt.timedelta(seconds=120)
 class NewOrderReplacing(messages.NewOrder):
     """``newOrder`` with RFC 9773's ``replaces`` (the ARI id of the certificate renewed)."""
 
-    replaces: str | None = jose.field("replaces", omitempty=True)
+    replaces: str | None = jose_field("replaces", omitempty=True)
 
 
 class _Network(acme_client.ClientNetwork):
@@ -72,18 +77,18 @@ class _Network(acme_client.ClientNetwork):
 def new_private_key(key_type: str) -> bytes:
     if key_type.startswith("ec"):
         curve = ec.SECP256R1() if key_type == "ec256" else ec.SECP384R1()
-        key: Any = ec.generate_private_key(curve)
+        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = ec.generate_private_key(curve)
     else:
         key = rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[3:]))
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 class AcmeIssuer:
     """Issues certificates from one ACME directory (the ``Issuer`` of the manager)."""
 
-    def __init__(self, store: FileStore, settings: AcmeSettings,
-                 progress: Progress = log.info) -> None:
+    def __init__(self, store: FileStore, settings: AcmeSettings, progress: Progress = log.info) -> None:
         self.store = store
         self.settings = settings
         self.progress = progress
@@ -91,25 +96,21 @@ class AcmeIssuer:
         self._client: acme_client.ClientV2 | None = None
         self.account_uri: str | None = None
 
-    @property
-    def key(self) -> str:
-        """What tells certificates of this issuer apart (staging vs production)."""
-        return self.settings.directory
-
     # -- account ---------------------------------------------------------
-    def _account_key(self, progress: Progress) -> jose.JWKEC:
+    def _account_key(self, progress: Progress) -> JWKEC:
         path = self.store.paths.account_dir(self.settings.directory) / "private_key.pem"
         pem = self.store.read_private(path)
         if pem is None:
             key = ec.generate_private_key(ec.SECP256R1())
-            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+            pem = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
             self.store.write_private(path, pem)
             progress(f"account: new ECDSA P-256 key in {path}")
         loaded = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
             raise AcmeError(f"account: {path} is not an ECDSA key", permanent=True)
-        return jose.JWKEC(key=loaded)
+        return JWKEC(key=loaded)
 
     def connect(self, progress: Progress | None = None) -> acme_client.ClientV2:
         """Directory, account key, registration: once per issuer object."""
@@ -119,9 +120,14 @@ class AcmeIssuer:
         try:
             key = self._account_key(progress)
             verify: bool | str = str(self.settings.ca_bundle) if self.settings.ca_bundle else True
-            net = _Network(key, alg=jose.ES256, verify_ssl=verify,
-                           user_agent=f"certproxy/{__version__}",
-                           timeout=self.settings.network_timeout)
+            net = _Network(
+                key,
+                alg=ES256,
+                # requests takes a CA file as well as a bool; acme annotates it as bool only
+                verify_ssl=verify,  # type: ignore[arg-type]
+                user_agent=f"certproxy/{__version__}",
+                timeout=round(self.settings.network_timeout),
+            )
             self._net = net
             directory = acme_client.ClientV2.get_directory(self.settings.directory, net)
             client = acme_client.ClientV2(directory, net)
@@ -131,16 +137,19 @@ class AcmeIssuer:
         self._client = client
         return client
 
-    def _register(self, client: acme_client.ClientV2, net: _Network, key: jose.JWKEC,
-                  progress: Progress) -> None:
+    def _register(self, client: acme_client.ClientV2, net: _Network, key: JWKEC, progress: Progress) -> None:
         s = self.settings
         eab = None
         if s.eab_kid and s.eab_hmac_key:
             eab = messages.ExternalAccountBinding.from_data(
-                account_public_key=key.public_key(), kid=s.eab_kid, hmac_key=s.eab_hmac_key,
-                directory=client.directory)
+                account_public_key=key.public_key(),
+                kid=s.eab_kid,
+                hmac_key=s.eab_hmac_key,
+                directory=client.directory,
+            )
         reg = messages.NewRegistration.from_data(
-            email=s.email, terms_of_service_agreed=True, external_account_binding=eab)
+            email=s.email, terms_of_service_agreed=True, external_account_binding=eab
+        )
         try:
             regr = client.new_account(reg)
             progress(f"account: registered {regr.uri}")
@@ -151,9 +160,13 @@ class AcmeIssuer:
             progress(f"account: reusing {regr.uri}")
         self.account_uri = regr.uri
         record = self.store.paths.account_dir(s.directory) / "account.json"
-        self.store.write_private(record, json.dumps(
-            {"uri": regr.uri, "directory": s.directory, "contact": list(regr.body.contact)},
-            indent=2).encode() + b"\n")
+        self.store.write_private(
+            record,
+            json.dumps(
+                {"uri": regr.uri, "directory": s.directory, "contact": list(regr.body.contact)}, indent=2
+            ).encode()
+            + b"\n",
+        )
 
     # -- directory facts -------------------------------------------------
     def offers_ari(self) -> bool:
@@ -167,18 +180,19 @@ class AcmeIssuer:
             when, next_poll = client.renewal_time(cert_pem)
         except acme_errors.ARIError as exc:
             log.warning("renewal info: %s", exc)
-            return None, exc.retry_after.astimezone(dt.timezone.utc)
+            return None, exc.retry_after.astimezone(dt.UTC)
         except Exception as exc:
             raise self._translate(exc, "renewal info") from None
         if next_poll.tzinfo is None:  # acme returns a naive local time here
-            next_poll = next_poll.astimezone(dt.timezone.utc)
+            next_poll = next_poll.astimezone(dt.UTC)
         if when is not None and when.tzinfo is None:
-            when = when.replace(tzinfo=dt.timezone.utc)
+            when = when.replace(tzinfo=dt.UTC)
         return when, next_poll
 
     # -- the order -------------------------------------------------------
-    def issue(self, domains: tuple[str, ...], *, replaces: str | None = None,
-              progress: Progress | None = None) -> tuple[bytes, bytes]:
+    def issue(
+        self, domains: tuple[str, ...], *, replaces: str | None = None, progress: Progress | None = None
+    ) -> tuple[bytes, bytes]:
         """One order for all ``domains``; returns (fullchain PEM, private key PEM)."""
         progress = progress or self.progress
         client = self.connect(progress)
@@ -188,19 +202,21 @@ class AcmeIssuer:
         stage = "order"
         try:
             orderr = self._new_order(client, csr_pem, replaces)
-            progress(f"order: {orderr.uri} for {', '.join(domains)}"
-                     + (f" (replaces {replaces})" if replaces else ""))
+            progress(
+                f"order: {orderr.uri} for {', '.join(domains)}"
+                + (f" (replaces {replaces})" if replaces else "")
+            )
             stage = "challenge"
             for authzr in orderr.authorizations:
                 ident = authzr.body.identifier.value
                 if authzr.body.status == messages.STATUS_VALID:
                     progress(f"challenge {ident}: already valid")
                     continue
-                challb = next((c for c in authzr.body.challenges
-                               if isinstance(c.chall, challenges.HTTP01)), None)
+                challb = next(
+                    (c for c in authzr.body.challenges if isinstance(c.chall, challenges.HTTP01)), None
+                )
                 if challb is None:
-                    raise AcmeError(f"challenge {ident}: the CA offers no http-01 challenge",
-                                    permanent=True)
+                    raise AcmeError(f"challenge {ident}: the CA offers no http-01 challenge", permanent=True)
                 response, validation = challb.response_and_validation(client.net.key)
                 token = challb.chall.encode("token")
                 self.store.write_challenge(token, validation.encode())
@@ -216,18 +232,23 @@ class AcmeIssuer:
         finally:
             for token in tokens:
                 self.store.remove_challenge(token)
-        chain = orderr.fullchain_pem.encode() if isinstance(orderr.fullchain_pem, str) \
-            else orderr.fullchain_pem
+        chain = (
+            orderr.fullchain_pem.encode() if isinstance(orderr.fullchain_pem, str) else orderr.fullchain_pem
+        )
         return chain, key_pem
 
-    def _new_order(self, client: acme_client.ClientV2, csr_pem: bytes,
-                   replaces: str | None) -> messages.OrderResource:
+    def _new_order(
+        self, client: acme_client.ClientV2, csr_pem: bytes, replaces: str | None
+    ) -> messages.OrderResource:
         profile = self.settings.profile
         meta = client.directory.meta
         offered = getattr(meta, "profiles", None) or {}
         if profile and profile not in offered:
-            log.warning("the CA does not offer profile %r (it offers: %s); ordering without it",
-                        profile, ", ".join(offered) or "none")
+            log.warning(
+                "the CA does not offer profile %r (it offers: %s); ordering without it",
+                profile,
+                ", ".join(offered) or "none",
+            )
             profile = None
         if not replaces:
             return client.new_order(csr_pem, profile=profile)
@@ -239,10 +260,13 @@ class AcmeIssuer:
         order = NewOrderReplacing(identifiers=identifiers, profile=profile or None, replaces=replaces)
         response = client._post(client.directory["newOrder"], order)  # noqa: SLF001
         body = messages.Order.from_json(response.json())
-        authorizations = [client._authzr_from_response(client._post_as_get(url), uri=url)  # noqa: SLF001
-                          for url in body.authorizations]
-        return messages.OrderResource(body=body, uri=response.headers.get("Location"),
-                                      authorizations=authorizations, csr_pem=csr_pem)
+        authorizations = [
+            client._authzr_from_response(client._post_as_get(url), uri=url)  # noqa: SLF001
+            for url in body.authorizations
+        ]
+        return messages.OrderResource(
+            body=body, uri=response.headers.get("Location"), authorizations=authorizations, csr_pem=csr_pem
+        )
 
     def _translate(self, exc: BaseException, stage: str) -> AcmeError:
         headers = self._net.last_headers if self._net is not None else None

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-from typing import Mapping
-
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the acme library is loaded by the client, when an order is due
@@ -19,15 +18,28 @@ if TYPE_CHECKING:  # the acme library is loaded by the client, when an order is 
 
 PROBLEM_PREFIX = "urn:ietf:params:acme:error:"
 # Problems that retrying with the same configuration cannot fix.
-PERMANENT_PROBLEMS = frozenset({
-    "rejectedIdentifier", "unsupportedIdentifier", "caa", "invalidContact",
-    "unsupportedContact", "externalAccountRequired", "userActionRequired",
-})
+PERMANENT_PROBLEMS = frozenset(
+    {
+        "rejectedIdentifier",
+        "unsupportedIdentifier",
+        "caa",
+        "invalidContact",
+        "unsupportedContact",
+        "externalAccountRequired",
+        "userActionRequired",
+    }
+)
 
 
 class AcmeError(Exception):
-    def __init__(self, message: str, *, problem_type: str | None = None,
-                 retry_after: dt.datetime | None = None, permanent: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        problem_type: str | None = None,
+        retry_after: dt.datetime | None = None,
+        permanent: bool = False,
+    ) -> None:
         super().__init__(message)
         self.problem_type = problem_type
         self.retry_after = retry_after
@@ -46,7 +58,7 @@ def parse_retry_after(value: str | None, now: dt.datetime) -> dt.datetime | None
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return when
 
 
@@ -58,14 +70,19 @@ def _problem_text(err: messages.Error) -> tuple[str, str]:
     return typ, detail
 
 
-def translate(exc: BaseException, *, stage: str, headers: Mapping[str, str] | None = None,
-              now: dt.datetime | None = None) -> AcmeError:
+def translate(
+    exc: BaseException,
+    *,
+    stage: str,
+    headers: Mapping[str, str] | None = None,
+    now: dt.datetime | None = None,
+) -> AcmeError:
     """One ``AcmeError`` for whatever the ACME exchange raised during ``stage``."""
     import requests
     from acme import errors as acme_errors
     from acme import messages
 
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     retry_after = parse_retry_after((headers or {}).get("Retry-After"), now)
     if isinstance(exc, AcmeError):
         return exc
@@ -73,29 +90,34 @@ def translate(exc: BaseException, *, stage: str, headers: Mapping[str, str] | No
         typ, detail = _problem_text(exc)
         code = typ.removeprefix(PROBLEM_PREFIX)
         permanent = code in PERMANENT_PROBLEMS or (code == "unauthorized" and stage == "order")
-        return AcmeError(f"{stage}: {typ}: {detail}", problem_type=typ,
-                         retry_after=retry_after, permanent=permanent)
+        return AcmeError(
+            f"{stage}: {typ}: {detail}", problem_type=typ, retry_after=retry_after, permanent=permanent
+        )
     if isinstance(exc, acme_errors.ValidationError):
         parts = []
-        typ = None
+        problem: str | None = None
         for authzr in exc.failed_authzrs:
             ident = authzr.body.identifier.value
             for challb in authzr.body.challenges:
                 if challb.error is not None:
-                    typ, detail = _problem_text(challb.error)
-                    parts.append(f"{ident}: {typ}: {detail}")
-        return AcmeError(f"{stage}: challenge failed: " + ("; ".join(parts) or str(exc)),
-                         problem_type=typ, retry_after=retry_after)
+                    problem, detail = _problem_text(challb.error)
+                    parts.append(f"{ident}: {problem}: {detail}")
+        return AcmeError(
+            f"{stage}: challenge failed: " + ("; ".join(parts) or str(exc)),
+            problem_type=problem,
+            retry_after=retry_after,
+        )
     if isinstance(exc, acme_errors.TimeoutError):
         return AcmeError(f"{stage}: the CA did not finish in time", retry_after=retry_after)
     if isinstance(exc, requests.exceptions.SSLError):
-        return AcmeError(f"{stage}: TLS error talking to the ACME server "
-                         f"(set CERTPROXY_ACME_CA_BUNDLE for a private CA): {_first_line(exc)}")
+        return AcmeError(
+            f"{stage}: TLS error talking to the ACME server "
+            f"(set CERTPROXY_ACME_CA_BUNDLE for a private CA): {_first_line(exc)}"
+        )
     if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return AcmeError(f"{stage}: cannot reach the ACME server: {_first_line(exc)}")
     if isinstance(exc, (acme_errors.Error, requests.exceptions.RequestException, ValueError)):
-        return AcmeError(f"{stage}: {type(exc).__name__}: {_first_line(exc)}",
-                         retry_after=retry_after)
+        return AcmeError(f"{stage}: {type(exc).__name__}: {_first_line(exc)}", retry_after=retry_after)
     return AcmeError(f"{stage}: unexpected {type(exc).__name__}: {_first_line(exc)}")
 
 

@@ -20,10 +20,6 @@ from pathlib import Path
 DEFAULT_TTL = 60.0
 
 
-class LockTimeout(Exception):
-    pass
-
-
 class IssuanceLock:
     def __init__(self, path: Path, ttl: float = DEFAULT_TTL) -> None:
         self.path = Path(path)  # StorePaths.lock(name)
@@ -32,8 +28,9 @@ class IssuanceLock:
         self.held = False
 
     def _owner(self) -> bytes:
-        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                           "since": time.time(), "token": self._token}).encode()
+        return json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "token": self._token}
+        ).encode()
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free or stale; never waits."""
@@ -57,13 +54,6 @@ class IssuanceLock:
             raise
         self.held = True
         return True
-
-    def acquire(self, timeout: float, poll: float = 0.25) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.try_acquire():
-            if time.monotonic() >= deadline:
-                raise LockTimeout(f"{self.path} is held by {self.holder()}")
-            time.sleep(poll)
 
     def _stale(self) -> bool:
         try:

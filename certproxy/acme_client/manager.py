@@ -23,8 +23,9 @@ import datetime as dt
 import logging
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -46,11 +47,11 @@ T = TypeVar("T")
 class Issuer(Protocol):
     """What the manager needs from a CA (``AcmeIssuer``, or a fake in unit tests)."""
 
-    key: str
     account_uri: str | None
 
-    def issue(self, domains: tuple[str, ...], *, replaces: str | None = None,
-              progress: Callable[[str], None] = ...) -> tuple[bytes, bytes]: ...
+    def issue(
+        self, domains: tuple[str, ...], *, replaces: str | None = None, progress: Callable[[str], None] = ...
+    ) -> tuple[bytes, bytes]: ...
 
     def offers_ari(self) -> bool: ...
 
@@ -104,12 +105,20 @@ class RenewalStatus:
     def to_json(self) -> dict[str, Any]:
         def iso(t: dt.datetime | None) -> str | None:
             return t.isoformat() if t else None
+
         return {
-            "name": self.name, "domains": list(self.domains), "directory": self.directory,
-            "next_renewal": iso(self.next_renewal), "reason": self.reason,
-            "last_attempt": iso(self.last_attempt), "last_success": iso(self.last_success),
-            "last_error": self.last_error, "next_attempt": iso(self.next_attempt),
-            "failures": self.failures, "blocked": self.blocked, "ari": self.ari,
+            "name": self.name,
+            "domains": list(self.domains),
+            "directory": self.directory,
+            "next_renewal": iso(self.next_renewal),
+            "reason": self.reason,
+            "last_attempt": iso(self.last_attempt),
+            "last_success": iso(self.last_success),
+            "last_error": self.last_error,
+            "next_attempt": iso(self.next_attempt),
+            "failures": self.failures,
+            "blocked": self.blocked,
+            "ari": self.ari,
         }
 
 
@@ -123,10 +132,16 @@ class Decision:
 
 
 class CertManager:
-    def __init__(self, store: FileStore, settings: AcmeSettings, issuer: Issuer, *,
-                 progress: Callable[[str], None] | None = None,
-                 clock: Callable[[], dt.datetime] = utcnow,
-                 jitter: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        store: FileStore,
+        settings: AcmeSettings,
+        issuer: Issuer,
+        *,
+        progress: Callable[[str], None] | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.issuer = issuer
@@ -138,7 +153,6 @@ class CertManager:
         self._ari_until: dt.datetime | None = None
         self._ari_time: dt.datetime | None = None
         self._ari_serial: str | None = None
-        self._wake = asyncio.Event()
 
     # -- the decision (blocking: runs in a thread) ------------------------
     def _current(self) -> tuple[CertPair | None, str | None]:
@@ -183,14 +197,20 @@ class CertManager:
         if pair is None:
             due = now
         else:
-            due = policy.renewal_time(pair.not_before, pair.not_after, ari_time=ari_time,
-                                      must_replace=replace_reason is not None,
-                                      last_order=last_order, now=now)
-        reason = replace_reason or ("the CA's renewal window" if ari_time else
-                                    "last part of the lifetime")
+            due = policy.renewal_time(
+                pair.not_before,
+                pair.not_after,
+                ari_time=ari_time,
+                must_replace=replace_reason is not None,
+                last_order=last_order,
+                now=now,
+            )
+        reason = replace_reason or ("the CA's renewal window" if ari_time else "last part of the lifetime")
         return Decision(due, reason, pair, replaces, next_check)
 
-    def _renewal_info(self, pair: CertPair, now: dt.datetime) -> tuple[dt.datetime | None, dt.datetime | None]:
+    def _renewal_info(
+        self, pair: CertPair, now: dt.datetime
+    ) -> tuple[dt.datetime | None, dt.datetime | None]:
         """ARI for the pair, fetched at most as often as the CA asks (about twice a day)."""
         try:
             self.status.ari = self.issuer.offers_ari()
@@ -229,8 +249,7 @@ class CertManager:
         try:
             acquired = await asyncio.to_thread(lock.try_acquire)
         except OSError as exc:
-            return self._failed(StoreError(f"{lock.path}: cannot take the issuance lock: "
-                                           f"{os_reason(exc)}"))
+            return self._failed(StoreError(f"{lock.path}: cannot take the issuance lock: {os_reason(exc)}"))
         if not acquired:
             holder = await asyncio.to_thread(lock.holder)
             self.progress(f"lock: another issuer ({holder}) holds {lock.path}; checking again soon")
@@ -263,13 +282,20 @@ class CertManager:
         self.status.last_attempt = now
         self.status.attempts += 1
         self.orders += 1
-        self.progress(f"{s.name}: ordering a certificate for {', '.join(s.domains)} "
-                      f"from {s.directory} ({decision.reason})")
+        self.progress(
+            f"{s.name}: ordering a certificate for {', '.join(s.domains)} "
+            f"from {s.directory} ({decision.reason})"
+        )
         try:
             chain, key = await in_daemon_thread(
-                self.issuer.issue, s.domains, replaces=decision.replaces, progress=self.progress)
-            meta = {"directory": s.directory, "issued_at": self.clock().isoformat(),
-                    "domains": list(s.domains), "account": self.issuer.account_uri}
+                self.issuer.issue, s.domains, replaces=decision.replaces, progress=self.progress
+            )
+            meta = {
+                "directory": s.directory,
+                "issued_at": self.clock().isoformat(),
+                "domains": list(s.domains),
+                "account": self.issuer.account_uri,
+            }
             folder = await asyncio.to_thread(self.store.write_live, s.name, chain, key, meta)
         except (AcmeError, StoreError, PairError) as exc:
             return self._failed(exc)
@@ -292,19 +318,24 @@ class CertManager:
         retry_after = getattr(exc, "retry_after", None)
         self.status.blocked = bool(getattr(exc, "permanent", False))
         self.status.next_attempt = policy.next_attempt(
-            now, self.status.failures, retry_after=retry_after, jitter=self.jitter(),
-            minimum=self.settings.retry_min)
+            now,
+            self.status.failures,
+            retry_after=retry_after,
+            jitter=self.jitter(),
+            minimum=self.settings.retry_min,
+        )
         if self.status.blocked:
             log.error("%s: %s; not retrying until the configuration changes", self.settings.name, exc)
             return now + MAX_SLEEP
-        log.error("%s: %s; next attempt at %s", self.settings.name, exc,
-                  self.status.next_attempt.isoformat(timespec="seconds"))
+        log.error(
+            "%s: %s; next attempt at %s",
+            self.settings.name,
+            exc,
+            self.status.next_attempt.isoformat(timespec="seconds"),
+        )
         return self.status.next_attempt
 
     # -- the loop ------------------------------------------------------------
-    def wake(self) -> None:
-        self._wake.set()
-
     async def run(self) -> None:
         while True:
             try:
@@ -312,10 +343,7 @@ class CertManager:
             except Exception as exc:  # the loop must outlive any surprise
                 log.exception("certificate maintenance failed: %s", exc)
                 when = self.clock() + dt.timedelta(minutes=5)
-            delay = max(1.0, (when - self.clock()).total_seconds())
-            self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            await asyncio.sleep(max(1.0, (when - self.clock()).total_seconds()))
 
 
 def _parse_time(value: object) -> dt.datetime | None:
@@ -325,4 +353,4 @@ def _parse_time(value: object) -> dt.datetime | None:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
         return None
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)

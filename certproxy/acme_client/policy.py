@@ -31,11 +31,15 @@ def lifetime_renewal_time(not_before: dt.datetime, not_after: dt.datetime) -> dt
     return not_after - lifetime / share
 
 
-def renewal_time(not_before: dt.datetime, not_after: dt.datetime, *,
-                 ari_time: dt.datetime | None = None,
-                 must_replace: bool = False,
-                 last_order: dt.datetime | None = None,
-                 now: dt.datetime) -> dt.datetime:
+def renewal_time(
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    *,
+    ari_time: dt.datetime | None = None,
+    must_replace: bool = False,
+    last_order: dt.datetime | None = None,
+    now: dt.datetime,
+) -> dt.datetime:
     """When the certificate valid from ``not_before`` to ``not_after`` should be renewed.
 
     ``ari_time`` is a moment the CA's renewal window suggests (already chosen
@@ -62,14 +66,20 @@ def retry_delay(failures: int, *, jitter: float = 0.5, minimum: float = 0.0) -> 
     """
     if failures <= 0:
         return 0.0
-    base = RETRY_SCHEDULE[min(failures, len(RETRY_SCHEDULE)) - 1]
+    base = float(RETRY_SCHEDULE[min(failures, len(RETRY_SCHEDULE)) - 1])
     if minimum:
         base = base * minimum / RETRY_SCHEDULE[0]
     return base * (1 - JITTER + 2 * JITTER * jitter)
 
 
-def next_attempt(now: dt.datetime, failures: int, *, retry_after: dt.datetime | None = None,
-                 jitter: float = 0.5, minimum: float = 0.0) -> dt.datetime:
+def next_attempt(
+    now: dt.datetime,
+    failures: int,
+    *,
+    retry_after: dt.datetime | None = None,
+    jitter: float = 0.5,
+    minimum: float = 0.0,
+) -> dt.datetime:
     """The next attempt after a failure, honouring the CA's Retry-After."""
     when = now + dt.timedelta(seconds=retry_delay(failures, jitter=jitter, minimum=minimum))
     if retry_after is not None and retry_after > when:

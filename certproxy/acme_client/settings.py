@@ -10,6 +10,15 @@ from ..certs import name_for_domain
 KEY_TYPES = ("ec256", "ec384", "rsa2048", "rsa3072", "rsa4096")
 
 
+class SettingsError(ValueError):
+    """A setting the ACME client cannot work with; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
 @dataclass(frozen=True)
 class AcmeSettings:
     directory: str
@@ -25,11 +34,11 @@ class AcmeSettings:
 
     def __post_init__(self) -> None:
         if not self.domains:
-            raise ValueError("ACME needs at least one domain")
+            raise SettingsError("domains", "ACME needs at least one domain")
         if self.key_type not in KEY_TYPES:
-            raise ValueError(f"key type {self.key_type!r} is not one of {', '.join(KEY_TYPES)}")
+            raise SettingsError("key_type", f"{self.key_type!r} is not one of {', '.join(KEY_TYPES)}")
         if bool(self.eab_kid) != bool(self.eab_hmac_key):
-            raise ValueError("external account binding needs both a key id and an HMAC key")
+            raise SettingsError("eab_kid", "external account binding needs both a key id and an HMAC key")
 
     @property
     def name(self) -> str:

@@ -6,6 +6,17 @@ from .paths import StorePaths, is_valid_token, name_for_domain
 from .store import FileStore, Inventory, utcnow
 
 __all__ = [
-    "CertPair", "FileStore", "InvalidName", "Inventory", "PairError", "StoreError",
-    "StorePaths", "is_valid_token", "os_reason", "load_pair", "name_for_domain", "parse_pair", "utcnow",
+    "CertPair",
+    "FileStore",
+    "InvalidName",
+    "Inventory",
+    "PairError",
+    "StoreError",
+    "StorePaths",
+    "is_valid_token",
+    "os_reason",
+    "load_pair",
+    "name_for_domain",
+    "parse_pair",
+    "utcnow",
 ]

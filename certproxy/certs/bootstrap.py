@@ -21,8 +21,9 @@ BOOTSTRAP_DAYS = 90
 ISSUER_NAME = "certproxy bootstrap (self-signed)"
 
 
-def make_self_signed(domains: tuple[str, ...], now: dt.datetime,
-                     days: int = BOOTSTRAP_DAYS) -> tuple[bytes, bytes]:
+def make_self_signed(
+    domains: tuple[str, ...], now: dt.datetime, days: int = BOOTSTRAP_DAYS
+) -> tuple[bytes, bytes]:
     """Return ``(certificate PEM, private key PEM)`` for ``domains``."""
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = []
@@ -31,10 +32,12 @@ def make_self_signed(domains: tuple[str, ...], now: dt.datetime,
             sans.append(x509.IPAddress(ipaddress.ip_address(d)))
         else:
             sans.append(x509.DNSName(d))
-    subject = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, domains[0][:64]),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, ISSUER_NAME),
-    ])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, domains[0][:64]),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ISSUER_NAME),
+        ]
+    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -18,8 +18,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, ed448, rsa
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes, PublicKeyTypes
+from cryptography.x509.oid import NameOID
 
 from .errors import PairError
 from .paths import FULLCHAIN, PRIVKEY
@@ -91,8 +92,9 @@ def _read(path: Path) -> bytes:
 
 def _domains(cert: x509.Certificate) -> tuple[str, ...]:
     names: list[str] = []
+    san: x509.SubjectAlternativeName | None
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         san = None
     if san is not None:
@@ -112,10 +114,8 @@ def _issuer_name(cert: x509.Certificate) -> str:
     return cert.issuer.rfc4514_string()
 
 
-def _public_der(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+def _public_der(key: PublicKeyTypes | CertificatePublicKeyTypes) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -149,8 +149,9 @@ def parse_pair(
         raise PairError(key_path, "not an unencrypted PEM private key (truncated or corrupt?)") from None
     except Exception as exc:  # cryptography raises UnsupportedAlgorithm for odd keys
         raise PairError(key_path, f"unusable private key: {exc}") from None
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey,
-                            ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+    if not isinstance(
+        key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
+    ):
         raise PairError(key_path, "unsupported key type")
     leaf = chain[0]
     if _public_der(key.public_key()) != _public_der(leaf.public_key()):
@@ -161,9 +162,11 @@ def parse_pair(
         raise PairError(chain_path, f"not valid before {not_before.isoformat()}")
     if now >= not_after:
         raise PairError(chain_path, f"expired at {not_after.isoformat()}")
-    for i, (cert, issuer) in enumerate(zip(chain, chain[1:]), start=1):
+    for i, (cert, issuer) in enumerate(zip(chain, chain[1:], strict=False), start=1):
         if not _issued_by(cert, issuer):
-            raise PairError(chain_path, f"chain out of order: certificate {i} is not issued by certificate {i + 1}")
+            raise PairError(
+                chain_path, f"chain out of order: certificate {i} is not issued by certificate {i + 1}"
+            )
     self_signed = leaf.issuer == leaf.subject and _issued_by(leaf, leaf)
     domains = _domains(leaf)
     if not domains:

@@ -18,9 +18,9 @@ import errno
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from .atomic import CERT_MODE, KEY_MODE, write_atomic, write_pair_atomic
 from .bootstrap import make_self_signed
@@ -36,7 +36,7 @@ BOOTSTRAP_MIN_DAYS = 7
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,11 @@ class FileStore:
             raise StoreError(f"{root}: not a folder") from None
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and self.paths.live.is_dir():
-                log.warning("store %s is read-only: serving what live/ holds; renewals and a "
-                            "bootstrap certificate need a writable store", root)
+                log.warning(
+                    "store %s is read-only: serving what live/ holds; renewals and a "
+                    "bootstrap certificate need a writable store",
+                    root,
+                )
                 return
             raise StoreError(f"{exc.filename or root}: {exc.strerror or exc}") from None
         if not os.access(root, os.R_OK | os.X_OK):
@@ -108,8 +111,9 @@ class FileStore:
     def load_live(self, name: str, now: dt.datetime | None = None) -> CertPair:
         return load_pair(self.paths.live_dir(name), name, "live", now or utcnow())
 
-    def write_live(self, name: str, chain_pem: bytes, key_pem: bytes,
-                   meta: dict[str, object] | None = None) -> Path:
+    def write_live(
+        self, name: str, chain_pem: bytes, key_pem: bytes, meta: Mapping[str, object] | None = None
+    ) -> Path:
         """Write a CA-issued pair (validated first: a bad pair never lands in live/)."""
         folder = self.paths.live_dir(name)
         parse_pair(name, "live", chain_pem, key_pem, source=folder, now=utcnow())
@@ -157,26 +161,41 @@ class FileStore:
             pair = self.load_bootstrap(name, now)
         except PairError:
             pair = None
-        if (pair is not None and pair.days_left(now) >= BOOTSTRAP_MIN_DAYS
-                and all(pair.covers(d) for d in domains)):
+        if (
+            pair is not None
+            and pair.days_left(now) >= BOOTSTRAP_MIN_DAYS
+            and all(pair.covers(d) for d in domains)
+        ):
             return pair
         chain_pem, key_pem = make_self_signed(domains, now)
         self._write_pair(self.paths.bootstrap_dir(name), chain_pem, key_pem)
-        log.warning("no CA certificate for %s in %s: serving a self-signed bootstrap certificate",
-                    ", ".join(domains), self.paths.live)
+        log.warning(
+            "no CA certificate for %s in %s: serving a self-signed bootstrap certificate",
+            ", ".join(domains),
+            self.paths.live,
+        )
         return self.load_bootstrap(name, now)
 
     def _write_pair(self, folder: Path, chain_pem: bytes, key_pem: bytes) -> None:
         try:
-            write_pair_atomic(folder, {
-                PRIVKEY: (key_pem, KEY_MODE),
-                FULLCHAIN: (chain_pem, CERT_MODE),
-            })
+            write_pair_atomic(
+                folder,
+                {
+                    PRIVKEY: (key_pem, KEY_MODE),
+                    FULLCHAIN: (chain_pem, CERT_MODE),
+                },
+            )
         except OSError as exc:
             raise StoreError(f"{folder}: cannot write certificate: {os_reason(exc)}") from None
 
-    def inventory(self, domains: tuple[str, ...], now: dt.datetime | None = None, *,
-                  previous: Sequence[CertPair] = (), fresh: bool = False) -> Inventory:
+    def inventory(
+        self,
+        domains: tuple[str, ...],
+        now: dt.datetime | None = None,
+        *,
+        previous: Sequence[CertPair] = (),
+        fresh: bool = False,
+    ) -> Inventory:
         """What to serve: every valid live pair, the primary one, bootstrap if needed.
 
         ``previous`` is what is in service now (primary first). A pair that
@@ -199,8 +218,12 @@ class FileStore:
                 broken.add(name)
                 continue
             old = old_live.get(name)
-            if (old is not None and not fresh and old.chain_pem == pair.chain_pem
-                    and old.key_pem == pair.key_pem):
+            if (
+                old is not None
+                and not fresh
+                and old.chain_pem == pair.chain_pem
+                and old.key_pem == pair.key_pem
+            ):
                 pair = old
             else:
                 warning = key_mode_problem(pair.source)
@@ -237,7 +260,8 @@ class FileStore:
     def _pick_primary(pairs: list[CertPair], domain: str) -> CertPair | None:
         wanted = name_for_domain(domain)
         named = [p for p in pairs if p.name == wanted and p.covers(domain)]
-        return (named or [p for p in pairs if p.covers(domain)] or [None])[0]
+        covering = named or [p for p in pairs if p.covers(domain)]
+        return covering[0] if covering else None
 
     def fingerprint(self) -> tuple[tuple[str, int, int, int, str], ...]:
         """A cheap summary of ``live/`` (names, file identities, symlink targets).

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 log = logging.getLogger("certproxy.watcher")
 
 # watchdog warns when a folder is created and watched in quick succession
 # (certbot's archive/<name>); the watch is replaced and nothing is lost.
-warnings.filterwarnings("ignore", message="Callback with id .* already exists",
-                        category=RuntimeWarning)
+warnings.filterwarnings("ignore", message="Callback with id .* already exists", category=RuntimeWarning)
 
 WATCHED_FOLDERS = ("live", "archive")
 CHANGE_EVENTS = frozenset({"created", "modified", "deleted", "moved", "closed"})
@@ -35,7 +35,7 @@ class StoreWatcher(FileSystemEventHandler):
         super().__init__()
         self.root = Path(root)
         self._on_change = on_change
-        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._observer: BaseObserver | None = None
         self._prefixes = tuple(str(self.root / f) for f in WATCHED_FOLDERS)
 
     def relevant(self, path: str) -> bool:

@@ -13,21 +13,36 @@ wire: nothing is decoded on the way through.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 Headers = list[tuple[bytes, bytes]]
 # An answer certproxy makes itself: status, headers, body, content type.
 Answer = tuple[int, Headers, bytes, bytes]
 NO_STORE: Headers = [(b"Cache-Control", b"no-store")]
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
-    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-})
-FORWARDING = frozenset({
-    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-    b"x-forwarded-port", b"x-real-ip", b"forwarded",
-})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+FORWARDING = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-real-ip",
+        b"forwarded",
+    }
+)
 # Dropped from requests: hop-by-hop and the client's own forwarding claims.
 _REQUEST_DROP = HOP_BY_HOP | FORWARDING
 
@@ -56,8 +71,9 @@ def end_to_end(headers: Headers, drop: frozenset[bytes] = HOP_BY_HOP) -> Headers
     return out
 
 
-def upstream_request_headers(headers: Headers, *, client_ip: bytes, host: bytes | None,
-                             listener_port: int) -> Headers:
+def upstream_request_headers(
+    headers: Headers, *, client_ip: bytes, host: bytes | None, listener_port: int
+) -> Headers:
     """The headers certproxy sends upstream for a client request."""
     out = end_to_end(headers, _REQUEST_DROP)
     out.append((b"X-Forwarded-For", client_ip))
@@ -69,8 +85,9 @@ def upstream_request_headers(headers: Headers, *, client_ip: bytes, host: bytes 
     return out
 
 
-def client_response_headers(headers: Headers, *, upstream_url: bytes,
-                            public_origin: Callable[[], bytes | None]) -> Headers:
+def client_response_headers(
+    headers: Headers, *, upstream_url: bytes, public_origin: Callable[[], bytes | None]
+) -> Headers:
     """The headers certproxy sends back to the client for an upstream response.
 
     A ``Location`` that points at the upstream's own address (an upstream that
@@ -81,7 +98,7 @@ def client_response_headers(headers: Headers, *, upstream_url: bytes,
     out = end_to_end(headers)
     for i, (name, value) in enumerate(out):
         if value.startswith(upstream_url) and name.lower() == b"location":
-            rest = value[len(upstream_url):]
+            rest = value[len(upstream_url) :]
             if not rest or rest[:1] in (b"/", b"?", b"#"):
                 public = public_origin()
                 if public:

@@ -21,7 +21,7 @@ def parse_host(value: str | None) -> tuple[str, int | None] | None:
         end = value.find("]")
         if end < 0:
             return None
-        host, rest = value[1:end], value[end + 1:]
+        host, rest = value[1:end], value[end + 1 :]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:

@@ -18,20 +18,23 @@ import logging
 import os
 import ssl
 import tempfile
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from ..certs import CertPair
+from .wire import plain_http_answer
 
 log = logging.getLogger("certproxy.tls")
 
-INTERMEDIATE_CIPHERS = ":".join([
-    "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "ECDHE-RSA-CHACHA20-POLY1305",
-])
+INTERMEDIATE_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
 
 
 def _policy_context() -> ssl.SSLContext:
@@ -86,8 +89,9 @@ def normalize_server_name(name: str | None) -> str | None:
 class CertificateSet:
     """Immutable index: server name -> (pair, context)."""
 
-    def __init__(self, primary: CertPair, pairs: Iterable[CertPair],
-                 previous: CertificateSet | None = None) -> None:
+    def __init__(
+        self, primary: CertPair, pairs: Iterable[CertPair], previous: CertificateSet | None = None
+    ) -> None:
         self.primary = primary
         ordered = [primary] + [p for p in pairs if p is not primary]
         self.pairs: tuple[CertPair, ...] = tuple(ordered)
@@ -112,8 +116,11 @@ class CertificateSet:
 
     def same_as(self, other: CertificateSet) -> bool:
         """True when ``other`` serves exactly the same pair objects."""
-        return (self.primary is other.primary and len(self.pairs) == len(other.pairs)
-                and all(a is b for a, b in zip(self.pairs, other.pairs)))
+        return (
+            self.primary is other.primary
+            and len(self.pairs) == len(other.pairs)
+            and all(a is b for a, b in zip(self.pairs, other.pairs, strict=True))
+        )
 
     def select_pair(self, server_name: str | None) -> CertPair:
         name = normalize_server_name(server_name)
@@ -127,25 +134,6 @@ class CertificateSet:
 
     def select(self, server_name: str | None) -> ssl.SSLContext:
         return self._contexts[id(self.select_pair(server_name))]
-
-
-def _host_of(head: bytes) -> str | None:
-    for line in head.split(b"\r\n")[1:]:
-        name, sep, value = line.partition(b":")
-        if sep and name.strip().lower() == b"host":
-            host = value.strip().decode("latin-1")
-            return host if host and all(c.isalnum() or c in ".-:[]" for c in host) else None
-    return None
-
-
-def plain_http_answer(head: bytes, port: int) -> bytes:
-    """What certproxy answers when plain HTTP arrives on a TLS port."""
-    host = _host_of(head)
-    name = host.rsplit(":", 1)[0] if host and not host.endswith("]") else host
-    hint = f"https://{name}:{port}/" if name else f"https:// on port {port}"
-    body = f"certproxy: this port speaks HTTPS, not plain HTTP: use {hint}\n".encode()
-    return (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
 def guard_listener(ctx: ssl.SSLContext, port: int, on_failure: Callable[[], None]) -> None:
@@ -168,11 +156,18 @@ def guard_listener(ctx: ssl.SSLContext, port: int, on_failure: Callable[[], None
         _cp_refused: ssl.SSLError | None = None
 
         @classmethod
-        def _create(cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,  # type: ignore[override]
-                    *args: object, **kwargs: object) -> GuardedSSLObject:
-            obj = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]
+        def _create(  # CPython's private constructor (see tests/test_private_apis.py)
+            cls,
+            incoming: ssl.MemoryBIO,
+            outgoing: ssl.MemoryBIO,
+            *args: object,
+            **kwargs: object,
+        ) -> GuardedSSLObject:
+            # typeshed does not know the private constructor; tests/test_private_apis.py does.
+            create = super()._create  # type: ignore[misc]
+            obj: GuardedSSLObject = create(incoming, outgoing, *args, **kwargs)
             obj._cp_bios = (incoming, outgoing)
-            return obj  # type: ignore[no-any-return]
+            return obj
 
         def do_handshake(self) -> None:
             if self._cp_refused is not None:
@@ -214,13 +209,12 @@ class TLSState:
         old, self.current = self.current, new
         return old
 
-    def _sni_callback(self, sslobj: ssl.SSLObject, server_name: str | None,
-                      _ctx: ssl.SSLContext) -> None:
+    def _sni_callback(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
         sslobj.context = self.current.select(server_name)
 
     def listener_context(self) -> ssl.SSLContext:
         """A base context for one listener; every handshake is pointed at ``current``."""
         ctx = _policy_context()
         _load_pem_into(ctx, self.current.primary.chain_pem, self.current.primary.key_pem)
-        ctx.sni_callback = self._sni_callback  # type: ignore[assignment]
+        ctx.sni_callback = self._sni_callback
         return ctx

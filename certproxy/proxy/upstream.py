@@ -1,13 +1,21 @@
-"""The upstream side of a route: its connection pool and its reachability probe.
+"""The upstream side of a route: a pool of keep-alive connections to one upstream.
 
-``UpstreamPool`` keeps idle keep-alive connections to one upstream, most
-recently used first; ``UpstreamConnection`` is one of them, serving one
-``dataplane.Exchange`` at a time with a response parser of its own (llhttp
-through ``httptools``). The probe behind ``/healthz`` opens a connection of
-its own, asks for ``/`` and accepts any HTTP status line as an answer, at most
-every few seconds (the result is cached, and concurrent checks share one
-probe). For an ``https`` upstream, pool and probe share one TLS context,
-built off the event loop.
+How this works: ``UpstreamPool`` keeps idle connections, most recently used
+first, and opens new ones; ``UpstreamConnection`` is one of them, serving one
+request at a time with a response parser of its own (llhttp through
+``httptools``). The request it serves is seen only through ``ResponseSink``,
+the small interface the exchange implements: the connection reports the
+response (interim heads, the head, body pieces, the end), failures, and its
+own write buffer filling and draining; it never reads or writes a field of
+the exchange. Pooling state (which exchange a connection serves, whether it
+was used before, whether it waits for an answer) changes only through
+methods of the pool and the connection.
+
+Framing of the response is the connection's business: it tells the sink
+whether the body needs framing towards the client (no ``Content-Length``),
+and ends a body delimited by the upstream's close itself. Bytes past the end
+of a response (an upstream that sends more than it announced) are never
+parsed as another response: the connection is not reused.
 """
 
 from __future__ import annotations
@@ -15,89 +23,55 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import time
-from typing import TYPE_CHECKING, Optional
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, cast
 
 import httptools
 
-from .config import Config, Route
 from .headers import Headers
-
-if TYPE_CHECKING:
-    from .dataplane import ClientConnection, Exchange
+from .routes import Route
 
 WRITE_BUFFER_HIGH = 1 << 19
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0  # an upstream silent while it owes an answer
+    keepalive: float = 30.0  # an idle pooled connection is closed after this
+
+
+class ResponseSink(Protocol):
+    """What an upstream connection tells the request it serves (``Exchange``)."""
+
+    def interim_response(self, status: int, reason: bytes, headers: Headers) -> None: ...
+
+    def response_head(self, status: int, reason: bytes, headers: Headers, needs_framing: bool) -> None:
+        """``needs_framing``: a body follows without ``Content-Length``."""
+
+    def response_body(self, chunk: bytes) -> None: ...
+
+    def response_complete(self, reusable: bool) -> None: ...
+
+    def upstream_failed(self, reason: str, *, timeout: bool = False, retry: bool = False) -> None:
+        """The connection failed and serves this request no more (the sink gives it up);
+        ``retry``: it closed before any answer, so an idempotent request may be sent
+        again on a fresh one."""
+
+    def upstream_writable(self, writable: bool) -> None:
+        """The connection's write buffer drained (True) or filled up (False)."""
+
+    def batch(self, begin: bool) -> None:
+        """One read from the upstream begins/ends: what it yields may go out as one write."""
 
 
 class _HeadDone(Exception):
     """Stops the upstream parser after the head of a response to HEAD."""
 
-PROBE_TTL = 5.0
-PROBE_TIMEOUT = 2.0
 
-
-class Upstream:
-    def __init__(self, route: Route, config: Config) -> None:
-        self.route = route
-        self._config = config
-        self._probe: tuple[float, bool, str | None] | None = None
-        self._probe_task: asyncio.Task[tuple[bool, str | None]] | None = None
-        self._ssl: ssl.SSLContext | None = None
-        self._pool: UpstreamPool | None = None
-
-    @property
-    def pool(self) -> UpstreamPool:
-        if self._pool is None:
-            raise RuntimeError("upstream not started")
-        return self._pool
-
-    async def start(self) -> None:
-        if self.route.scheme == "https":  # loads the system CA store: not on the event loop
-            self._ssl = await asyncio.to_thread(ssl.create_default_context)
-        self._pool = UpstreamPool(self.route, self._config, self._ssl)
-
-    async def close(self) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-        if self._pool is not None:
-            self._pool.close()
-
-    async def reachable(self) -> tuple[bool, str | None]:
-        """Whether the upstream answers HTTP at all (any status counts), cached."""
-        now = time.monotonic()
-        if self._probe is not None and now - self._probe[0] < PROBE_TTL:
-            return self._probe[1], self._probe[2]
-        if self._probe_task is None or self._probe_task.done():
-            self._probe_task = asyncio.create_task(self._run_probe())
-        return await asyncio.shield(self._probe_task)
-
-    async def _run_probe(self) -> tuple[bool, str | None]:
-        result: tuple[bool, str | None]
-        try:
-            result = await asyncio.wait_for(self._ask(), PROBE_TIMEOUT)
-        except asyncio.TimeoutError:
-            result = (False, f"no answer within {PROBE_TIMEOUT:g} s")
-        except OSError as exc:
-            result = (False, describe_os_error(exc))
-        self._probe = (time.monotonic(), *result)
-        return result
-
-    async def _ask(self) -> tuple[bool, str | None]:
-        route = self.route
-        reader, writer = await asyncio.open_connection(
-            route.host, route.upstream_port, ssl=self._ssl,
-            server_hostname=route.host if self._ssl else None)
-        try:
-            host = route.url.partition("://")[2]
-            writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: certproxy-healthcheck\r\n"
-                         "Connection: close\r\n\r\n".encode())
-            line = await reader.readline()
-        finally:
-            writer.close()
-        if line.startswith(b"HTTP/1.") and line[8:9] == b" " and line[9:12].isdigit():
-            return True, None
-        return False, "answered something that is not HTTP/1.1" if line else \
-            "closed the connection without an answer"
+class _Extra(Exception):
+    """Stops the upstream parser at bytes past the end of a response."""
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -108,16 +82,17 @@ def describe_os_error(exc: OSError) -> str:
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One connection to the upstream; serves one exchange at a time."""
+    """One connection to the upstream; serves one request at a time."""
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.exchange: Exchange | None = None
+        self.sink: ResponseSink | None = None
         self.parser: httptools.HttpResponseParser | None = None
         self.reason = b""
         self.headers: Headers = []
         self.interim = False
+        self.head_seen = False
         self.complete = False
         self.extra = False
         self.head_only = False
@@ -125,73 +100,78 @@ class UpstreamConnection(asyncio.Protocol):
         self.until_eof = False
         self.waiting = False
         self.reading_paused = False
+        self.served = 0
+        self.reused = False
         self.last = 0.0
         self.idle_since = 0.0
-        self.reused = False
         self.out: list[bytes] = []
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
 
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
+    def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
         self.pool.forget(self)
-        ex = self.exchange
-        if ex is not None:
-            self.exchange = None
-            if self.until_eof and not self.complete and ex.resp_started:
-                ex.response_complete(False)
-            else:
-                ex.upstream_failed("closed the connection without an answer"
-                                   if not ex.resp_started else "closed the connection mid-response",
-                                   retry=True)
+        sink, self.sink = self.sink, None
+        if sink is None:
+            return
+        if self.until_eof and not self.complete:
+            sink.response_complete(False)  # the close ends the body
+        elif self.head_seen:
+            sink.upstream_failed("closed the connection mid-response")
+        else:
+            sink.upstream_failed("closed the connection without an answer", retry=True)
 
     def eof_received(self) -> bool:
         return False
 
     def pause_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.conn.pause_for_upstream(True)
+        if self.sink is not None:
+            self.sink.upstream_writable(False)
 
     def resume_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.conn.pause_for_upstream(False)
+        if self.sink is not None:
+            self.sink.upstream_writable(True)
 
     def data_received(self, data: bytes) -> None:
-        ex = self.exchange
-        if ex is None or self.parser is None:  # unasked-for bytes: not a connection to reuse
+        sink = self.sink
+        if sink is None or self.parser is None:  # unasked-for bytes: not a connection to reuse
             if self.transport is not None:
                 self.transport.abort()
             return
-        self.last = self.pool.loop.time()
-        client = ex.conn
-        client.corked = True  # what this data makes for the client goes out in one write
+        self.last = self.pool.clock()
+        sink.batch(True)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if not isinstance(exc.__context__, _HeadDone):
-                raise exc.__context__ or exc  # a defect in certproxy, not in the upstream
-            self.complete = True
-            self.extra = not data.endswith(b"\r\n\r\n")
+            stop = exc.__context__
+            if isinstance(stop, _HeadDone):
+                self.complete = True
+                self.extra = not data.endswith(b"\r\n\r\n")
+            elif isinstance(stop, _Extra):
+                self.extra = True
+            else:
+                raise (stop or exc) from None  # a defect in certproxy, not in the upstream
         except httptools.HttpParserError as exc:
             if not self.complete:
                 reason = str(exc) or type(exc).__name__
-                self.exchange = None
-                client.uncork()
-                ex.upstream_failed(f"sent a malformed response: {reason}")
+                self.sink = None
+                sink.batch(False)
+                sink.upstream_failed(f"sent a malformed response: {reason}")
                 return
             self.extra = True
         finally:
-            if self.complete and self.exchange is ex:
-                ex.response_complete(self.keep_alive and not self.extra)
-            client.uncork()
+            if self.complete and self.sink is sink:
+                self.sink = None
+                sink.response_complete(self.keep_alive and not self.extra)
+            sink.batch(False)
 
     # parser callbacks
     def on_message_begin(self) -> None:
-        if self.complete:
-            self.extra = True
+        if self.complete:  # bytes past the end of the response: never a second answer
+            raise _Extra
         self.headers = []
 
     def on_status(self, reason: bytes) -> None:
@@ -201,21 +181,31 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        parser = self.parser
-        assert parser is not None and self.exchange is not None
+        parser, sink = self.parser, self.sink
+        assert parser is not None and sink is not None
         status = parser.get_status_code()
         if 100 <= status < 200:
             self.interim = True
-            self.exchange.interim_response(status, self.reason, self.headers)
+            sink.interim_response(status, self.reason, self.headers)
             return
+        self.head_seen = True
         self.keep_alive = parser.should_keep_alive()
-        self.exchange.response_head(status, self.reason, self.headers, self)
+        length = chunked = False
+        for name, _ in self.headers:
+            if len(name) == 14 and name.lower() == b"content-length":
+                length = True
+            elif len(name) == 17 and name.lower() == b"transfer-encoding":
+                chunked = True
+        has_body = not self.head_only and status not in (204, 304)
+        needs_framing = has_body and (chunked or not length)
+        self.until_eof = has_body and not chunked and not length
+        sink.response_head(status, self.reason, self.headers, needs_framing)
         if self.head_only:
             raise _HeadDone
 
     def on_body(self, body: bytes) -> None:
-        if self.exchange is not None:
-            self.exchange.response_body(body)
+        if self.sink is not None:
+            self.sink.response_body(body)
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -224,12 +214,36 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = True
 
     # used by the exchange
-    def bind(self, exchange: Exchange, head_only: bool) -> None:
-        self.exchange = exchange
+    def bind(self, sink: ResponseSink, head_only: bool) -> None:
+        """Serve ``sink``'s request next."""
+        self.sink = sink
         self.parser = httptools.HttpResponseParser(self)
-        self.complete = self.extra = self.interim = self.until_eof = self.waiting = False
+        self.complete = self.extra = self.interim = self.until_eof = self.head_seen = False
+        self.waiting = False
         self.head_only = head_only
         self.reason = b""
+        self.reused = self.served > 0
+        self.served += 1
+
+    def send(self, parts: list[bytes]) -> None:
+        """Write the request head (and any body bytes already in) now."""
+        if self.transport is not None:
+            self.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def buffer(self, *parts: bytes) -> bool:
+        """Keep request bytes for ``flush()``; True when the buffer was empty before."""
+        first = not self.out
+        self.out.extend(parts)
+        return first
+
+    def flush(self) -> None:
+        """Write what ``buffer`` kept: everything one client read produced, in one write."""
+        out, self.out = self.out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
 
     def pause_reading(self, paused: bool) -> None:
         if paused == self.reading_paused or self.transport is None:
@@ -238,48 +252,64 @@ class UpstreamConnection(asyncio.Protocol):
         if paused:
             self.transport.pause_reading()
         else:
-            self.last = self.pool.loop.time()
+            self.last = self.pool.clock()
             self.transport.resume_reading()
 
-    def corked_out(self, client: ClientConnection) -> list[bytes]:
-        """Where request bytes go while the client's data is being parsed: everything
-        one client read produces for this upstream leaves in one write at the end."""
-        if not self.out:
-            client.corked_ups.append(self)
-        return self.out
-
-    def uncork(self) -> None:
-        out, self.out = self.out, []
-        if out and self.transport is not None and not self.transport.is_closing():
-            if len(out) == 1:
-                self.transport.write(out[0])
-            else:
-                self.transport.writelines(out)
-
     def start_waiting(self) -> None:
+        """The request is complete: from now on the upstream owes an answer."""
         self.waiting = True
-        self.last = self.pool.loop.time()
+        self.last = self.pool.clock()
 
     def abandon(self) -> None:
         """Drop the connection (mid-request: the upstream sees the request cut)."""
-        self.exchange = None
+        self.sink = None
         self.out = []
         self.pool.forget(self)
         if self.transport is not None:
             self.transport.abort()
 
+    # used by the pool
+    def unbind(self) -> None:
+        """The request is over: back to the pool (idle from now) or to be closed."""
+        self.idle_since = self.pool.clock()
+        self.sink = None
+        self.parser = None
+        self.waiting = False
+        self.pause_reading(False)
+
+    def time_out(self) -> None:
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.upstream_failed("did not answer in time", timeout=True)
+
+    @property
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+
+# What ``UpstreamPool`` opens connections with: ``loop.create_connection``, or a test's stand-in.
+Connector = Callable[..., Awaitable[tuple[asyncio.BaseTransport, UpstreamConnection]]]
+
 
 class UpstreamPool:
     """Idle keep-alive connections to one upstream, most recently used first."""
 
-    def __init__(self, route: Route, config: Config, ssl_context: ssl.SSLContext | None) -> None:
-        self.loop = asyncio.get_running_loop()
+    def __init__(
+        self,
+        route: Route,
+        settings: PoolSettings,
+        ssl_context: ssl.SSLContext | None,
+        *,
+        connector: Connector | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
         self.host = route.host
         self.port = route.upstream_port
         self.ssl = ssl_context
-        self.connect_timeout = config.upstream_connect_timeout
-        self.read_timeout = config.upstream_read_timeout
-        self.keepalive = config.upstream_keepalive
+        self.settings = settings
+        self.clock = clock or loop.time
+        self._connector: Connector = connector or loop.create_connection
         self.idle: list[UpstreamConnection] = []
         self.busy: set[UpstreamConnection] = set()
 
@@ -287,26 +317,29 @@ class UpstreamPool:
         idle = self.idle
         while idle:
             up = idle.pop()
-            if up.transport is not None and not up.transport.is_closing():
+            if up.usable:
                 self.busy.add(up)
                 return up
         return None
 
     async def connect(self) -> UpstreamConnection:
-        _, up = await asyncio.wait_for(self.loop.create_connection(
-            lambda: UpstreamConnection(self), self.host, self.port, ssl=self.ssl,
-            server_hostname=self.host if self.ssl else None), self.connect_timeout)
+        _, up = await asyncio.wait_for(
+            self._connector(
+                lambda: UpstreamConnection(self),
+                self.host,
+                self.port,
+                ssl=self.ssl,
+                server_hostname=self.host if self.ssl else None,
+            ),
+            self.settings.connect_timeout,
+        )
         self.busy.add(up)
         return up
 
     def release(self, up: UpstreamConnection, reusable: bool) -> None:
         self.busy.discard(up)
-        up.exchange = None
-        up.parser = None
-        up.waiting = False
-        if reusable and up.transport is not None and not up.transport.is_closing():
-            up.pause_reading(False)
-            up.idle_since = self.loop.time()
+        up.unbind()
+        if reusable and up.usable:
             self.idle.append(up)
         elif up.transport is not None:
             up.transport.close()
@@ -317,16 +350,13 @@ class UpstreamPool:
             self.idle.remove(up)
 
     def sweep(self, now: float) -> None:
-        timeout = self.read_timeout
-        for up in [u for u in self.busy if u.waiting and not u.reading_paused
-                   and now - u.last > timeout]:
-            ex = up.exchange
-            if ex is not None:
-                up.exchange = None
-                ex.upstream_failed("did not answer in time", timeout=True)
-        if self.idle and now - self.idle[0].idle_since > self.keepalive:
-            stale = [u for u in self.idle if now - u.idle_since > self.keepalive]
-            self.idle = [u for u in self.idle if now - u.idle_since <= self.keepalive]
+        timeout = self.settings.read_timeout
+        for up in [u for u in self.busy if u.waiting and not u.reading_paused and now - u.last > timeout]:
+            up.time_out()
+        keepalive = self.settings.keepalive
+        if self.idle and now - self.idle[0].idle_since > keepalive:
+            stale = [u for u in self.idle if now - u.idle_since > keepalive]
+            self.idle = [u for u in self.idle if now - u.idle_since <= keepalive]
             for up in stale:
                 if up.transport is not None:
                     up.transport.close()

@@ -8,30 +8,62 @@ it; otherwise it listens on the port itself for the duration of the run.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
+import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from ..acme_client import AcmeIssuer
 from ..acme_client.manager import CertManager
 from ..certs import FileStore, PairError, StoreError, utcnow
-from .config import Config
-from .health import fetch_health
-from .dataplane import ControlRoute, Exchange, Listener
-from .headers import Answer
-from .plain import CHALLENGE_PREFIX, challenge_answer
+from ..proxy.client import Listener
+from ..proxy.headers import Answer
+from ..proxy.routes import ControlRoute, Request
+from ..service.config import Config, ConfigError, load_config
+from ..service.plain import CHALLENGE_PREFIX, challenge_answer
+from .health_client import get_health
+
+RENEW_FLAGS = ("staging", "acme_directory", "acme_ca_bundle", "domains", "email", "store", "http_port")
+
+
+def renew_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    """The configuration `certproxy renew` runs with (flags over environment over file)."""
+    if args.domain_list:
+        args.domains = ",".join(args.domain_list)
+    flags: dict[str, Any] = {n: getattr(args, n, None) for n in RENEW_FLAGS}
+    if flags.get("staging"):
+        flags["staging"] = "1"
+        flags["acme_directory"] = ""  # --staging wins over a directory from the environment
+    config = load_config(environ, flags, getattr(args, "config", None))
+    if not config.domains:
+        raise ConfigError("--domain", "name at least one domain (or set CERTPROXY_DOMAINS)")
+    return config
+
+
+def cmd_renew(args: argparse.Namespace) -> int:
+    from ..service.logs import setup_logging
+
+    config = renew_config(args, os.environ)
+    setup_logging("text", "warning")
+    # The run prints its own progress and one closing line; the manager's log would repeat it.
+    logging.getLogger("certproxy.acme").setLevel(logging.CRITICAL)
+    return asyncio.run(renew(config, args.force))
 
 
 def _certproxy_answers(port: int) -> bool:
-    return fetch_health(f"http://127.0.0.1:{port}/healthz") is not None
+    return get_health(f"http://127.0.0.1:{port}/healthz").is_certproxy
 
 
 async def _challenge_server(store: FileStore, config: Config, port: int) -> Listener:
-    async def answer(ex: Exchange) -> Answer:
+    async def answer(ex: Request) -> Answer:
         path = ex.target.decode("latin-1").partition("?")[0]
-        token = path[len(CHALLENGE_PREFIX):] if path.startswith(CHALLENGE_PREFIX) else ""
+        token = path[len(CHALLENGE_PREFIX) :] if path.startswith(CHALLENGE_PREFIX) else ""
         return await challenge_answer(store, ex.method, token, "certproxy renew")
 
-    listener = Listener(ControlRoute(port, answer, access_log=False), config)
+    listener = Listener(ControlRoute(port, answer), config.limits())
     await listener.start(config.bind, port, None)
     return listener
 
@@ -57,8 +89,10 @@ async def renew(config: Config, force: bool) -> int:
         try:
             server = await _challenge_server(store, config, port)
         except OSError as exc:
-            print(f"certproxy renew: cannot listen on {config.bind}:{port} for http-01: "
-                  f"{exc.strerror or exc}", file=sys.stderr)
+            print(
+                f"certproxy renew: cannot listen on {config.bind}:{port} for http-01: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
             return 1
         say(f"listening on {config.bind}:{port} for http-01 challenges")
     manager = CertManager(store, settings, AcmeIssuer(store, settings, progress=say), progress=say)
@@ -73,20 +107,28 @@ async def renew(config: Config, force: bool) -> int:
         pair = await asyncio.to_thread(store.load_live, settings.name)
     except PairError as exc:
         reason = status.last_error or exc.reason
-        print(f"certproxy renew: no valid certificate for {', '.join(settings.domains)}: {reason}",
-              file=sys.stderr)
+        print(
+            f"certproxy renew: no valid certificate for {', '.join(settings.domains)}: {reason}",
+            file=sys.stderr,
+        )
         return 1
     if status.last_error:
         print(f"certproxy renew: {status.last_error}", file=sys.stderr)
         return 1
     if not all(pair.covers(d) for d in settings.domains):
-        print(f"certproxy renew: live/{settings.name} does not cover all of "
-              f"{', '.join(settings.domains)}", file=sys.stderr)
+        print(
+            f"certproxy renew: live/{settings.name} does not cover all of {', '.join(settings.domains)}",
+            file=sys.stderr,
+        )
         return 1
     if manager.orders == 0:
-        say(f"{settings.name}: valid until {pair.not_after.isoformat(timespec='seconds')}, "
+        say(
+            f"{settings.name}: valid until {pair.not_after.isoformat(timespec='seconds')}, "
             f"renewal due {status.next_renewal.isoformat(timespec='seconds') if status.next_renewal else '?'}"
-            f"; nothing to do (--force orders anyway)")
-    say(f"{settings.name}: serial {pair.serial}, {pair.days_left(utcnow()):.1f} days left, "
-        f"issuer {pair.issuer}")
+            f"; nothing to do (--force orders anyway)"
+        )
+    say(
+        f"{settings.name}: serial {pair.serial}, {pair.days_left(utcnow()):.1f} days left, "
+        f"issuer {pair.issuer}"
+    )
     return 0

@@ -19,10 +19,10 @@ import contextlib
 import logging
 import ssl
 
-from ..certs import FileStore, StoreError, utcnow
+from ..certs import FileStore, Inventory, StoreError, utcnow
 from ..certs.watcher import StoreWatcher
+from ..proxy.tls import CertificateSet, TLSState
 from .health import HealthState
-from .tls import CertificateSet, TLSState
 
 log = logging.getLogger("certproxy.reload")
 
@@ -30,10 +30,37 @@ DEBOUNCE = 0.1
 MAX_DELAY = 0.5
 
 
+async def load_certificates(
+    store: FileStore, domains: tuple[str, ...], current: CertificateSet | None = None, fresh: bool = False
+) -> tuple[Inventory, CertificateSet]:
+    """What the store holds to serve, validated and built into contexts (off the event loop).
+
+    ``current`` is what is served now: a broken pair keeps its version in
+    service and unchanged pairs keep their contexts (unless ``fresh``).
+    Raises ``StoreError`` (and what building a context raises) and serves nothing.
+    """
+    previous = current.pairs if current is not None else ()
+    inventory = await asyncio.to_thread(store.inventory, domains, previous=previous, fresh=fresh)
+    for path, why in inventory.errors.items():
+        log.error("not serving %s: %s", path, why)
+    new = await asyncio.to_thread(
+        CertificateSet, inventory.primary, inventory.pairs, None if fresh else current
+    )
+    return inventory, new
+
+
 class Reloader:
-    def __init__(self, store: FileStore, domains: tuple[str, ...], tls: TLSState,
-                 health: HealthState, *, poll_interval: float = 30.0,
-                 debounce: float = DEBOUNCE, max_delay: float = MAX_DELAY) -> None:
+    def __init__(
+        self,
+        store: FileStore,
+        domains: tuple[str, ...],
+        tls: TLSState,
+        health: HealthState,
+        *,
+        poll_interval: float = 30.0,
+        debounce: float = DEBOUNCE,
+        max_delay: float = MAX_DELAY,
+    ) -> None:
         self.store = store
         self.domains = domains
         self.tls = tls
@@ -41,7 +68,6 @@ class Reloader:
         self.poll_interval = poll_interval
         self.debounce = debounce
         self.max_delay = max_delay
-        self.reloads = 0
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -90,7 +116,7 @@ class Reloader:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.debounce)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break  # quiet for `debounce`: the burst is over
                 if loop.time() - first >= self.max_delay:
                     self._wake.clear()
@@ -115,24 +141,17 @@ class Reloader:
             self._fingerprint = await asyncio.to_thread(self.store.fingerprint)
             current = self.tls.current
             try:
-                inventory = await asyncio.to_thread(
-                    self.store.inventory, self.domains, previous=current.pairs, fresh=fresh)
-                new = await asyncio.to_thread(
-                    CertificateSet, inventory.primary, inventory.pairs, None if fresh else current)
+                inventory, new = await load_certificates(self.store, self.domains, current, fresh)
             except (StoreError, OSError, ssl.SSLError, ValueError) as exc:
                 self.health.last_reload_error = f"reload failed: {exc}"
-                log.error("reload (%s) failed, still serving the previous certificates: %s",
-                          reason, exc)
+                log.error("reload (%s) failed, still serving the previous certificates: %s", reason, exc)
                 return False
-            self.reloads += 1
             self.health.store_errors = dict(inventory.errors)
             self.health.last_reload = utcnow()
             if inventory.errors:
                 detail = "; ".join(f"{path}: {why}" for path, why in inventory.errors.items())
                 kept = f" ({'; '.join(inventory.kept)})" if inventory.kept else ""
                 self.health.last_reload_error = detail + kept
-                for path, why in inventory.errors.items():
-                    log.error("not serving %s: %s", path, why)
             else:
                 self.health.last_reload_error = None
             for note in inventory.kept:
@@ -148,9 +167,15 @@ class Reloader:
     def _log_changes(old: CertificateSet, new: CertificateSet, reason: str) -> None:
         for pair in new.pairs:
             if not any(pair is p for p in old.pairs):
-                log.info("reload (%s): serving %s %s serial %s (%s), expires %s", reason,
-                         pair.kind, pair.name, pair.serial, ", ".join(pair.domains),
-                         pair.not_after.isoformat())
+                log.info(
+                    "reload (%s): serving %s %s serial %s (%s), expires %s",
+                    reason,
+                    pair.kind,
+                    pair.name,
+                    pair.serial,
+                    ", ".join(pair.domains),
+                    pair.not_after.isoformat(),
+                )
         for pair in old.pairs:
             if not any(p.name == pair.name and p.kind == pair.kind for p in new.pairs):
                 log.info("reload (%s): no longer serving %s %s", reason, pair.kind, pair.name)

@@ -14,22 +14,23 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
-from ..acme_client.settings import KEY_TYPES, AcmeSettings
+from ..acme_client.settings import KEY_TYPES, AcmeSettings, SettingsError
 from ..certs.pair import is_ip
+from ..proxy.routes import Limits, Route
+from ..proxy.upstream import PoolSettings
 
 ENV_PREFIX = "CERTPROXY_"
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 DEFAULT_ROUTES = "443=http://registry-ui:80,5000=http://registry:5000"
 
-_DOMAIN_RE = re.compile(
-    r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-)
+_DOMAIN_RE = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 class ConfigError(Exception):
@@ -39,17 +40,6 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {message}")
         self.source = source
         self.message = message
-
-
-@dataclass(frozen=True)
-class Route:
-    """One TLS listener and the upstream it forwards to."""
-
-    port: int
-    url: str  # scheme://host:port, no path
-    scheme: str
-    host: str
-    upstream_port: int
 
 
 @dataclass(frozen=True)
@@ -90,19 +80,21 @@ class Config:
         if not self.routes:
             raise ConfigError("CERTPROXY_ROUTES", "at least one route is needed")
         ports = [r.port for r in self.routes]
-        if bool(self.acme_eab_kid) != bool(self.acme_eab_hmac_key):
-            raise ConfigError("CERTPROXY_ACME_EAB_KID",
-                              "external account binding needs CERTPROXY_ACME_EAB_KID and "
-                              "CERTPROXY_ACME_EAB_HMAC_KEY together")
+        try:
+            self.acme_settings()  # its own checks, named after the setting at fault
+        except SettingsError as exc:
+            setting = exc.field if exc.field in ("domains", "email") else f"acme_{exc.field}"
+            raise ConfigError(env_name(setting), exc.message) from None
         if self.auth_htpasswd is not None:
             unknown = [p for p in self.auth_ports if p not in ports]
             if unknown:
                 raise ConfigError("CERTPROXY_AUTH_PORTS", f"port {unknown[0]} is not a TLS route")
         if self.admin_port is not None and (self.admin_port in ports or self.admin_port == self.http_port):
-            raise ConfigError("CERTPROXY_ADMIN_PORT", f"port {self.admin_port} is already in use by a listener")
+            raise ConfigError(
+                "CERTPROXY_ADMIN_PORT", f"port {self.admin_port} is already in use by a listener"
+            )
         if self.http_port is not None and self.http_port in ports:
-            raise ConfigError("CERTPROXY_HTTP_PORT",
-                              f"port {self.http_port} is also a TLS route")
+            raise ConfigError("CERTPROXY_HTTP_PORT", f"port {self.http_port} is also a TLS route")
 
     @property
     def cert_domains(self) -> tuple[str, ...]:
@@ -121,10 +113,34 @@ class Config:
 
     def acme_settings(self) -> AcmeSettings:
         return AcmeSettings(
-            directory=self.directory_url, domains=self.cert_domains, email=self.email,
-            ca_bundle=self.acme_ca_bundle, eab_kid=self.acme_eab_kid,
-            eab_hmac_key=self.acme_eab_hmac_key, key_type=self.acme_key_type,
-            profile=self.acme_profile, retry_min=self.acme_retry_min)
+            directory=self.directory_url,
+            domains=self.cert_domains,
+            email=self.email,
+            ca_bundle=self.acme_ca_bundle,
+            eab_kid=self.acme_eab_kid,
+            eab_hmac_key=self.acme_eab_hmac_key,
+            key_type=self.acme_key_type,
+            profile=self.acme_profile,
+            retry_min=self.acme_retry_min,
+        )
+
+    def limits(self) -> Limits:
+        """What every client connection of a listener is held to."""
+        return Limits(
+            max_connections=self.max_connections,
+            header_timeout=self.header_timeout,
+            keepalive_timeout=self.keepalive_timeout,
+            # A client silent mid-upload is held to the same bound as a silent upstream.
+            body_timeout=self.upstream_read_timeout,
+            handshake_timeout=self.tls_handshake_timeout,
+        )
+
+    def pool_settings(self) -> PoolSettings:
+        return PoolSettings(
+            connect_timeout=self.upstream_connect_timeout,
+            read_timeout=self.upstream_read_timeout,
+            keepalive=self.upstream_keepalive,
+        )
 
     @property
     def redirect_port(self) -> int:
@@ -134,6 +150,7 @@ class Config:
 
 
 # -- parsers: (raw value, source) -> typed value; raise ConfigError ----------
+
 
 def _text(raw: Any, source: str) -> str:
     if not isinstance(raw, str):
@@ -260,8 +277,13 @@ def _route(port: int, url: str, source: str) -> Route:
         raise ConfigError(source, f"upstream {url!r} has a bad port") from None
     host = parts.hostname
     netloc = f"[{host}]" if ":" in host else host
-    return Route(port=port, url=f"{parts.scheme}://{netloc}:{upstream_port}",
-                 scheme=parts.scheme, host=host, upstream_port=upstream_port)
+    return Route(
+        port=port,
+        url=f"{parts.scheme}://{netloc}:{upstream_port}",
+        scheme=parts.scheme,
+        host=host,
+        upstream_port=upstream_port,
+    )
 
 
 def parse_bind(raw: Any, source: str) -> str:
@@ -277,6 +299,7 @@ def parse_choice(*choices: str) -> Callable[[Any, str], str]:
         if text not in choices:
             raise ConfigError(source, f"{raw!r} is not one of {', '.join(choices)}")
         return text
+
     return parse
 
 
@@ -333,7 +356,8 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "auth_htpasswd": _optional_path,
     "hsts_max_age": lambda raw, src: parse_hsts(raw, src),
     "auth_ports": lambda raw, src: tuple(
-        _port(p, src) for p in (raw if isinstance(raw, list) else str(raw).split(",")) if str(p).strip()),
+        _port(p, src) for p in (raw if isinstance(raw, list) else str(raw).split(",")) if str(p).strip()
+    ),
 }
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 
 from ..certs import FileStore, is_valid_token
-from .dataplane import Exchange
-from .headers import NO_STORE, Answer
+from ..proxy.headers import NO_STORE, Answer
+from ..proxy.hostname import origin, parse_host
+from ..proxy.routes import Request
+from ..proxy.wire import TEXT
 from .health import Health
-from .hostname import origin, parse_host
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
-TEXT = b"text/plain; charset=utf-8"
 
 
 def redirect_target(host_header: str | None, raw_path: str, https_port: int) -> str | None:
@@ -43,23 +43,22 @@ async def challenge_answer(store: FileStore, method: bytes, token: str, who: str
 
 
 class PlainHandler:
-    """The answer function of the plain-HTTP listener (see ``dataplane.ControlRoute``)."""
+    """The answer of the plain-HTTP listener (a ``proxy.routes.Responder``)."""
 
     def __init__(self, store: FileStore, health: Health, https_port: int) -> None:
         self.store = store
         self.health = health
         self.https_port = https_port
 
-    async def __call__(self, ex: Exchange) -> Answer:
+    async def __call__(self, ex: Request) -> Answer:
         raw_path = ex.target.decode("latin-1")
         path_only = raw_path.partition("?")[0]
         if path_only.startswith(CHALLENGE_PREFIX):
-            return await challenge_answer(self.store, ex.method, path_only[len(CHALLENGE_PREFIX):])
+            return await challenge_answer(self.store, ex.method, path_only[len(CHALLENGE_PREFIX) :])
         if path_only == "/healthz":
             return await self.health.answer()
         hosts = ex.header(b"host")
-        target = redirect_target(hosts[0].decode("latin-1") if hosts else None, raw_path,
-                                 self.https_port)
+        target = redirect_target(hosts[0].decode("latin-1") if hosts else None, raw_path, self.https_port)
         if target is None or len(hosts) > 1:
             return 400, [], b"certproxy: missing or malformed Host header\n", TEXT
         status = 301 if ex.method in (b"GET", b"HEAD") else 308

@@ -16,15 +16,26 @@ target.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import sys
 import time
+from typing import TextIO
 
 ACCESS = logging.getLogger("certproxy.access")
 
-_ACCESS_FIELDS = ("client", "method", "target", "status", "bytes_in", "bytes_out",
-                  "duration_ms", "upstream", "port")
+_ACCESS_FIELDS = (
+    "client",
+    "method",
+    "target",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "upstream",
+    "port",
+)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ACCESS_BATCH = 64
 
@@ -46,7 +57,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, separators=(",", ":"))
 
 
-class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+class _Handler(logging.StreamHandler[TextIO]):
     """stderr, with the buffered access lines written before any other record."""
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -68,9 +79,15 @@ class _FastAccess:
     def usable(self) -> bool:
         handler = self.handler
         root = logging.getLogger()
-        return (handler is not None and not ACCESS.handlers and not ACCESS.filters
-                and ACCESS.propagate and root.handlers == [handler] and not handler.filters
-                and ACCESS.isEnabledFor(logging.INFO))
+        return (
+            handler is not None
+            and not ACCESS.handlers
+            and not ACCESS.filters
+            and ACCESS.propagate
+            and root.handlers == [handler]
+            and not handler.filters
+            and ACCESS.isEnabledFor(logging.INFO)
+        )
 
     def stamp(self, now: float) -> str:
         second = int(now)
@@ -91,7 +108,7 @@ def flush_access() -> None:
     if not lines or handler is None:
         return
     lines.append("")
-    with handler.lock:  # type: ignore[union-attr]
+    with handler.lock or contextlib.nullcontext():
         try:
             handler.stream.write("\n".join(lines))
             handler.stream.flush()
@@ -113,22 +130,52 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     _fast.json = fmt == "json"
 
 
-def access(client: str, method: str, target: str, status: int, bytes_in: int,
-           bytes_out: int, duration: float, upstream: str, port: int) -> None:
+def access(
+    client: str,
+    method: str,
+    target: str,
+    status: int,
+    bytes_in: int,
+    bytes_out: int,
+    duration: float,
+    upstream: str,
+    port: int,
+) -> None:
     if not ACCESS.isEnabledFor(logging.INFO):
         return
     ms = round(duration * 1000, 1)
     message = '%s "%s %s" %d in=%d out=%d %.1fms upstream=%s' % (
-        client, method, target, status, bytes_in, bytes_out, ms, upstream)
+        client,
+        method,
+        target,
+        status,
+        bytes_in,
+        bytes_out,
+        ms,
+        upstream,
+    )
     if _fast.usable():
         now = time.time()
         msecs = int((now - int(now)) * 1000)
         if _fast.json:
-            line = json.dumps({
-                "ts": f"{_fast.stamp(now)}.{msecs:03d}Z", "level": "info",
-                "logger": "certproxy.access", "msg": message, "client": client, "method": method,
-                "target": target, "status": status, "bytes_in": bytes_in, "bytes_out": bytes_out,
-                "duration_ms": ms, "upstream": upstream, "port": port}, separators=(",", ":"))
+            line = json.dumps(
+                {
+                    "ts": f"{_fast.stamp(now)}.{msecs:03d}Z",
+                    "level": "info",
+                    "logger": "certproxy.access",
+                    "msg": message,
+                    "client": client,
+                    "method": method,
+                    "target": target,
+                    "status": status,
+                    "bytes_in": bytes_in,
+                    "bytes_out": bytes_out,
+                    "duration_ms": ms,
+                    "upstream": upstream,
+                    "port": port,
+                },
+                separators=(",", ":"),
+            )
         else:
             line = f"{_fast.stamp(now)},{msecs:03d} INFO certproxy.access: {message}"
         lines = _fast.lines
@@ -137,10 +184,19 @@ def access(client: str, method: str, target: str, status: int, bytes_in: int,
             flush_access()
         return
     ACCESS.info(
-        "%s", message,
-        extra={"client": client, "method": method, "target": target, "status": status,
-               "bytes_in": bytes_in, "bytes_out": bytes_out, "duration_ms": ms,
-               "upstream": upstream, "port": port},
+        "%s",
+        message,
+        extra={
+            "client": client,
+            "method": method,
+            "target": target,
+            "status": status,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "duration_ms": ms,
+            "upstream": upstream,
+            "port": port,
+        },
     )
 
 

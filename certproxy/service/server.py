@@ -2,9 +2,12 @@
 
 How this works: ``Front.start()`` makes sure the store is usable, loads what
 it holds (making a bootstrap certificate if there is nothing to serve), then
-opens one data-plane listener per route (``dataplane``: asyncio protocols,
+opens one data-plane listener per route (``proxy``: asyncio protocols,
 one upstream pool each) and the control listeners on the same machinery
-(plain HTTP, admin), all TLS listeners sharing one ``TLSState``. ``Front.stop()``
+(plain HTTP, admin), all TLS listeners sharing one ``TLSState``. What the
+data plane needs from here comes in as callables and small interfaces
+(``proxy.routes``): the ``/healthz`` answer, the credential check, counters,
+the access log. ``Front.stop()``
 first stops every listener from accepting, then lets in-flight requests
 finish within the grace period, then closes the upstream pools. ``run()``
 ties this to SIGTERM/SIGINT.
@@ -20,22 +23,25 @@ import ssl
 from typing import TYPE_CHECKING
 
 from ..certs import FileStore, StoreError, utcnow
-from .config import Config
+from ..proxy.client import SWEEP_INTERVAL, Listener
+from ..proxy.headers import NO_STORE, Answer
+from ..proxy.routes import ControlRoute, ProxyRoute, Request, Route
+from ..proxy.tls import TLSState, guard_listener
+from ..proxy.upstream import UpstreamPool
+from . import logs
 from .auth import BasicAuth, HtpasswdError
-from .dataplane import SWEEP_INTERVAL, ControlRoute, Exchange, Listener, ProxyRoute
-from .headers import NO_STORE, Answer
-from .health import Health, HealthState
-from .logs import flush_access
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
+from .config import Config
+from .health import Health, HealthState, UpstreamProbe
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
 from .plain import PlainHandler
-from .reload import Reloader
-from .tls import CertificateSet, TLSState, guard_listener
-from .upstream import Upstream
+from .reload import Reloader, load_certificates
 
 if TYPE_CHECKING:
     from ..acme_client.manager import CertManager
 
 log = logging.getLogger("certproxy")
+
 
 class StartupError(Exception):
     """Start-up cannot go on; ``source`` names the setting at fault."""
@@ -49,7 +55,6 @@ class Front:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = FileStore(config.store)
-        self.upstreams = [Upstream(route, config) for route in config.routes]
         self.health_state = HealthState()
         self.tls: TLSState | None = None
         self.health: Health | None = None
@@ -57,24 +62,20 @@ class Front:
         self.acme: CertManager | None = None
         self._acme_task: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
+        self._pools: list[UpstreamPool] = []
+        self._probes: list[UpstreamProbe] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self.metrics = Metrics()
         self.auth = BasicAuth(config.auth_htpasswd) if config.auth_htpasswd else None
-
-    async def load_certificates(self) -> CertificateSet:
-        inventory = await asyncio.to_thread(self.store.inventory, self.config.cert_domains)
-        for path, reason in inventory.errors.items():
-            log.error("not serving %s: %s", path, reason)
-        self.health_state.store_errors = dict(inventory.errors)
-        return await asyncio.to_thread(CertificateSet, inventory.primary, inventory.pairs)
 
     async def start(self) -> None:
         cfg = self.config
         try:
             await asyncio.to_thread(self.store.ensure_layout)
-            certs = await self.load_certificates()
+            inventory, certs = await load_certificates(self.store, cfg.cert_domains)
         except StoreError as exc:
             raise StartupError("CERTPROXY_STORE", str(exc)) from None
+        self.health_state.store_errors = dict(inventory.errors)
         if self.auth is not None:
             try:
                 await asyncio.to_thread(self.auth.load)
@@ -83,48 +84,64 @@ class Front:
         self.tls = TLSState(certs)
         self.health_state.last_reload = utcnow()
         primary = certs.primary
-        log.info("serving certificate %s (%s, %s, expires %s)", primary.name, primary.kind,
-                 ", ".join(primary.domains), primary.not_after.date())
-        self.health = Health(self.tls, self.upstreams, self.health_state)
+        log.info(
+            "serving certificate %s (%s, %s, expires %s)",
+            primary.name,
+            primary.kind,
+            ", ".join(primary.domains),
+            primary.not_after.date(),
+        )
+        # One TLS context per https upstream, shared by its pool and its probe; loading
+        # the system CA store is not for the event loop.
+        upstream_ssl: dict[int, ssl.SSLContext | None] = {}
+        for route in cfg.routes:
+            upstream_ssl[route.port] = (
+                await asyncio.to_thread(ssl.create_default_context) if route.scheme == "https" else None
+            )
+        self._probes = [UpstreamProbe(route, upstream_ssl[route.port]) for route in cfg.routes]
+        self.health = Health(self.tls, self._probes, self.health_state)
         # Everything /healthz and /metrics report exists before the first listener opens.
         self.metrics.watch(self.tls, self.health.renewals)
         self.metrics.last_reload.set_function(
-            lambda: self.health_state.last_reload.timestamp() if self.health_state.last_reload else 0)
+            lambda: self.health_state.last_reload.timestamp() if self.health_state.last_reload else 0
+        )
         if cfg.acme_enabled:
             from ..acme_client.client import AcmeIssuer  # the acme library only when ACME is on
             from ..acme_client.manager import CertManager
+
             settings = cfg.acme_settings()
             self.acme = CertManager(self.store, settings, AcmeIssuer(self.store, settings))
             self.health.renewals.append(self.acme.status)
         # Watching the store before the first listener opens: a change made as
         # soon as certproxy answers is never missed.
-        self.reloader = Reloader(self.store, cfg.cert_domains, self.tls, self.health_state,
-                                 poll_interval=cfg.reload_poll)
+        self.reloader = Reloader(
+            self.store, cfg.cert_domains, self.tls, self.health_state, poll_interval=cfg.reload_poll
+        )
         await self.reloader.start()
-        for upstream in self.upstreams:
-            await upstream.start()
         try:
             if cfg.http_port is not None:
                 plain = PlainHandler(self.store, self.health, cfg.redirect_port)
-                await self._listen(ControlRoute(cfg.http_port, plain, self.metrics.route("http")),
-                                   cfg.bind, None, "http")
-            for upstream in self.upstreams:
-                port = upstream.route.port
-                auth = self.auth if port in cfg.auth_ports else None
-                await self._listen_tls(upstream, auth)
+                await self._listen(
+                    ControlRoute(cfg.http_port, plain, self.metrics.route("http"), logs.access),
+                    cfg.bind,
+                    None,
+                    "http",
+                )
+            for route in cfg.routes:
+                await self._listen_tls(route, upstream_ssl[route.port])
             if cfg.admin_port is not None:
-                await self._listen(ControlRoute(cfg.admin_port, self._admin, access_log=False),
-                                   cfg.admin_bind, None, "admin")
+                await self._listen(ControlRoute(cfg.admin_port, self._admin), cfg.admin_bind, None, "admin")
         except OSError as exc:
             await self.stop(0)
             raise StartupError("CERTPROXY_BIND", f"cannot listen: {exc.strerror or exc}") from None
         self._sweep()
         if self.acme is not None:
             self._acme_task = asyncio.create_task(self.acme.run())
-            log.info("ACME on: %s for %s", self.acme.settings.directory,
-                     ", ".join(self.acme.settings.domains))
+            log.info(
+                "ACME on: %s for %s", self.acme.settings.directory, ", ".join(self.acme.settings.domains)
+            )
 
-    async def _admin(self, ex: Exchange) -> Answer:
+    async def _admin(self, ex: Request) -> Answer:
         """The admin listener: metrics and health, for the operator's network only."""
         path = ex.target.partition(b"?")[0]
         if path == b"/metrics":
@@ -134,19 +151,29 @@ class Front:
             return await self.health.answer()
         return 404, [], b"certproxy admin: /metrics or /healthz\n", b"text/plain; charset=utf-8"
 
-    async def _listen_tls(self, upstream: Upstream, auth: BasicAuth | None) -> None:
+    async def _listen_tls(self, route: Route, upstream_ssl: ssl.SSLContext | None) -> None:
         """One TLS listener on the data plane, with its own upstream pool."""
         assert self.tls is not None and self.health is not None
-        port = upstream.route.port
         ctx = self.tls.listener_context()
-        guard_listener(ctx, port, self.metrics.handshake_failures.labels(str(port)).inc)
-        route = ProxyRoute(upstream.route, upstream.pool, self.health, self.metrics.route(str(port)), auth,
-                           self.config.hsts_max_age)
-        await self._listen(route, self.config.bind, ctx, "tls")
+        guard_listener(ctx, route.port, self.metrics.handshake_failures.labels(str(route.port)).inc)
+        pool = UpstreamPool(route, self.config.pool_settings(), upstream_ssl)
+        self._pools.append(pool)
+        auth = self.auth if route.port in self.config.auth_ports else None
+        proxy = ProxyRoute(
+            route,
+            pool,
+            healthz=self.health.answer,
+            stats=self.metrics.route(str(route.port)),
+            auth=auth,
+            hsts_max_age=self.config.hsts_max_age,
+            access_log=logs.access,
+        )
+        await self._listen(proxy, self.config.bind, ctx, "tls")
 
-    async def _listen(self, route: ProxyRoute | ControlRoute, bind: str,
-                      ctx: ssl.SSLContext | None, kind: str) -> None:
-        listener = Listener(route, self.config)
+    async def _listen(
+        self, route: ProxyRoute | ControlRoute, bind: str, ctx: ssl.SSLContext | None, kind: str
+    ) -> None:
+        listener = Listener(route, self.config.limits())
         await listener.start(bind, route.port, ctx)
         self._listeners.append(listener)
         self.metrics.track_connections(listener.connections, str(route.port))
@@ -158,7 +185,7 @@ class Front:
         now = loop.time()
         for listener in self._listeners:
             listener.sweep(now)
-        flush_access()
+        logs.flush_access()
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -177,8 +204,11 @@ class Front:
         self._listeners.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for upstream in self.upstreams:
-            await upstream.close()
+        for probe in self._probes:
+            probe.close()
+        for pool in self._pools:
+            pool.close()
+        self._pools.clear()
 
 
 async def run(config: Config) -> None:
@@ -202,5 +232,5 @@ async def run(config: Config) -> None:
     await stopping.wait()
     log.info("stopping: draining requests in flight (up to %g s)", config.shutdown_grace)
     await front.stop()
-    flush_access()
+    logs.flush_access()
     log.info("stopped")

@@ -43,8 +43,10 @@ def parse_htpasswd(text: str, source: str) -> dict[str, bytes]:
         if not sep or not user:
             raise HtpasswdError(f"{source}:{number}: not USER:HASH")
         if not digest.startswith(BCRYPT_PREFIXES):
-            raise HtpasswdError(f"{source}:{number}: user {user!r} has no bcrypt hash "
-                                "(create entries with `htpasswd -B` or `certproxy htpasswd`)")
+            raise HtpasswdError(
+                f"{source}:{number}: user {user!r} has no bcrypt hash "
+                "(create entries with `htpasswd -B` or `certproxy htpasswd`)"
+            )
         users[user] = digest.encode()
     return users
 
@@ -57,7 +59,7 @@ def make_entry(user: str, password: str, cost: int = 12) -> str:
 
 
 def basic_credentials(header: str | None) -> tuple[str, str] | None:
-    if not header or not header[:6].lower() == "basic ":
+    if not header or header[:6].lower() != "basic ":
         return None
     try:
         decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")

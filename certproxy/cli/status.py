@@ -1,0 +1,93 @@
+"""``certproxy status``: the certificates in the store, and what a running certproxy serves."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..certs import FileStore, PairError, utcnow
+from ..certs.paths import name_for_domain
+from .common import EXIT_OK, config_from
+from .health_client import get_health
+
+
+def _served(url: str) -> list[dict[str, object]] | None:
+    """What a running certproxy serves, from its /healthz; None when none answers."""
+    answer = get_health(url)
+    certs = answer.body.get("certificates") if answer.is_certproxy and answer.body else None
+    return certs if isinstance(certs, list) else None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = config_from(args, ("store",))
+    url = args.url or (f"http://127.0.0.1:{config.http_port}/healthz" if config.http_port else None)
+    served = _served(url) if url else None
+    store = FileStore(config.store)
+    now = utcnow()
+    rows: list[dict[str, object]] = []
+    for kind, names, loader in (
+        ("live", store.live_names(), store.load_live),
+        ("bootstrap", _bootstrap_names(store), store.load_bootstrap),
+    ):
+        for name in names:
+            try:
+                rows.append(loader(name, now).summary(now))
+            except PairError as exc:
+                rows.append({"name": name, "kind": kind, "error": f"{exc.path}: {exc.reason}"})
+    primary = name_for_domain(config.cert_domains[0])
+    if args.json:
+        print(
+            json.dumps(
+                {"store": str(config.store), "primary": primary, "certificates": rows, "served": served},
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    _print_served(url, served)
+    print(f"store {config.store}  (primary name: {primary})")
+    if not rows:
+        print("no certificates")
+        return EXIT_OK
+    header = ("NAME", "KIND", "EXPIRES", "DAYS", "ISSUER", "SERIAL", "DOMAINS")
+    table = [header]
+    for r in rows:
+        if "error" in r:
+            table.append((str(r["name"]), str(r["kind"]), "-", "-", "INVALID", "-", str(r["error"])))
+        else:
+            domains = r["domains"]
+            table.append(
+                (
+                    str(r["name"]),
+                    str(r["kind"]),
+                    str(r["not_after"])[:19],
+                    f"{r['days_left']:.1f}",
+                    str(r["issuer"]),
+                    str(r["serial"])[:16],
+                    ",".join(domains) if isinstance(domains, list) else str(domains),
+                )
+            )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def _print_served(url: str | None, served: list[dict[str, object]] | None) -> None:
+    if served is None:
+        print(f"no running certproxy answered at {url}" if url else "no HTTP listener configured")
+        return
+    print(f"served by the running certproxy ({url}):")
+    for c in served:
+        print(
+            f"  {c.get('name')}  {c.get('kind')}  serial {c.get('serial')}  "
+            f"loaded at {c.get('loaded_at')}  expires {c.get('not_after')}"
+        )
+
+
+def _bootstrap_names(store: FileStore) -> list[str]:
+    try:
+        return sorted(
+            p.name for p in store.paths.bootstrap.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+    except OSError:
+        return []

@@ -1,0 +1,401 @@
+"""The client side of the data plane: connections, listeners, the timeout sweep.
+
+How this works: each client connection is an asyncio protocol whose bytes go
+through llhttp (``httptools``). Each parsed request head becomes an
+``Exchange`` in the connection's queue; only the first one runs, so answers
+leave in request order (pipelining). While a request waits for its upstream
+connection, or a later request waits its turn, the connection stops reading,
+so a client cannot make certproxy buffer more than one read.
+
+Back-pressure: when the upstream connection's write buffer fills, this
+connection stops reading (``pause_for_upstream``); when the client's own
+write buffer fills, the upstream connection stops reading. A multi-GB layer
+moves at the pace of the slower side with flat memory.
+
+What one read produces goes out in as few writes as possible: towards the
+upstream, request bytes are buffered in the upstream connection and flushed
+once at the end of the read; towards the client, the connection is corked
+while one upstream read is parsed.
+
+Timeouts are checked by ``sweep(now)`` a few times a second rather than by a
+timer per request: request-head time (slowloris), idle keep-alive, client
+silence in the middle of a request body (never while certproxy holds the
+client back); the pool's sweep covers upstream silence. ``now`` and the
+connection's clock come from the listener, so tests drive them directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Protocol, cast
+
+import httptools
+
+from .exchange import Exchange
+from .headers import Headers
+from .routes import AnyRoute, Limits
+from .upstream import WRITE_BUFFER_HIGH
+from .wire import (
+    MAX_FIELD_SIZE,
+    MAX_HEAD_SIZE,
+    MAX_HEADERS,
+    MAX_LINE_SIZE,
+    TOO_MANY,
+    HeadRefused,
+    error_body,
+    own_response,
+)
+
+log = logging.getLogger("certproxy.proxy")
+
+SWEEP_INTERVAL = 0.25
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection of a listener."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.route = listener.route
+        self.clock = listener.clock
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: collections.deque[Exchange] = collections.deque()
+        self.parsing: Exchange | None = None
+        self.client_ip = "-"
+        self.client_ip_b = b"-"
+        self._url = b""
+        self._headers: Headers = []
+        self._head_size = 0
+        self.in_head = False
+        self.head_started = 0.0
+        self.idle_since = 0.0
+        self.last_data = 0.0
+        self.paused_up = False
+        self.reading_paused = False
+        self.write_paused = False
+        self.closing = False
+        self.stopped = False
+        self.corked = False
+        self.out: list[bytes] = []
+        self.to_flush: list[Flushable] = []
+
+    # asyncio callbacks
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's transports are not subclasses
+        listener = self.listener
+        if listener.at_capacity():
+            # Past the cap: a clean refusal, not a hang and not a reset.
+            transport.write(TOO_MANY)
+            transport.close()
+            log.warning(
+                "refused a connection: %d connections open on this listener", listener.limits.max_connections
+            )
+            return
+        self.transport = transport
+        listener.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip = peer[0]
+            self.client_ip_b = peer[0].encode()
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self.idle_since = self.clock()
+        self.closing = listener.stopping
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.transport is None:
+            return  # refused in connection_made
+        self.transport = None
+        self.stopped = True
+        self.listener.connections.discard(self)
+        queue, self.queue = self.queue, collections.deque()
+        for ex in queue:
+            ex.client_lost()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.queue and self.queue[0].upstream is not None:
+            self.queue[0].upstream.pause_reading(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.queue and self.queue[0].upstream is not None:
+            self.queue[0].upstream.pause_reading(False)
+
+    def data_received(self, data: bytes) -> None:
+        if self.stopped:
+            return
+        self.last_data = self.clock()
+        if self.in_head:
+            self._head_size += len(data)
+            if self._head_size > MAX_HEAD_SIZE:
+                self.refuse(431, "request header too large")
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            refused = exc.__context__
+            if not isinstance(refused, HeadRefused):
+                raise (refused or exc) from None  # a defect in certproxy, not in the request
+            self.refuse(refused.status, str(refused))
+        except httptools.HttpParserUpgrade:
+            # CONNECT or an Upgrade request: answered as a plain request; nothing
+            # after it on this connection is HTTP/1.1 any more.
+            self.closing = True
+            if self.queue:
+                self.stopped = True
+            else:
+                self.close()
+        except httptools.HttpParserError as exc:
+            reason = (str(exc) or "malformed request").splitlines()[0].rstrip(":")
+            self.refuse(400, f"bad request: {reason}")
+        finally:
+            if self.to_flush:
+                pending, self.to_flush = self.to_flush, []
+                for target in pending:
+                    target.flush()
+
+    # parser callbacks
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.head_started = self.clock()
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_LINE_SIZE:
+            raise HeadRefused(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > MAX_FIELD_SIZE:
+            raise HeadRefused(431, "request header too large")
+        headers = self._headers
+        headers.append((name, value))
+        if len(headers) > MAX_HEADERS:
+            raise HeadRefused(431, "too many request headers")
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        chunked = length = False
+        for name, value in self._headers:
+            if len(name) == 17 and name.lower() == b"transfer-encoding":
+                chunked = True
+            elif len(name) == 14 and name.lower() == b"content-length":
+                length = value.strip() != b"0"
+        ex = Exchange(
+            self,
+            parser.get_method(),
+            self._url,
+            self._headers,
+            parser.should_keep_alive(),
+            parser.get_http_version() == "1.0",
+            chunked,
+            chunked or length,
+        )
+        self.parsing = ex
+        self.queue.append(ex)
+        if len(self.queue) == 1:
+            ex.begin()
+        else:
+            self.update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if self.parsing is not None:
+            self.parsing.body(body)
+
+    def on_message_complete(self) -> None:
+        ex, self.parsing = self.parsing, None
+        if ex is not None:
+            ex.request_complete()
+
+    # used by exchanges
+    def is_current(self, ex: Exchange) -> bool:
+        """Whether ``ex`` is the request being answered now."""
+        return bool(self.queue) and self.queue[0] is ex
+
+    def write(self, data: bytes) -> None:
+        if self.corked:
+            self.out.append(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
+    def writelines(self, data: tuple[bytes, ...]) -> None:
+        if self.corked:
+            self.out.extend(data)
+        elif self.transport is not None:
+            self.transport.write(b"".join(data))
+
+    def cork(self) -> None:
+        self.corked = True
+
+    def uncork(self) -> None:
+        """Send what was written while corked: one TLS record and one send for a small response."""
+        self.corked = False
+        out = self.out
+        if out:
+            self.out = []
+            if self.transport is not None:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def flush_after_read(self, target: Flushable) -> None:
+        """``target.flush()`` once the current client read has been parsed."""
+        self.to_flush.append(target)
+
+    def close(self) -> None:
+        """Close after everything written has gone out; nothing more is read."""
+        self.stopped = True
+        self.uncork()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.stopped = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_for_upstream(self, paused: bool) -> None:
+        if paused != self.paused_up:
+            self.paused_up = paused
+            self.update_reading()
+
+    def update_reading(self) -> None:
+        queue = self.queue
+        want = (
+            self.paused_up
+            or len(queue) > 1
+            or (bool(queue) and queue[0].upstream is None and not queue[0].discard and not queue[0].req_done)
+        )
+        if want != self.reading_paused and self.transport is not None:
+            self.reading_paused = want
+            if want:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def exchange_finished(self, ex: Exchange) -> None:
+        queue = self.queue
+        if queue and queue[0] is ex:
+            queue.popleft()
+        self.paused_up = False
+        if ex.close_after or (self.closing and not queue):
+            self.close()
+            return
+        self.idle_since = self.clock()
+        if queue:
+            queue[0].begin()
+        self.update_reading()
+
+    def refuse(self, status: int, reason: str) -> None:
+        """A malformed or over-large request: one line, then the connection closes."""
+        self.stopped = True
+        log.info("refused a malformed request from %s: %s", self.client_ip, reason)
+        ex, self.parsing = self.parsing, None
+        if ex is not None and not ex.done:  # broken body of a request under way
+            ex.refused(status, reason)
+            return
+        if self.queue:  # requests in flight finish first, then the connection closes
+            self.closing = True
+        else:
+            self.write(own_response(status, error_body(reason), close=True))
+            self.close()
+
+    # used by the listener
+    def stop(self) -> None:
+        """Finish what is in flight, then close; close now if idle."""
+        self.closing = True
+        if not self.queue and not self.in_head:
+            self.close()
+
+    def sweep(self, now: float) -> None:
+        if self.transport is None:
+            return
+        limits = self.listener.limits
+        if self.queue:
+            ex = self.queue[0]
+            if (
+                not ex.req_done
+                and not ex.discard
+                and not self.reading_paused
+                and now - self.last_data > limits.body_timeout
+            ):
+                log.info(
+                    "closed a connection from %s: request body silent for %g s after %d bytes",
+                    self.client_ip,
+                    limits.body_timeout,
+                    ex.bytes_in,
+                )
+                self.abort()
+            return
+        if self.in_head:
+            if limits.header_timeout and now - self.head_started > limits.header_timeout:
+                log.info(
+                    "closed a connection from %s: no complete request head within %g s",
+                    self.client_ip,
+                    limits.header_timeout,
+                )
+                self.abort()
+        elif now - self.idle_since > limits.keepalive_timeout or self.closing:
+            self.close()
+
+
+class Listener:
+    """One listener: its server socket, its connections and their limits."""
+
+    def __init__(self, route: AnyRoute, limits: Limits, *, clock: Callable[[], float] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.route = route
+        self.limits = limits
+        self.clock = clock or self.loop.time
+        self.connections: set[ClientConnection] = set()
+        self.server: asyncio.base_events.Server | None = None
+        self.stopping = False
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    def at_capacity(self) -> bool:
+        cap = self.limits.max_connections
+        return bool(cap) and len(self.connections) >= cap
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+        self.server = await self.loop.create_server(
+            self,
+            host,
+            port,
+            ssl=ssl_context,
+            backlog=1024,
+            reuse_address=True,
+            ssl_handshake_timeout=self.limits.handshake_timeout if ssl_context else None,
+        )
+
+    def stop_accepting(self) -> None:
+        self.stopping = True
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.stop()
+
+    async def drain(self, grace: float) -> None:
+        """Let requests in flight finish within ``grace`` seconds, then cut the rest."""
+        deadline = self.loop.time() + grace
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.abort()
+
+    def sweep(self, now: float) -> None:
+        for conn in list(self.connections):
+            conn.sweep(now)
+        if self.route.pool is not None:
+            self.route.pool.sweep(now)

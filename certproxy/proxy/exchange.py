@@ -1,0 +1,501 @@
+"""One request and its response, from the parsed head to the last byte.
+
+How this works: the client connection (``client.py``) makes an ``Exchange``
+when a request head is parsed and queues it; the first in the queue runs.
+``begin()`` either answers at once (certproxy's own error, a refused method),
+starts a task for what must wait (a ``Responder``, a credential check, a new
+upstream connection), or takes an idle pooled connection and writes the
+request head. Request body bytes go to the upstream connection as the
+client's parser yields them (buffered per client read, written once); the
+response comes back through ``ResponseSink``, the interface the upstream
+connection sees, and is written to the client as it arrives. Nothing here
+decodes a header value or makes a task or timer on the fast path.
+
+The state, all owned here (other objects only read it):
+
+- request side: ``req_done`` (the whole body is in), ``body_started`` (body
+  bytes went upstream, so no retry), ``discard`` (the rest of the body is not
+  wanted: certproxy answered, or the upstream answered early);
+- response side: ``resp_started`` (the head reached the client; a failure
+  after it cuts the connection, so a short body never looks whole),
+  ``resp_done``, ``chunk_out`` (re-chunked towards the client);
+- ``close_after`` (the connection closes after this answer), ``retried``
+  (one resend on a fresh connection was used), ``done`` (finished or the
+  client is gone: nothing more is written).
+
+A failure before the response head reaches the client becomes certproxy's
+own one-line answer (502 refused or broken upstream, 504 silent upstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .headers import Answer, Headers, client_response_headers, upstream_request_headers
+from .hostname import origin, parse_host
+from .routes import AnyRoute, Responder
+from .upstream import UpstreamConnection, describe_os_error
+from .wire import (
+    ALLOWED,
+    IDEMPOTENT,
+    REFUSED_METHODS,
+    TEXT,
+    error_body,
+    error_headers,
+    origin_form,
+    own_response,
+)
+
+if TYPE_CHECKING:
+    from .client import ClientConnection
+
+log = logging.getLogger("certproxy.proxy")
+
+
+class Exchange:
+    """One request and its response (implements ``upstream.ResponseSink``)."""
+
+    __slots__ = (
+        "conn",
+        "route",
+        "method",
+        "target",
+        "headers",
+        "keep_alive",
+        "http10",
+        "started",
+        "bytes_in",
+        "bytes_out",
+        "status",
+        "upstream",
+        "head",
+        "pending",
+        "req_done",
+        "resp_started",
+        "resp_done",
+        "chunked_in",
+        "chunk_out",
+        "close_after",
+        "own",
+        "body_started",
+        "retried",
+        "done",
+        "task",
+        "host",
+        "answer",
+        "check_auth",
+        "creds",
+        "sent_at",
+        "discard",
+        "expects_body",
+    )
+
+    def __init__(
+        self,
+        conn: ClientConnection,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        keep_alive: bool,
+        http10: bool,
+        chunked_in: bool,
+        expects_body: bool,
+    ) -> None:
+        self.conn = conn
+        self.route: AnyRoute = conn.route
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.http10 = http10
+        self.chunked_in = chunked_in
+        self.expects_body = expects_body
+        self.started = time.monotonic()
+        self.bytes_in = self.bytes_out = self.status = 0
+        self.upstream: UpstreamConnection | None = None
+        self.head = b""
+        self.pending: list[bytes] = []
+        self.req_done = self.resp_started = self.resp_done = self.chunk_out = False
+        self.body_started = self.retried = self.done = self.discard = False
+        self.close_after = not keep_alive
+        self.own: tuple[int, bytes, Headers] | None = None
+        self.task: asyncio.Future[None] | None = None
+        self.host: bytes | None = None
+        # Set when the answer is certproxy's own (a control listener, /healthz).
+        self.answer: Responder | None = None
+        self.check_auth = False  # credentials not seen recently: bcrypt in a thread first
+        self.creds: bytes | None = None
+        self.sent_at = 0.0
+        self.prepare()
+
+    # deciding what to do with the request
+    def prepare(self) -> None:
+        route = self.route
+        method, target = self.method, self.target
+        if method in REFUSED_METHODS:
+            self.own_error(405, f"{method.decode('latin-1')} is not allowed", [(b"Allow", ALLOWED)])
+            return
+        if route.answer is not None:
+            self.answer = route.answer
+            return
+        if target == b"/healthz" and route.healthz is not None:
+            self.answer = route.healthz
+            return
+        parsed = origin_form(target)
+        if parsed is None:
+            self.own_error(400, "request target must be a path")
+            return
+        path, authority = parsed
+        headers = self.headers
+        hosts = [v for n, v in headers if len(n) == 4 and n.lower() == b"host"]
+        # RFC 9112, 3.2: one valid Host, and in HTTP/1.1 always one; never guess which of two.
+        if len(hosts) > 1:
+            self.own_error(400, "more than one Host header")
+            return
+        if hosts and parse_host(hosts[0].decode("latin-1")) is None:
+            self.own_error(400, "invalid Host header")
+            return
+        if not hosts and not self.http10:
+            self.own_error(400, "missing Host header")
+            return
+        host = authority or (hosts[0] if hosts else None)
+        self.host = host
+        if route.auth is not None:
+            for name, value in headers:
+                if name.lower() == b"authorization":
+                    self.creds = value
+                    break
+            self.check_auth = not route.auth.known(self.creds)
+            headers = [(n, v) for n, v in headers if n.lower() != b"authorization"]
+        out = upstream_request_headers(
+            headers, client_ip=self.conn.client_ip_b, host=host, listener_port=route.port
+        )
+        if authority:  # absolute-form: its authority is the Host (RFC 9112, 3.2.2)
+            out = [(n, authority if n.lower() == b"host" else v) for n, v in out]
+        parts = [b"%s %s HTTP/1.1\r\n" % (method, path)]
+        if host is None:
+            parts.append(b"Host: %s\r\n" % route.upstream_host)
+        parts.extend([b"%s: %s\r\n" % h for h in out])
+        if self.chunked_in:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        self.head = b"".join(parts)
+
+    def own_error(self, status: int, reason: str, extra: Headers | None = None) -> None:
+        """Answer with certproxy's own one-line error (now, or when this exchange's turn comes)."""
+        self.own = (status, error_body(reason), [*error_headers(self.target), *(extra or ())])
+        if self.conn.is_current(self) and not self.done:
+            self.send_own(*self.own)
+
+    def send_own(self, status: int, body: bytes, headers: Headers, content_type: bytes = TEXT) -> None:
+        # A request body still on its way is not read: the connection closes after the answer.
+        if self.close_after or self.conn.closing or (self.expects_body and not self.req_done):
+            self.close_after = True
+        head_only = self.method == b"HEAD"
+        self.status = status
+        self.resp_started = self.resp_done = self.discard = True
+        self.bytes_out = 0 if head_only else len(body)
+        if self.route.hsts is not None:
+            headers = [*headers, (b"Strict-Transport-Security", self.route.hsts)]
+        self.conn.write(
+            own_response(
+                status,
+                body,
+                headers,
+                content_type=content_type,
+                close=self.close_after,
+                keep_alive_10=self.http10,
+                head_only=head_only,
+            )
+        )
+        self.finish()
+
+    # running it
+    def begin(self) -> None:
+        """Called when this exchange is first in its connection's queue."""
+        if self.own is not None:
+            self.send_own(*self.own)
+        elif self.answer is not None or self.check_auth:
+            self.task = asyncio.ensure_future(self._slow_begin())
+        else:
+            pool = self.route.pool
+            up = pool.take() if pool is not None else None
+            if up is not None:
+                self.attach(up)
+            else:
+                self.task = asyncio.ensure_future(self._slow_begin())
+        self.conn.update_reading()
+
+    async def _slow_begin(self) -> None:
+        route = self.route
+        try:
+            if self.answer is not None:
+                code, headers, body, content_type = await self.answer(self)
+                if not self.done:
+                    self.send_own(code, body, headers, content_type)
+                return
+            pool = route.pool
+            if pool is None:  # pragma: no cover - a control route always has an answer
+                raise RuntimeError("a route without an upstream and without an answer")
+            if self.check_auth and route.auth is not None:
+                creds = self.creds.decode("latin-1") if self.creds else None
+                if not await route.auth.allowed(creds):
+                    if not self.done:
+                        self.send_own(
+                            401,
+                            error_body("authentication required"),
+                            [(b"WWW-Authenticate", route.auth.challenge.encode())],
+                        )
+                    return
+                self.check_auth = False
+                up = pool.take()
+                if up is not None:
+                    self._attach_unless_done(up)
+                    return
+            try:
+                up = await pool.connect()
+            except TimeoutError:
+                if not self.done:
+                    self.own_error(504, f"{route.unreachable} did not answer in time")
+                return
+            except OSError as exc:
+                if not self.done:
+                    self.own_error(502, f"{route.unreachable}: {describe_os_error(exc)}")
+                return
+            self._attach_unless_done(up)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a defect: never leave a client hanging
+            log.exception(
+                "request %s %s failed", self.method.decode("latin-1"), self.target.decode("latin-1")
+            )
+            self.conn.abort()
+        finally:
+            self.task = None
+
+    def _attach_unless_done(self, up: UpstreamConnection) -> None:
+        """After a wait: use the connection, or give it back if the client has gone."""
+        if self.done:
+            if self.route.pool is not None:
+                self.route.pool.release(up, True)
+        else:
+            self.attach(up)
+
+    def attach(self, up: UpstreamConnection) -> None:
+        self.upstream = up
+        up.bind(self, self.method == b"HEAD")
+        if self.pending:
+            self.body_started = True
+            up.send([self.head, *self.pending])
+            self.pending = []
+        else:
+            up.send([self.head])
+        self.sent_at = time.monotonic()
+        if self.req_done:
+            up.start_waiting()
+        if self.conn.write_paused:
+            up.pause_reading(True)
+        self.conn.update_reading()
+
+    # request body, from the client parser
+    def body(self, chunk: bytes) -> None:
+        self.bytes_in += len(chunk)
+        if self.discard:
+            return
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            self.body_started = True
+            first = up.buffer(b"%x\r\n" % len(chunk), chunk, b"\r\n") if self.chunked_in else up.buffer(chunk)
+            if first:
+                self.conn.flush_after_read(up)
+        elif self.chunked_in:
+            self.pending.extend((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            self.pending.append(chunk)
+
+    def request_complete(self) -> None:
+        self.req_done = True
+        if self.discard:
+            if self.resp_done:
+                self.finish()
+            return
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            if self.chunked_in and up.buffer(b"0\r\n\r\n"):
+                self.conn.flush_after_read(up)
+            up.start_waiting()
+        elif self.chunked_in:
+            self.pending.append(b"0\r\n\r\n")
+        if self.resp_done:
+            self.finish()
+
+    def refused(self, status: int, reason: str) -> None:
+        """The client sent a broken or over-large body for this request: answer if
+        nothing was answered yet, then the connection closes."""
+        if self.done:
+            return
+        if self.resp_started:
+            self.conn.abort()
+            return
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.abandon()
+        if self.task is not None:
+            self.task.cancel()
+        self.close_after = True
+        self.discard = True
+        if self.conn.is_current(self):
+            self.own_error(status, reason)
+        else:
+            self.conn.abort()
+
+    # the response, from the upstream connection (ResponseSink)
+    def interim_response(self, status: int, reason: bytes, headers: Headers) -> None:
+        if status == 101 or self.http10:
+            return
+        out = client_response_headers(
+            headers, upstream_url=self.route.base_b, public_origin=self.public_origin
+        )
+        self.conn.write(
+            b"".join([b"HTTP/1.1 %d %s\r\n" % (status, reason), *[b"%s: %s\r\n" % h for h in out], b"\r\n"])
+        )
+
+    def public_origin(self) -> bytes | None:
+        parsed = parse_host(self.host.decode("latin-1")) if self.host else None
+        return origin("https", parsed[0], parsed[1]).encode() if parsed else None
+
+    def response_head(self, status: int, reason: bytes, headers: Headers, needs_framing: bool) -> None:
+        route = self.route
+        if self.sent_at and route.stats is not None:
+            route.stats.upstream_response(time.monotonic() - self.sent_at)
+        self.status = status
+        out = client_response_headers(headers, upstream_url=route.base_b, public_origin=self.public_origin)
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        parts.extend([b"%s: %s\r\n" % h for h in out])
+        hsts = route.hsts
+        if hsts is not None:
+            for name, _ in headers:
+                if len(name) == 25 and name.lower() == b"strict-transport-security":
+                    hsts = None  # the upstream's own policy wins
+                    break
+            if hsts is not None:
+                parts.append(b"Strict-Transport-Security: %s\r\n" % hsts)
+        if needs_framing:
+            if self.http10:
+                self.close_after = True
+            else:
+                self.chunk_out = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+        if (self.expects_body and not self.req_done) or self.conn.closing:
+            self.close_after = True
+        if self.close_after:
+            parts.append(b"Connection: close\r\n")
+        elif self.http10:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        self.resp_started = True
+        self.conn.write(b"".join(parts))
+
+    def response_body(self, chunk: bytes) -> None:
+        self.bytes_out += len(chunk)
+        if self.chunk_out:
+            self.conn.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            self.conn.write(chunk)
+
+    def response_complete(self, reusable: bool) -> None:
+        if self.chunk_out:
+            self.conn.write(b"0\r\n\r\n")
+        self.resp_done = True
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            if self.route.pool is not None:
+                self.route.pool.release(up, reusable and self.req_done)
+            self.conn.pause_for_upstream(False)
+        if not self.req_done:
+            self.discard = True  # early answer: the rest of the body is not wanted
+        self.finish()
+
+    def upstream_failed(self, reason: str, *, timeout: bool = False, retry: bool = False) -> None:
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.abandon()
+            self.conn.pause_for_upstream(False)
+        if self.done:
+            return
+        if (
+            retry
+            and not self.resp_started
+            and not self.retried
+            and not self.body_started
+            and self.method in IDEMPOTENT
+            and up is not None
+            and up.reused
+        ):
+            self.retried = True
+            self.task = asyncio.ensure_future(self._slow_begin())
+            return
+        if self.resp_started:
+            log.warning("upstream %s failed mid-response: %s", self.route.base, reason)
+            self.conn.abort()
+            return
+        what = f"{self.route.unreachable} {reason}" if timeout else f"{self.route.unreachable}: {reason}"
+        self.own_error(504 if timeout else 502, what)
+
+    def upstream_writable(self, writable: bool) -> None:
+        self.conn.pause_for_upstream(not writable)
+
+    def batch(self, begin: bool) -> None:
+        if begin:
+            self.conn.cork()
+        else:
+            self.conn.uncork()
+
+    # the end
+    def finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._record(self.status)
+        self.conn.exchange_finished(self)
+
+    def client_lost(self) -> None:
+        """The client connection closed with this exchange unfinished."""
+        if self.done:
+            return
+        self.done = True
+        if self.task is not None:
+            self.task.cancel()
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.abandon()
+        if not self.req_done:
+            log.info("client %s went away mid-upload after %d bytes", self.conn.client_ip, self.bytes_in)
+        self._record(self.status if self.resp_started else 499)
+
+    def header(self, name: bytes) -> list[bytes]:
+        """The values of one request header (``name`` in lower case)."""
+        return [v for n, v in self.headers if n.lower() == name]
+
+    def _record(self, status: int) -> None:
+        route = self.route
+        if route.stats is not None:
+            route.stats.request(status, self.bytes_in, self.bytes_out)
+        if route.access_log is not None:
+            route.access_log(
+                self.conn.client_ip,
+                self.method.decode("latin-1"),
+                self.target.decode("latin-1"),
+                status,
+                self.bytes_in,
+                self.bytes_out,
+                time.monotonic() - self.started,
+                route.base,
+                route.port,
+            )
+
+
+__all__ = ["Answer", "Exchange"]

@@ -1,0 +1,155 @@
+"""``/healthz``: what is served, whether it is valid, whether upstreams answer.
+
+The upstream probe opens a connection of its own, asks for ``/`` and accepts
+any HTTP status line as an answer, at most every few seconds (the result is
+cached, and concurrent checks share one probe).
+
+Status rules:
+
+- ``failing`` (HTTP 503): the certificate served to clients without SNI (the
+  primary, served on every TLS listener) is expired or not yet valid;
+- ``degraded`` (HTTP 200): served, but with a self-signed bootstrap
+  certificate, an unreachable upstream, or a store problem to look at;
+- ``ok`` (HTTP 200): otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..acme_client.manager import RenewalStatus
+from ..certs import utcnow
+from ..proxy.headers import NO_STORE, Answer
+from ..proxy.routes import Request, Route
+from ..proxy.tls import TLSState
+from ..proxy.upstream import describe_os_error
+
+PROBE_TTL = 5.0
+PROBE_TIMEOUT = 2.0
+
+
+@dataclass
+class HealthState:
+    """Facts that the report shows besides the certificates and upstreams."""
+
+    store_errors: dict[str, str] = field(default_factory=dict)
+    last_reload_error: str | None = None
+    last_reload: dt.datetime | None = None
+
+
+class UpstreamProbe:
+    """Whether one route's upstream answers HTTP at all (any status counts), cached."""
+
+    def __init__(self, route: Route, ssl_context: ssl.SSLContext | None) -> None:
+        self.route = route
+        self._ssl = ssl_context
+        self._probe: tuple[float, bool, str | None] | None = None
+        self._task: asyncio.Task[tuple[bool, str | None]] | None = None
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def reachable(self) -> tuple[bool, str | None]:
+        now = time.monotonic()
+        if self._probe is not None and now - self._probe[0] < PROBE_TTL:
+            return self._probe[1], self._probe[2]
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        return await asyncio.shield(self._task)
+
+    async def _run(self) -> tuple[bool, str | None]:
+        result: tuple[bool, str | None]
+        try:
+            result = await asyncio.wait_for(self._ask(), PROBE_TIMEOUT)
+        except TimeoutError:
+            result = (False, f"no answer within {PROBE_TIMEOUT:g} s")
+        except OSError as exc:
+            result = (False, describe_os_error(exc))
+        self._probe = (time.monotonic(), *result)
+        return result
+
+    async def _ask(self) -> tuple[bool, str | None]:
+        route = self.route
+        reader, writer = await asyncio.open_connection(
+            route.host, route.upstream_port, ssl=self._ssl, server_hostname=route.host if self._ssl else None
+        )
+        try:
+            host = route.url.partition("://")[2]
+            writer.write(
+                f"GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: certproxy-healthcheck\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            line = await reader.readline()
+        finally:
+            writer.close()
+        if line.startswith(b"HTTP/1.") and line[8:9] == b" " and line[9:12].isdigit():
+            return True, None
+        return (
+            False,
+            "answered something that is not HTTP/1.1" if line else "closed the connection without an answer",
+        )
+
+
+class Health:
+    def __init__(self, tls: TLSState, upstreams: Sequence[UpstreamProbe], state: HealthState) -> None:
+        self._tls = tls
+        self._upstreams = upstreams
+        self.state = state
+        self.renewals: list[RenewalStatus] = []  # filled in when ACME is on
+
+    async def report(self) -> tuple[int, dict[str, object]]:
+        now = utcnow()
+        certs = self._tls.current
+        probes = await asyncio.gather(*(u.reachable() for u in self._upstreams))
+        upstreams = []
+        for upstream, (ok, error) in zip(self._upstreams, probes, strict=True):
+            entry: dict[str, object] = {
+                "port": upstream.route.port,
+                "url": upstream.route.url,
+                "reachable": ok,
+            }
+            if error:
+                entry["error"] = error
+            upstreams.append(entry)
+        primary = certs.primary
+        problems: list[str] = []
+        if not primary.valid_at(now):
+            status = "failing"
+            problems.append(f"certificate {primary.name} is not valid now")
+        else:
+            status = "ok"
+            if primary.kind == "bootstrap":
+                problems.append("serving the self-signed bootstrap certificate")
+            problems.extend(f"upstream {u['url']} unreachable" for u in upstreams if not u["reachable"])
+            if self.state.store_errors:
+                problems.append("store holds certificates that cannot be served")
+            if self.state.last_reload_error:
+                problems.append("last reload failed")
+            problems.extend(
+                f"renewal of {r.name} failing: {r.last_error}" for r in self.renewals if r.last_error
+            )
+            if problems:
+                status = "degraded"
+        body: dict[str, object] = {
+            "status": status,
+            "problems": problems,
+            "certificates": [p.summary(now) for p in certs.pairs],
+            "upstreams": upstreams,
+            "store_errors": self.state.store_errors,
+            "last_reload_error": self.state.last_reload_error,
+            "last_reload": self.state.last_reload.isoformat() if self.state.last_reload else None,
+            "renewals": [r.to_json() for r in self.renewals],
+        }
+        return (503 if status == "failing" else 200), body
+
+    async def answer(self, _request: Request | None = None) -> Answer:
+        """``/healthz`` as an answer (the same on every listener)."""
+        code, body = await self.report()
+        return code, NO_STORE, (json.dumps(body, indent=2) + "\n").encode(), b"application/json"
