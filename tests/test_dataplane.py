@@ -44,9 +44,13 @@ async def test_interim_100_continue_reaches_the_client_then_the_answer(
     final = await asyncio.wait_for(read_response(reader), 10)
     assert interim.status == 100 and final.status == 201 and final.body == b"hello"
     assert up.forwarded[0].header("Expect") == ["100-continue"]
-    # The connection is still good for the next request.
-    writer.write(f"GET /v2/ HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
-    assert (await asyncio.wait_for(read_response(reader), 10)).status == 100
+    # The connection is still good for the next request: its interim and final answers, whole.
+    writer.write(f"PUT /v2/x/blobs/uploads/v HTTP/1.1\r\nHost: localhost:{port}\r\n"
+                 "Content-Length: 5\r\n\r\nagain".encode())
+    interim = await asyncio.wait_for(read_response(reader), 10)
+    final = await asyncio.wait_for(read_response(reader), 10)
+    assert interim.status == 100 and final.status == 201 and final.body == b"again" and final.complete
+    assert [r.request_line.split()[1] for r in up.forwarded] == ["/v2/x/blobs/uploads/u", "/v2/x/blobs/uploads/v"]
     writer.close()
     await up.close()
 
