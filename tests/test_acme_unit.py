@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import json
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from certproxy.certs import FileStore, StorePaths
 from certproxy.cli import _parser
 from certproxy.cli.renew import renew_config
 from certproxy.service.config import LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING, load_config
-from support.apps import serve_app
+from support.apps import AcmeStandIn
 from support.pairs import issue, replace_atomic
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -237,42 +235,20 @@ async def test_manager_skips_while_another_process_holds_the_lock(no_blocking: N
     assert len(fake.calls) == 1
 
 
-class AriStandIn:
+class AriStandIn(AcmeStandIn):
     """A minimal ACME directory with renewalInfo, answering newOrder with rateLimited."""
 
     def __init__(self, window: tuple[dt.datetime, dt.datetime]) -> None:
+        super().__init__()
         self.window = window
-        self.orders: list[dict[str, Any]] = []
         self.ari_ids: list[str] = []
-        self.runner: web.AppRunner | None = None
-        self.base = ""
 
-    def _nonce(self) -> dict[str, str]:
-        return {"Replay-Nonce": base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("="),
-                "Cache-Control": "no-store"}
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/ari/{id}", self.ari)
+        router.add_post("/order", self.order)
 
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_get("/dir", self.directory)
-        app.router.add_route("*", "/nonce", self.nonce)
-        app.router.add_post("/acct", self.account)
-        app.router.add_get("/ari/{id}", self.ari)
-        app.router.add_post("/order", self.order)
-        self.runner, self.base = await serve_app(app)
-        return self.base + "/dir"
-
-    async def directory(self, request: web.Request) -> web.Response:
-        b = self.base
-        return web.json_response({"newNonce": b + "/nonce", "newAccount": b + "/acct",
-                                  "newOrder": b + "/order", "renewalInfo": b + "/ari",
-                                  "revokeCert": b + "/revoke", "keyChange": b + "/key"})
-
-    async def nonce(self, request: web.Request) -> web.Response:
-        return web.Response(status=200, headers=self._nonce())
-
-    async def account(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "valid", "contact": []}, status=201,
-                                 headers={**self._nonce(), "Location": self.base + "/acct/1"})
+    def extra_directory(self) -> dict[str, str]:
+        return {"renewalInfo": self.base + "/ari"}
 
     async def ari(self, request: web.Request) -> web.Response:
         self.ari_ids.append(request.match_info["id"])
@@ -282,14 +258,12 @@ class AriStandIn:
                                  headers={"Retry-After": "21600"})
 
     async def order(self, request: web.Request) -> web.Response:
-        jws = await request.json()
-        payload = jws["payload"] + "=" * (-len(jws["payload"]) % 4)
-        self.orders.append(json.loads(base64.urlsafe_b64decode(payload)))
+        await self.record_order(request)
         return web.json_response(
             {"type": "urn:ietf:params:acme:error:rateLimited",
              "detail": "too many certificates (5) already issued for this exact set of identifiers"},
             status=429, content_type="application/problem+json",
-            headers={**self._nonce(), "Retry-After": "3600"})
+            headers={**self.nonce_headers(), "Retry-After": "3600"})
 
 
 async def test_renewal_names_the_certificate_it_replaces_and_honours_retry_after(no_blocking: None, 
@@ -318,5 +292,4 @@ async def test_renewal_names_the_certificate_it_replaces_and_honours_retry_after
         assert 3500 < wait <= 3600  # the CA's Retry-After, not the 60-second first retry
         assert store.load_live("reg.example.com").serial == format(leaf.serial_number, "x")
     finally:
-        assert stand_in.runner is not None
-        await stand_in.runner.cleanup()
+        await stand_in.stop()

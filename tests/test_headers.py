@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, strategies as st
 
 from certproxy.proxy.headers import client_response_headers, end_to_end, upstream_request_headers
-from certproxy.proxy.hostname import origin, parse_host
+from certproxy.proxy.hostname import origin, parse_host, valid_host
 from certproxy.service.plain import redirect_target
 
 
@@ -75,3 +76,12 @@ def test_redirect_keeps_path_and_query_and_names_non_default_ports() -> None:
     assert redirect_target("reg.example.com:80", "/x", 5000) == "https://reg.example.com:5000/x"
     assert redirect_target("bad host", "/x", 443) is None
     assert origin("https", "h", 443) == "https://h"
+
+
+@given(st.one_of(
+    st.text(alphabet="abcXYZ019.-_:[]@ /%", max_size=40),
+    st.from_regex(r"\[[0-9a-f:.]{0,40}\](:[0-9]{0,6})?", fullmatch=True),
+    st.from_regex(r"[a-z0-9.-]{1,20}(:[0-9]{0,6})?", fullmatch=True),
+))
+def test_the_fast_host_check_agrees_with_parse_host(value: str) -> None:
+    assert valid_host(value.encode()) == (parse_host(value) is not None), value

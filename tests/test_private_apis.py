@@ -13,10 +13,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import inspect
-import json
-import secrets
 import ssl
 from pathlib import Path
 from typing import Any
@@ -29,7 +26,7 @@ from certproxy.acme_client.client import AcmeIssuer, new_private_key
 from certproxy.acme_client.settings import AcmeSettings
 from certproxy.certs import FileStore
 from certproxy.proxy.tls import CertificateSet, TLSState, guard_listener
-from support.apps import serve_app
+from support.apps import AcmeStandIn
 from support.pairs import issue
 
 
@@ -91,51 +88,25 @@ def test_acme_private_methods_keep_the_shape_new_order_relies_on() -> None:
     assert {"response", "uri"} <= set(params)
 
 
-class OrderStandIn:
+class OrderStandIn(AcmeStandIn):
     """An ACME directory that accepts one order and serves its authorization."""
 
-    def __init__(self) -> None:
-        self.orders: list[dict[str, Any]] = []
-        self.runner: web.AppRunner | None = None
-        self.base = ""
-
-    def _nonce(self) -> dict[str, str]:
-        return {"Replay-Nonce": base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")}
-
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_get("/dir", self.directory)
-        app.router.add_route("*", "/nonce", self.nonce)
-        app.router.add_post("/acct", self.account)
-        app.router.add_post("/order", self.order)
-        app.router.add_post("/authz/1", self.authz)
-        self.runner, self.base = await serve_app(app)
-        return self.base + "/dir"
-
-    async def directory(self, request: web.Request) -> web.Response:
-        b = self.base
-        return web.json_response({"newNonce": b + "/nonce", "newAccount": b + "/acct", "newOrder": b + "/order",
-                                  "revokeCert": b + "/revoke", "keyChange": b + "/key"})
-
-    async def nonce(self, request: web.Request) -> web.Response:
-        return web.Response(headers=self._nonce())
-
-    async def account(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "valid", "contact": []}, status=201,
-                                 headers={**self._nonce(), "Location": self.base + "/acct/1"})
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/order", self.order)
+        router.add_post("/authz/1", self.authz)
 
     async def order(self, request: web.Request) -> web.Response:
-        jws = await request.json()
-        self.orders.append(json.loads(base64.urlsafe_b64decode(jws["payload"] + "==")))
-        body = {"status": "pending", "identifiers": self.orders[-1]["identifiers"],
+        order = await self.record_order(request)
+        body = {"status": "pending", "identifiers": order["identifiers"],
                 "authorizations": [self.base + "/authz/1"], "finalize": self.base + "/finalize/1"}
-        return web.json_response(body, status=201, headers={**self._nonce(), "Location": self.base + "/order/1"})
+        return web.json_response(body, status=201,
+                                 headers={**self.nonce_headers(), "Location": self.base + "/order/1"})
 
     async def authz(self, request: web.Request) -> web.Response:
         body = {"status": "pending", "identifier": {"type": "dns", "value": "reg.example.com"},
                 "challenges": [{"type": "http-01", "url": self.base + "/chall/1", "token": "TG9uZ2VyVG9rZW5UaGFuU2l4dGVlbkJ5dGVz",
                                 "status": "pending"}]}
-        return web.json_response(body, headers=self._nonce())
+        return web.json_response(body, headers=self.nonce_headers())
 
 
 async def test_new_order_with_replaces_runs_through_acmes_private_methods(tmp_path: Path) -> None:
@@ -158,5 +129,4 @@ async def test_new_order_with_replaces_runs_through_acmes_private_methods(tmp_pa
         assert authzr.body.identifier.value == "reg.example.com"
         assert authzr.body.challenges[0].chall.typ == "http-01"
     finally:
-        assert stand_in.runner is not None
-        await stand_in.runner.cleanup()
+        await stand_in.stop()

@@ -35,7 +35,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .headers import Answer, Headers, client_response_headers, upstream_request_headers
-from .hostname import origin, parse_host
+from .hostname import origin, parse_host, valid_host
 from .routes import AnyRoute, Responder
 from .upstream import UpstreamConnection, describe_os_error
 from .wire import (
@@ -155,7 +155,7 @@ class Exchange:
         if len(hosts) > 1:
             self.own_error(400, "more than one Host header")
             return
-        if hosts and parse_host(hosts[0].decode("latin-1")) is None:
+        if hosts and not valid_host(hosts[0]):
             self.own_error(400, "invalid Host header")
             return
         if not hosts and not self.http10:

@@ -1,7 +1,8 @@
 """Parsing the ``Host`` header of a client request.
 
-Used by the plain-HTTP listener to build redirects and by the proxy to build
-the public origin. Anything that is not ``name[:port]`` or ``[v6]:port`` is
+Used by the plain-HTTP listener to build redirects, and by the proxy to check
+every request's Host (``valid_host``, on the fast path) and to build the
+public origin. Anything that is not ``name[:port]`` or ``[v6]:port`` is
 refused, so a redirect can never be steered to an odd URL.
 """
 
@@ -11,6 +12,19 @@ import ipaddress
 import re
 
 _REG_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,252})?")
+# What parse_host accepts, as one bytes match (IPv6 literals are checked further).
+_HOST_B = re.compile(rb"(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})?|(\[[0-9A-Fa-f:.]+\]))(?::([0-9]{1,5}))?")
+
+
+def valid_host(value: bytes) -> bool:
+    """``parse_host(value) is not None``, without decoding (one regex match per request)."""
+    m = _HOST_B.fullmatch(value)
+    if m is None or len(value) > 300 or b".." in value:
+        return False
+    literal, port = m.groups()
+    if port is not None and not 1 <= int(port) <= 65535:
+        return False
+    return literal is None or parse_host(value.decode("ascii")) is not None
 
 
 def parse_host(value: str | None) -> tuple[str, int | None] | None:
