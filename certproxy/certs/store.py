@@ -30,6 +30,15 @@ from .paths import FULLCHAIN, META, PRIVKEY, StorePaths, check_name, name_for_do
 
 log = logging.getLogger("certproxy.store")
 
+
+def _is_dir(path: Path) -> bool:
+    """Like ``Path.is_dir``, but False (not an exception) when a parent may not be entered."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 MAX_CHALLENGE_BYTES = 4096
 # A bootstrap certificate with less than this left is replaced at start.
 BOOTSTRAP_MIN_DAYS = 7
@@ -81,7 +90,7 @@ class FileStore:
         except FileExistsError:
             raise StoreError(f"{root}: not a folder") from None
         except OSError as exc:
-            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and self.paths.live.is_dir():
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and _is_dir(self.paths.live):
                 log.warning(
                     "store %s is read-only: serving what live/ holds; renewals and a "
                     "bootstrap certificate need a writable store",

@@ -17,13 +17,19 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import logging
 import os
+import re
 import time
 from pathlib import Path
 
 import bcrypt
 
+log = logging.getLogger("certproxy.auth")
+
 BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+# $2y$ + two-digit cost + 22 characters of salt + 31 of hash, in bcrypt's base64 alphabet.
+BCRYPT_RE = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 CACHE_TTL = 300.0
 CACHE_MAX = 1024
 RECHECK_FILE = 1.0
@@ -47,7 +53,11 @@ def parse_htpasswd(text: str, source: str) -> dict[str, bytes]:
                 f"{source}:{number}: user {user!r} has no bcrypt hash "
                 "(create entries with `htpasswd -B` or `certproxy htpasswd`)"
             )
+        if not BCRYPT_RE.fullmatch(digest):
+            raise HtpasswdError(f"{source}:{number}: user {user!r} has a malformed bcrypt hash")
         users[user] = digest.encode()
+    if not users:
+        raise HtpasswdError(f"{source}: no users (add one with `certproxy htpasswd USER`)")
     return users
 
 
@@ -76,6 +86,7 @@ class BasicAuth:
         self._users: dict[str, bytes] = {}
         self._mtime: float | None = None
         self._checked = 0.0
+        self._rejected: float | None = None  # mtime of a version refused at reload
         self._ok: dict[bytes, float] = {}
 
     def load(self) -> None:
@@ -92,10 +103,15 @@ class BasicAuth:
             return
         self._checked = now
         try:
-            if os.stat(self.path).st_mtime != self._mtime:
-                self.load()
-        except (OSError, HtpasswdError):
-            pass  # keep the users loaded last; the start-up check reported the file
+            mtime = os.stat(self.path).st_mtime
+            if mtime == self._mtime or mtime == self._rejected:
+                return
+            self.load()
+            log.info("%s reloaded: %d users", self.path, len(self._users))
+        except (OSError, HtpasswdError) as exc:
+            # Said once per change of the file; the users loaded last stay in service.
+            self._rejected = mtime if isinstance(exc, HtpasswdError) else None
+            log.error("not using the changed %s, keeping the last good one: %s", self.path, exc)
 
     def _key(self, creds: tuple[str, str]) -> bytes:
         return hashlib.sha256(f"{self._mtime}\0{creds[0]}\0{creds[1]}".encode()).digest()
@@ -124,7 +140,11 @@ class BasicAuth:
         digest = self._users.get(creds[0])
         if digest is None:
             return False
-        ok = await asyncio.to_thread(bcrypt.checkpw, creds[1].encode(), digest)
+        try:
+            ok = await asyncio.to_thread(bcrypt.checkpw, creds[1].encode(), digest)
+        except ValueError as exc:  # a hash bcrypt cannot read: a refusal, never a failed request
+            log.error("%s: the hash of user %r is unusable: %s", self.path, creds[0], exc)
+            return False
         if ok:
             if len(self._ok) >= CACHE_MAX:
                 self._ok.clear()

@@ -12,6 +12,7 @@ store is usable is checked when the server starts.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 DEFAULT_ROUTES = "443=http://registry-ui:80,5000=http://registry:5000"
 
+_EMAIL_RE = re.compile(r"[^@\s,;<>]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _DOMAIN_RE = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -73,7 +75,7 @@ class Config:
     admin_port: int | None = None  # /metrics and /healthz; off when unset
     admin_bind: str = "127.0.0.1"
     auth_htpasswd: Path | None = None
-    auth_ports: tuple[int, ...] = (443,)
+    auth_ports: tuple[int, ...] | None = None  # None: 443 when it is routed
     hsts_max_age: int = 31536000  # 0: no Strict-Transport-Security header
 
     def __post_init__(self) -> None:
@@ -85,16 +87,26 @@ class Config:
         except SettingsError as exc:
             setting = exc.field if exc.field in ("domains", "email") else f"acme_{exc.field}"
             raise ConfigError(env_name(setting), exc.message) from None
-        if self.auth_htpasswd is not None:
-            unknown = [p for p in self.auth_ports if p not in ports]
-            if unknown:
-                raise ConfigError("CERTPROXY_AUTH_PORTS", f"port {unknown[0]} is not a TLS route")
+        unknown = [p for p in self.auth_ports or () if p not in ports]
+        if unknown:
+            routed = ", ".join(str(p) for p in ports)
+            raise ConfigError(
+                "CERTPROXY_AUTH_PORTS", f"port {unknown[0]} is not a TLS route (routed: {routed})"
+            )
+
         if self.admin_port is not None and (self.admin_port in ports or self.admin_port == self.http_port):
             raise ConfigError(
                 "CERTPROXY_ADMIN_PORT", f"port {self.admin_port} is already in use by a listener"
             )
         if self.http_port is not None and self.http_port in ports:
             raise ConfigError("CERTPROXY_HTTP_PORT", f"port {self.http_port} is also a TLS route")
+
+    @property
+    def protected_ports(self) -> tuple[int, ...]:
+        """The TLS ports behind certproxy's basic auth (when an htpasswd file is set)."""
+        if self.auth_ports is not None:
+            return self.auth_ports
+        return (443,) if any(r.port == 443 for r in self.routes) else ()
 
     @property
     def cert_domains(self) -> tuple[str, ...]:
@@ -310,6 +322,13 @@ def _path(raw: Any, source: str) -> Path:
     return Path(text)
 
 
+def parse_email(raw: Any, source: str) -> str | None:
+    text = _text(raw, source)
+    if text and not _EMAIL_RE.fullmatch(text):
+        raise ConfigError(source, f"{text!r} is not an e-mail address")
+    return text or None
+
+
 def _optional_text(raw: Any, source: str) -> str | None:
     return _text(raw, source) or None
 
@@ -327,7 +346,7 @@ def _optional_url(raw: Any, source: str) -> str | None:
 SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "store": _path,
     "domains": parse_domains,
-    "email": _optional_text,
+    "email": parse_email,
     "staging": parse_bool,
     "acme_directory": _optional_url,
     "acme_ca_bundle": _optional_path,
@@ -380,8 +399,19 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(source, f"not valid TOML: {exc}") from None
     unknown = sorted(set(data) - set(SETTINGS))
     if unknown:
-        raise ConfigError(source, f"unknown key {unknown[0]!r}")
+        raise ConfigError(source, f"unknown key {unknown[0]!r}{_did_you_mean(unknown[0], list(SETTINGS))}")
     return data
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``CERTPROXY_*`` variables that name no setting (a typo is not silently ignored)."""
+    known = {env_name(k) for k in SETTINGS}
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+
+
+def _did_you_mean(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def load_config(
@@ -390,6 +420,10 @@ def load_config(
     config_file: Path | None = None,
 ) -> Config:
     """Merge defaults < file < environment < flags into a validated Config."""
+    unknown = unknown_variables(environ)
+    if unknown:
+        hint = _did_you_mean(unknown[0], [env_name(k) for k in SETTINGS])
+        raise ConfigError(unknown[0], f"unknown setting{hint}")
     values: dict[str, Any] = {}
     layers: list[tuple[Mapping[str, Any], Callable[[str], str]]] = []
     if config_file is not None:

@@ -22,7 +22,7 @@ import signal
 import ssl
 from typing import TYPE_CHECKING
 
-from ..certs import FileStore, StoreError, utcnow
+from ..certs import FileStore, StoreError, os_reason, utcnow
 from ..proxy.client import SWEEP_INTERVAL, Listener
 from ..proxy.headers import NO_STORE, Answer
 from ..proxy.routes import ControlRoute, ProxyRoute, Request, Route
@@ -30,6 +30,7 @@ from ..proxy.tls import TLSState, guard_listener
 from ..proxy.upstream import UpstreamPool
 from . import logs
 from .auth import BasicAuth, HtpasswdError
+from .checks import StartupError, check_ca_bundle, listen_error
 from .config import Config
 from .health import Health, HealthState, UpstreamProbe
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -41,14 +42,6 @@ if TYPE_CHECKING:
     from ..acme_client.manager import CertManager
 
 log = logging.getLogger("certproxy")
-
-
-class StartupError(Exception):
-    """Start-up cannot go on; ``source`` names the setting at fault."""
-
-    def __init__(self, source: str, message: str) -> None:
-        super().__init__(f"{source}: {message}")
-        self.source = source
 
 
 class Front:
@@ -70,17 +63,26 @@ class Front:
 
     async def start(self) -> None:
         cfg = self.config
+        # Files named by settings first: a mistake there stops start-up before anything is made.
+        if self.auth is not None:
+            try:
+                await asyncio.to_thread(self.auth.load)
+            except HtpasswdError as exc:
+                raise StartupError("CERTPROXY_AUTH_HTPASSWD", str(exc)) from None
+            except OSError as exc:
+                where = exc.filename or cfg.auth_htpasswd
+                raise StartupError("CERTPROXY_AUTH_HTPASSWD", f"{where}: {os_reason(exc)}") from None
+        if cfg.acme_enabled:
+            await asyncio.to_thread(check_ca_bundle, cfg.acme_ca_bundle)
         try:
             await asyncio.to_thread(self.store.ensure_layout)
             inventory, certs = await load_certificates(self.store, cfg.cert_domains)
         except StoreError as exc:
             raise StartupError("CERTPROXY_STORE", str(exc)) from None
+        except OSError as exc:  # e.g. a parent folder certproxy may not enter
+            where = exc.filename or cfg.store
+            raise StartupError("CERTPROXY_STORE", f"{where}: {os_reason(exc)}") from None
         self.health_state.store_errors = dict(inventory.errors)
-        if self.auth is not None:
-            try:
-                await asyncio.to_thread(self.auth.load)
-            except (OSError, HtpasswdError) as exc:
-                raise StartupError("CERTPROXY_AUTH_HTPASSWD", str(exc)) from None
         self.tls = TLSState(certs)
         self.health_state.last_reload = utcnow()
         primary = certs.primary
@@ -125,15 +127,17 @@ class Front:
                     ControlRoute(cfg.http_port, plain, self.metrics.route("http"), logs.access),
                     cfg.bind,
                     None,
-                    "http",
+                    "CERTPROXY_HTTP_PORT",
                 )
             for route in cfg.routes:
                 await self._listen_tls(route, upstream_ssl[route.port])
             if cfg.admin_port is not None:
-                await self._listen(ControlRoute(cfg.admin_port, self._admin), cfg.admin_bind, None, "admin")
-        except OSError as exc:
+                await self._listen(
+                    ControlRoute(cfg.admin_port, self._admin), cfg.admin_bind, None, "CERTPROXY_ADMIN_PORT"
+                )
+        except StartupError:
             await self.stop(0)
-            raise StartupError("CERTPROXY_BIND", f"cannot listen: {exc.strerror or exc}") from None
+            raise
         self._sweep()
         if self.acme is not None:
             self._acme_task = asyncio.create_task(self.acme.run())
@@ -158,7 +162,7 @@ class Front:
         guard_listener(ctx, route.port, self.metrics.handshake_failures.labels(str(route.port)).inc)
         pool = UpstreamPool(route, self.config.pool_settings(), upstream_ssl)
         self._pools.append(pool)
-        auth = self.auth if route.port in self.config.auth_ports else None
+        auth = self.auth if route.port in self.config.protected_ports else None
         proxy = ProxyRoute(
             route,
             pool,
@@ -168,15 +172,23 @@ class Front:
             hsts_max_age=self.config.hsts_max_age,
             access_log=logs.access,
         )
-        await self._listen(proxy, self.config.bind, ctx, "tls")
+        await self._listen(proxy, self.config.bind, ctx, "CERTPROXY_ROUTES")
+        log.info(
+            "route :%d -> %s (basic auth %s)", route.port, route.url, "on" if auth is not None else "off"
+        )
 
     async def _listen(
-        self, route: ProxyRoute | ControlRoute, bind: str, ctx: ssl.SSLContext | None, kind: str
+        self, route: ProxyRoute | ControlRoute, bind: str, ctx: ssl.SSLContext | None, setting: str
     ) -> None:
+        """Open one listener; a port that cannot be bound stops start-up naming ``setting``."""
         listener = Listener(route, self.config.limits())
-        await listener.start(bind, route.port, ctx)
+        try:
+            await listener.start(bind, route.port, ctx)
+        except OSError as exc:
+            raise listen_error(exc, setting, bind, route.port) from None
         self._listeners.append(listener)
         self.metrics.track_connections(listener.connections, str(route.port))
+        kind = {"CERTPROXY_HTTP_PORT": "http", "CERTPROXY_ADMIN_PORT": "admin"}.get(setting, "tls")
         log.info("listening on %s:%d (%s)", bind, route.port, kind)
 
     def _sweep(self) -> None:

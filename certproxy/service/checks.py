@@ -1,0 +1,54 @@
+"""Start-up checks that touch the system, each ending in one line that names a setting.
+
+Building a ``Config`` does no I/O; what can only be known by looking (a file
+exists, a port can be bound) is checked here when a command starts, so a
+mistake stops start-up with exit 2 instead of failing later and quietly.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from ..certs import os_reason
+
+PRIVILEGED_HINT = (
+    "ports below 1024 need root, CAP_NET_BIND_SERVICE, or the sysctl "
+    "net.ipv4.ip_unprivileged_port_start=0 (the compose file sets it)"
+)
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; ``source`` names the setting at fault."""
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(f"{source}: {message}")
+        self.source = source
+
+
+def check_ca_bundle(path: Path | None) -> None:
+    """The CA file for the ACME API exists and holds a PEM certificate (blocking)."""
+    if path is None:
+        return
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StartupError("CERTPROXY_ACME_CA_BUNDLE", f"{path}: {os_reason(exc)}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise StartupError("CERTPROXY_ACME_CA_BUNDLE", f"{path}: no PEM certificate in it")
+
+
+def listen_error(exc: OSError, setting: str, bind: str, port: int) -> StartupError:
+    """One line for a listener that cannot open, naming the setting the port came from."""
+    where = f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return StartupError(
+            "CERTPROXY_BIND", f"cannot listen on {where}: {bind} is not an address of this host"
+        )
+    if exc.errno == errno.EACCES and port < 1024:
+        return StartupError(setting, f"cannot listen on {where}: {reason}; {PRIVILEGED_HINT}")
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(setting, f"cannot listen on {where}: port {port} is already in use")
+    return StartupError(setting, f"cannot listen on {where}: {reason}")
