@@ -7,12 +7,14 @@ usage (one line on stderr naming the setting).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .. import __version__
 from ..service.config import ConfigError, flag_name
-from .common import EXIT_CONFIG
+from .common import EXIT_CONFIG, EXIT_OK
 from .serve import SERVE_FLAGS
 
 
@@ -20,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="certproxy", description=("TLS front for a self-hosted Docker registry and its web UI.")
     )
+    parser.add_argument("--version", action="version", version=f"certproxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the proxy")
@@ -39,8 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
         "--url",
-        help="/healthz of the running certproxy, to show what it serves "
-        "(default: http://127.0.0.1:$CERTPROXY_HTTP_PORT/healthz)",
+        help="the running certproxy's /healthz or base URL, to show what it serves "
+        "(default: where the configuration puts its listener)",
     )
 
     renew = sub.add_parser("renew", help="issue or renew the certificate now (when due, or --force)")
@@ -81,7 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     htp.add_argument("--cost", type=int, default=12, help="bcrypt cost (default 12)")
 
     health = sub.add_parser("healthcheck", help="exit 0 when /healthz says healthy")
-    health.add_argument("--url", help="default: http://127.0.0.1:$CERTPROXY_HTTP_PORT/healthz")
+    health.add_argument("--config", type=Path)
+    health.add_argument(
+        "--url",
+        help="the running certproxy's /healthz or base URL "
+        "(default: where the configuration puts its listener)",
+    )
     health.add_argument("--timeout", type=float, default=5.0)
     return parser
 
@@ -112,10 +120,18 @@ def _command(name: str) -> Callable[[argparse.Namespace], int]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _command(args.command)(args)
+        code = _command(args.command)(args)
+        sys.stdout.flush()
     except ConfigError as exc:
         print(f"certproxy: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except BrokenPipeError:
+        # The reader went away (`certproxy status | head`): nothing more to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+    return code
 
 
 if __name__ == "__main__":

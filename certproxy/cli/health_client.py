@@ -5,10 +5,15 @@ Blocking (urllib): for the command line, never for the event loop.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from ..service.config import Config
 
 
 @dataclass(frozen=True)
@@ -22,10 +27,46 @@ class HealthAnswer:
         return self.body is not None and "certificates" in self.body
 
 
+def _local(bind: str) -> str:
+    """How this host reaches a listener bound to ``bind``, as a URL host."""
+    if bind in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if bind == "::":
+        return "[::1]"
+    return f"[{bind}]" if ipaddress.ip_address(bind).version == 6 else bind
+
+
+def default_url(config: Config) -> str:
+    """The running certproxy's ``/healthz`` as this configuration places it: the plain-HTTP
+    listener, else the admin listener, else the first TLS route (loopback answers in full)."""
+    if config.http_port is not None:
+        return f"http://{_local(config.bind)}:{config.http_port}/healthz"
+    if config.admin_port is not None:
+        return f"http://{_local(config.admin_bind)}:{config.admin_port}/healthz"
+    return f"https://{_local(config.bind)}:{config.routes[0].port}/healthz"
+
+
+def health_url(url: str) -> str:
+    """``url`` as given, or with ``/healthz`` added to a bare base URL."""
+    parts = urlsplit(url)
+    if parts.path in ("", "/") and not parts.query:
+        return url.rstrip("/") + "/healthz"
+    return url
+
+
 def get_health(url: str, timeout: float = 2.0) -> HealthAnswer:
-    """Ask ``url`` (a ``/healthz`` URL); never raises for network or HTTP errors."""
+    """Ask ``url`` (a ``/healthz`` URL); never raises for network or HTTP errors.
+
+    An ``https`` URL is asked without checking the certificate: this answers
+    whether certproxy runs, and a bootstrap certificate is a valid state.
+    """
+    context = None
+    if url.startswith("https:"):
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:  # noqa: S310
             code, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         code, raw = exc.code, exc.read()

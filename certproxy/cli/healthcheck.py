@@ -1,20 +1,23 @@
-"""``certproxy healthcheck``: exit 0 when the running certproxy's ``/healthz`` says healthy."""
+"""``certproxy healthcheck``: exit 0 when the running certproxy's ``/healthz`` says healthy.
+
+Without ``--url`` it asks where the configuration (flags, environment,
+``--config``) puts the listener: the plain-HTTP port on the bind address, the
+admin port when plain HTTP is off, else the first TLS route. So the image's
+``HEALTHCHECK`` follows ``CERTPROXY_BIND``, ``CERTPROXY_HTTP_PORT=off`` and a
+port set in the TOML file.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from .common import EXIT_FAIL, EXIT_OK
-from .health_client import get_health
+from .common import EXIT_FAIL, EXIT_OK, config_from
+from .health_client import default_url, get_health, health_url
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
-    url = args.url
-    if not url:
-        port = os.environ.get("CERTPROXY_HTTP_PORT", "80")
-        url = f"http://127.0.0.1:{port}/healthz"
+    url = health_url(args.url) if args.url else default_url(config_from(args, ()))
     answer = get_health(url, args.timeout)
     if answer.code is None:
         print(f"unhealthy: {url}: {answer.error}", file=sys.stderr)

@@ -10,12 +10,33 @@ from ..service.auth import HtpasswdError, make_entry
 from .common import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 
 
+def _interactive() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:  # stdin closed
+        return False
+
+
 def cmd_htpasswd(args: argparse.Namespace) -> int:
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+    if args.password_stdin or not _interactive():
+        # A pipe or a file: the first line is the password (`echo pw | certproxy htpasswd bob`).
+        line = sys.stdin.readline() if sys.stdin is not None else ""
+        if not line:
+            print(
+                "certproxy htpasswd: no password on standard input (pipe one in, or run it "
+                "in a terminal to be asked)",
+                file=sys.stderr,
+            )
+            return EXIT_FAIL
+        password = line.rstrip("\r\n")
     else:
-        password = getpass.getpass(f"password for {args.user}: ")
-        if getpass.getpass("again: ") != password:
+        try:
+            password = getpass.getpass(f"password for {args.user}: ")
+            again = getpass.getpass("again: ")
+        except EOFError:
+            print("certproxy htpasswd: no password given", file=sys.stderr)
+            return EXIT_FAIL
+        if again != password:
             print("certproxy htpasswd: the passwords differ", file=sys.stderr)
             return EXIT_FAIL
     if not password:

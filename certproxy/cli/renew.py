@@ -18,10 +18,11 @@ from typing import Any
 
 from ..acme_client import AcmeIssuer
 from ..acme_client.manager import CertManager
-from ..certs import FileStore, PairError, StoreError, utcnow
+from ..certs import FileStore, PairError, StoreError, os_reason, utcnow
 from ..proxy.client import Listener
 from ..proxy.headers import Answer
 from ..proxy.routes import ControlRoute, Request
+from ..service.checks import StartupError, check_ca_bundle, listen_error
 from ..service.config import Config, ConfigError, load_config
 from ..service.plain import CHALLENGE_PREFIX, challenge_answer
 from .health_client import get_health
@@ -76,8 +77,18 @@ async def renew(config: Config, force: bool) -> int:
     store = FileStore(config.store)
     try:
         await asyncio.to_thread(store.ensure_layout)
+        await asyncio.to_thread(check_ca_bundle, config.acme_ca_bundle)
     except StoreError as exc:
         print(f"certproxy renew: CERTPROXY_STORE: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(
+            f"certproxy renew: CERTPROXY_STORE: {exc.filename or config.store}: {os_reason(exc)}",
+            file=sys.stderr,
+        )
+        return 2
+    except StartupError as exc:
+        print(f"certproxy renew: {exc}", file=sys.stderr)
         return 2
     server = None
     port = config.http_port
@@ -89,10 +100,7 @@ async def renew(config: Config, force: bool) -> int:
         try:
             server = await _challenge_server(store, config, port)
         except OSError as exc:
-            print(
-                f"certproxy renew: cannot listen on {config.bind}:{port} for http-01: {exc.strerror or exc}",
-                file=sys.stderr,
-            )
+            print(f"certproxy renew: {listen_error(exc, '--http-port', config.bind, port)}", file=sys.stderr)
             return 1
         say(f"listening on {config.bind}:{port} for http-01 challenges")
     manager = CertManager(store, settings, AcmeIssuer(store, settings, progress=say), progress=say)

@@ -6,26 +6,17 @@ import argparse
 import asyncio
 import sys
 
+from ..service.config import SETTINGS
 from .common import EXIT_CONFIG, EXIT_OK, config_from
 
-# Settings offered as flags on `serve` (all of them are also environment variables).
-SERVE_FLAGS = (
-    "store",
-    "domains",
-    "bind",
-    "http_port",
-    "routes",
-    "log_format",
-    "log_level",
-    "shutdown_grace",
-    "upstream_connect_timeout",
-    "upstream_read_timeout",
-)
+# Every setting is a flag of `serve` (and an environment variable, and a TOML key).
+SERVE_FLAGS = tuple(SETTINGS)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..service.checks import StartupError
     from ..service.logs import setup_logging
-    from ..service.server import StartupError, run
+    from ..service.server import run
 
     config = config_from(args, SERVE_FLAGS)
     setup_logging(config.log_format, config.log_level)

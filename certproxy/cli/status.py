@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from ..certs import FileStore, PairError, utcnow
+from ..certs import FileStore, PairError, os_reason, utcnow
 from ..certs.paths import name_for_domain
-from .common import EXIT_OK, config_from
-from .health_client import get_health
+from .common import EXIT_CONFIG, EXIT_OK, config_from
+from .health_client import default_url, get_health, health_url
 
 
 def _served(url: str) -> list[dict[str, object]] | None:
@@ -18,11 +19,19 @@ def _served(url: str) -> list[dict[str, object]] | None:
     return certs if isinstance(certs, list) else None
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    config = config_from(args, ("store",))
-    url = args.url or (f"http://127.0.0.1:{config.http_port}/healthz" if config.http_port else None)
-    served = _served(url) if url else None
-    store = FileStore(config.store)
+def _not_a_store(store: FileStore) -> str | None:
+    """Why ``store`` is not a certproxy store (a mistyped ``--store``), or None."""
+    root = store.paths.root
+    if not root.exists():
+        return f"{root}: no such folder (certproxy serve creates the store)"
+    if not root.is_dir():
+        return f"{root}: not a folder"
+    if not (store.paths.live.is_dir() or store.paths.bootstrap.is_dir()):
+        return f"{root}: not a certproxy store (no live/ or bootstrap/ in it)"
+    return None
+
+
+def _rows(store: FileStore) -> list[dict[str, object]]:
     now = utcnow()
     rows: list[dict[str, object]] = []
     for kind, names, loader in (
@@ -34,7 +43,24 @@ def cmd_status(args: argparse.Namespace) -> int:
                 rows.append(loader(name, now).summary(now))
             except PairError as exc:
                 rows.append({"name": name, "kind": kind, "error": f"{exc.path}: {exc.reason}"})
-    primary = name_for_domain(config.cert_domains[0])
+    return rows
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = config_from(args, ("store",))
+    url = health_url(args.url) if args.url else default_url(config)
+    served = _served(url)
+    store = FileStore(config.store)
+    try:
+        problem = _not_a_store(store)
+        rows = [] if problem else _rows(store)
+    except OSError as exc:  # a folder certproxy may not enter
+        problem = f"{exc.filename or config.store}: {os_reason(exc)}"
+    if problem:
+        print(f"certproxy status: CERTPROXY_STORE: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    # The running server knows which certificate is its primary; the shell may not.
+    primary = str(served[0].get("name")) if served else name_for_domain(config.cert_domains[0])
     if args.json:
         print(
             json.dumps(
