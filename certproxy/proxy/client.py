@@ -307,7 +307,7 @@ class ClientConnection(asyncio.Protocol):
         if self.queue:  # requests in flight finish first, then the connection closes
             self.closing = True
         else:
-            self.write(own_response(status, error_body(reason), close=True))
+            self.write(own_response(status, error_body(status, reason), close=True))
             self.close()
 
     # used by the listener

@@ -40,13 +40,16 @@ from .routes import AnyRoute, Responder
 from .upstream import UpstreamConnection, describe_os_error
 from .wire import (
     ALLOWED,
+    HTML,
     IDEMPOTENT,
     REFUSED_METHODS,
     TEXT,
     error_body,
     error_headers,
+    error_page,
     origin_form,
     own_response,
+    wants_html,
 )
 
 if TYPE_CHECKING:
@@ -121,7 +124,7 @@ class Exchange:
         self.req_done = self.resp_started = self.resp_done = self.chunk_out = False
         self.body_started = self.retried = self.done = self.discard = False
         self.close_after = not keep_alive
-        self.own: tuple[int, bytes, Headers] | None = None
+        self.own: tuple[int, bytes, Headers, bytes] | None = None
         self.task: asyncio.Future[None] | None = None
         self.host: bytes | None = None
         # Set when the answer is certproxy's own (a control listener, /healthz).
@@ -149,6 +152,9 @@ class Exchange:
             self.own_error(400, "request target must be a path")
             return
         path, authority = parsed
+        if authority is not None and b"@" in authority:  # RFC 9110, 4.2.4: never forwarded
+            self.own_error(400, "credentials in the request target are not accepted")
+            return
         headers = self.headers
         hosts = [v for n, v in headers if len(n) == 4 and n.lower() == b"host"]
         # RFC 9112, 3.2: one valid Host, and in HTTP/1.1 always one; never guess which of two.
@@ -185,8 +191,17 @@ class Exchange:
         self.head = b"".join(parts)
 
     def own_error(self, status: int, reason: str, extra: Headers | None = None) -> None:
-        """Answer with certproxy's own one-line error (now, or when this exchange's turn comes)."""
-        self.own = (status, error_body(reason), [*error_headers(self.target), *(extra or ())])
+        """Answer with certproxy's own error (now, or when this exchange's turn comes).
+
+        ``reason`` is public: what went wrong inside (upstream addresses, system
+        errors) is logged by the caller, never put in the answer. A browser gets
+        a small HTML page, every other client one line of text.
+        """
+        headers = [*error_headers(self.target), *(extra or ())]
+        if wants_html(self.headers):
+            self.own = (status, error_page(status, reason), headers, HTML)
+        else:
+            self.own = (status, error_body(status, reason), headers, TEXT)
         if self.conn.is_current(self) and not self.done:
             self.send_own(*self.own)
 
@@ -246,7 +261,7 @@ class Exchange:
                     if not self.done:
                         self.send_own(
                             401,
-                            error_body("authentication required"),
+                            error_body(401, "authentication required"),
                             [(b"WWW-Authenticate", route.auth.challenge.encode())],
                         )
                     return
@@ -258,12 +273,10 @@ class Exchange:
             try:
                 up = await pool.connect()
             except TimeoutError:
-                if not self.done:
-                    self.own_error(504, f"{route.unreachable} did not answer in time")
+                self.upstream_failed("did not accept a connection in time", timeout=True)
                 return
             except OSError as exc:
-                if not self.done:
-                    self.own_error(502, f"{route.unreachable}: {describe_os_error(exc)}")
+                self.upstream_failed(describe_os_error(exc))
                 return
             self._attach_unless_done(up)
         except asyncio.CancelledError:
@@ -439,11 +452,14 @@ class Exchange:
             self.task = asyncio.ensure_future(self._slow_begin())
             return
         if self.resp_started:
-            log.warning("upstream %s failed mid-response: %s", self.route.base, reason)
+            log.warning("%s failed mid-response: %s", self.route.unreachable, reason)
             self.conn.abort()
             return
-        what = f"{self.route.unreachable} {reason}" if timeout else f"{self.route.unreachable}: {reason}"
-        self.own_error(504 if timeout else 502, what)
+        log.warning("%s %s: %s", self.route.unreachable, self.target.decode("latin-1"), reason)
+        if timeout:
+            self.own_error(504, "the upstream did not answer in time")
+        else:
+            self.own_error(502, "the upstream is not reachable or did not answer properly")
 
     def upstream_writable(self, writable: bool) -> None:
         self.conn.pause_for_upstream(not writable)
@@ -480,6 +496,17 @@ class Exchange:
         """The values of one request header (``name`` in lower case)."""
         return [v for n, v in self.headers if n.lower() == name]
 
+    @property
+    def client_ip(self) -> str:
+        return self.conn.client_ip
+
+    def _host_for_log(self) -> str:
+        host = self.host
+        if host is None:
+            hosts = self.header(b"host")
+            host = hosts[0] if len(hosts) == 1 else None
+        return host.decode("latin-1") if host is not None and valid_host(host) else "-"
+
     def _record(self, status: int) -> None:
         route = self.route
         if route.stats is not None:
@@ -493,8 +520,9 @@ class Exchange:
                 self.bytes_in,
                 self.bytes_out,
                 time.monotonic() - self.started,
-                route.base,
+                route.base if self.sent_at else "-",  # "-": answered by certproxy itself
                 route.port,
+                self._host_for_log(),
             )
 
 

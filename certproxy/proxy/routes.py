@@ -50,6 +50,9 @@ class Request(Protocol):
     method: bytes
     target: bytes
 
+    @property
+    def client_ip(self) -> str: ...
+
     def header(self, name: bytes) -> list[bytes]: ...
 
 
@@ -75,8 +78,9 @@ class RouteStats(Protocol):
     def upstream_response(self, seconds: float) -> None: ...
 
 
-AccessLog = Callable[[str, str, str, int, int, int, float, str, int], None]
-"""``(client, method, target, status, bytes_in, bytes_out, seconds, upstream, port)``"""
+AccessLog = Callable[[str, str, str, int, int, int, float, str, int, str], None]
+"""``(client, method, target, status, bytes_in, bytes_out, seconds, upstream, port, host)``;
+``upstream`` is ``-`` for answers certproxy made itself, ``host`` ``-`` when there was none."""
 
 
 class ControlRoute:

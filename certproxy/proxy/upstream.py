@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -74,8 +75,17 @@ class _Extra(Exception):
     """Stops the upstream parser at bytes past the end of a response."""
 
 
+_RESOLVER_ERRORS = {
+    socket.EAI_NONAME: "name does not resolve",
+    socket.EAI_AGAIN: "name resolution failed for now (try again)",
+    socket.EAI_FAIL: "name resolution failed",
+}
+
+
 def describe_os_error(exc: OSError) -> str:
-    """One line for a failed connection, without a traceback."""
+    """One line for a failed connection, without a traceback (for the log)."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot connect: {_RESOLVER_ERRORS.get(exc.errno or 0, 'name does not resolve')}"
     if exc.errno:
         return f"cannot connect: {os.strerror(exc.errno)}"
     return f"cannot connect: {exc.strerror or str(exc) or type(exc).__name__}"

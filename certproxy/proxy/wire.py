@@ -7,7 +7,9 @@ a TLS port) is serialised by ``own_response`` and nowhere else.
 
 from __future__ import annotations
 
+import html
 import http
+import re
 from collections.abc import Sequence
 
 from .headers import Headers
@@ -60,9 +62,27 @@ def own_response(
     return b"".join(parts)
 
 
-def error_body(reason: str) -> bytes:
-    """The one-line body of certproxy's own errors."""
-    return f"certproxy: {reason}\n".encode()
+HTML = b"text/html; charset=utf-8"
+
+
+def error_body(status: int, reason: str) -> bytes:
+    """The one-line body of certproxy's own errors: status, reason phrase, why."""
+    return b"certproxy: %d %s: %s\n" % (status, reason_phrase(status), reason.encode())
+
+
+def error_page(status: int, reason: str) -> bytes:
+    """The same for a browser: a minimal HTML page (nothing internal in it either)."""
+    title = b"%d %s" % (status, reason_phrase(status))
+    text = html.escape(reason).encode()
+    return (
+        b'<!doctype html>\n<html><head><meta charset="utf-8"><title>%s</title></head>\n'
+        b"<body><h1>%s</h1>\n<p>%s</p>\n<hr><p>certproxy</p></body></html>\n" % (title, title, text)
+    )
+
+
+def wants_html(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """A browser asking (``Accept: text/html``); registry clients never do."""
+    return any(n.lower() == b"accept" and b"text/html" in v for n, v in headers)
 
 
 def error_headers(target: bytes) -> Headers:
@@ -74,7 +94,7 @@ def error_headers(target: bytes) -> Headers:
 
 
 TOO_MANY = own_response(
-    503, error_body("too many connections, try again"), [(b"Retry-After", b"1")], close=True
+    503, error_body(503, "too many connections, try again"), [(b"Retry-After", b"1")], close=True
 )
 
 
@@ -102,12 +122,30 @@ def _host_of(head: bytes) -> str | None:
     return None
 
 
+_SAFE_PATH = re.compile(rb"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,2000}")
+
+
+def _path_of(head: bytes) -> str:
+    """The request's path, when it is plain enough to repeat in a hint; else ``/``.
+
+    OpenSSL has already taken the first five bytes (a record header's worth,
+    ``GET /`` or ``POST ``), so the line may start inside the method or the path.
+    """
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
+    if len(parts) < 2 or not parts[-1].startswith(b"HTTP/"):
+        return "/"
+    target = parts[-2] if parts[-2].startswith(b"/") else b"/" + parts[-2]
+    return target.decode("ascii") if _SAFE_PATH.fullmatch(target) else "/"
+
+
 def plain_http_answer(head: bytes, port: int) -> bytes:
     """What certproxy answers when plain HTTP arrives on a TLS port."""
     host = _host_of(head)
     name = host.rsplit(":", 1)[0] if host and not host.endswith("]") else host
-    hint = f"https://{name}:{port}/" if name else f"https:// on port {port}"
-    return own_response(400, error_body(f"this port speaks HTTPS, not plain HTTP: use {hint}"), close=True)
+    hint = f"https://{name}:{port}{_path_of(head)}" if name else f"https:// on port {port}"
+    return own_response(
+        400, error_body(400, f"this port speaks HTTPS, not plain HTTP: use {hint}"), close=True
+    )
 
 
 class HeadRefused(Exception):

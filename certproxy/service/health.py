@@ -1,5 +1,9 @@
 """``/healthz``: what is served, whether it is valid, whether upstreams answer.
 
+Who sees what: the admin listener and loopback clients get the full JSON
+report; any other client of a public listener gets ``{"status": ...}`` with
+the same status code, which is all a load balancer or monitor needs.
+
 The upstream probe opens a connection of its own, asks for ``/`` and accepts
 any HTTP status line as an answer, at most every few seconds (the result is
 cached, and concurrent checks share one probe).
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import json
 import ssl
 import time
@@ -149,7 +154,22 @@ class Health:
         }
         return (503 if status == "failing" else 200), body
 
-    async def answer(self, _request: Request | None = None) -> Answer:
-        """``/healthz`` as an answer (the same on every listener)."""
+    async def answer(self, request: Request | None = None) -> Answer:
+        """``/healthz`` as an answer: the full report for the admin listener (no request)
+        and loopback clients (the container's own health check, ``certproxy status``);
+        the status alone for anyone else, since the report names upstreams, paths and
+        the CA's errors."""
         code, body = await self.report()
+        if request is not None and not is_loopback(request.client_ip):
+            body = {"status": body["status"]}
         return code, NO_STORE, (json.dumps(body, indent=2) + "\n").encode(), b"application/json"
+
+
+def is_loopback(ip: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback

@@ -35,6 +35,7 @@ _ACCESS_FIELDS = (
     "duration_ms",
     "upstream",
     "port",
+    "host",
 )
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ACCESS_BATCH = 64
@@ -140,12 +141,15 @@ def access(
     duration: float,
     upstream: str,
     port: int,
+    host: str = "-",
 ) -> None:
     if not ACCESS.isEnabledFor(logging.INFO):
         return
     ms = round(duration * 1000, 1)
-    message = '%s "%s %s" %d in=%d out=%d %.1fms upstream=%s' % (
+    message = '%s :%d %s "%s %s" %d in=%d out=%d %.1fms upstream=%s' % (
         client,
+        port,
+        host,
         method,
         target,
         status,
@@ -173,6 +177,7 @@ def access(
                     "duration_ms": ms,
                     "upstream": upstream,
                     "port": port,
+                    "host": host,
                 },
                 separators=(",", ":"),
             )
@@ -196,6 +201,7 @@ def access(
             "duration_ms": ms,
             "upstream": upstream,
             "port": port,
+            "host": host,
         },
     )
 

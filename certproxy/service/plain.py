@@ -56,7 +56,7 @@ class PlainHandler:
         if path_only.startswith(CHALLENGE_PREFIX):
             return await challenge_answer(self.store, ex.method, path_only[len(CHALLENGE_PREFIX) :])
         if path_only == "/healthz":
-            return await self.health.answer()
+            return await self.health.answer(ex)
         hosts = ex.header(b"host")
         target = redirect_target(hosts[0].decode("latin-1") if hosts else None, raw_path, self.https_port)
         if target is None or len(hosts) > 1:
