@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+import yaml
 import trustme
 
 from certproxy.service.auth import make_entry
+from certproxy.service.config import load_config
 from support.native_compose import COMPOSE_DIR, NativeStack, prepare
 from support.oci import layer_digests, make_image
 from support.pebble import Pebble, start_pebble
@@ -32,6 +34,7 @@ COMBINATIONS = [
     [BASE, "docker-compose.acme.yml"],
     [BASE, "docker-compose.auth.yml", "docker-compose.acme.yml"],
     [BASE, "docker-compose.auth.yml", "docker-compose.storage.yml", "docker-compose.acme.yml"],
+    [BASE, "docker-compose.metrics.yml"],
 ]
 ENV_EXAMPLE = (COMPOSE_DIR / ".env.example").read_text()
 
@@ -57,6 +60,13 @@ def test_compose_config_accepts_every_documented_combination(files: list[str], t
     if "docker-compose.storage.yml" in files:
         assert services["registry"]["environment"]["REGISTRY_STORAGE"] == "s3"
         assert "minio" in services
+    if "docker-compose.metrics.yml" in files:
+        # Prometheus scrapes the admin port certproxy listens on, over the compose network only.
+        scrape = yaml.safe_load((COMPOSE_DIR / "metrics" / "prometheus.yml").read_text())
+        [target] = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
+        assert target == f"certproxy:{env['CERTPROXY_ADMIN_PORT']}" and env["CERTPROXY_ADMIN_BIND"] == "0.0.0.0"
+        assert "ports" not in services["prometheus"]
+        load_config({k: str(v) for k, v in env.items()})  # certproxy accepts the layer's settings
 
 
 def test_acme_layer_refuses_to_start_without_a_domain(tmp_path: Path) -> None:
