@@ -79,7 +79,7 @@ async def test_limits_connect_trace_and_absolute_form(front, client_ssl: ssl.SSL
     cp, port, up = front
     host = f"Host: localhost:{port}\r\n"
     long_line = await exchange(port, f"GET /{'a' * 20000} HTTP/1.1\r\n{host}\r\n".encode(), client_ssl)
-    assert long_line.status == 414 and long_line.body == b"certproxy: request line too long\n"
+    assert long_line.status == 414 and long_line.body == b"certproxy: 414 Request-URI Too Long: request line too long\n"
     big_header = await exchange(port, f"GET / HTTP/1.1\r\n{host}X-A: {'a' * 20000}\r\n\r\n".encode(),
                                 client_ssl)
     assert big_header.status == 431
@@ -175,11 +175,13 @@ async def test_connection_bounds(certproxy_factory: Factory, store: Path, client
 async def test_plain_http_on_a_tls_port_gets_a_readable_answer(front, client_ssl: ssl.SSLContext) -> None:  # type: ignore[no-untyped-def]
     cp, port, up = front
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET /v2/ HTTP/1.1\r\nHost: reg.example.com:{port}\r\nUser-Agent: docker\r\n\r\n".encode())
+    writer.write(f"GET /v2/_catalog?n=5 HTTP/1.1\r\nHost: reg.example.com:{port}\r\nUser-Agent: docker\r\n\r\n"
+                 .encode())
     await writer.drain()
     resp = await asyncio.wait_for(read_response(reader), 5)
     assert resp.status == 400
-    assert resp.body == f"certproxy: this port speaks HTTPS, not plain HTTP: use https://reg.example.com:{port}/\n".encode()
+    assert resp.body == (f"certproxy: 400 Bad Request: this port speaks HTTPS, not plain HTTP: "
+                         f"use https://reg.example.com:{port}/v2/_catalog?n=5\n").encode()
     assert resp.header("Connection") == ["close"]  # the client closes; the handshake timeout bounds the rest
     writer.close()
     # TLS garbage: a clean close, no hang.

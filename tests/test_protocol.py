@@ -5,6 +5,8 @@ idempotent retry rule, refusals."""
 
 from __future__ import annotations
 
+import socket
+
 import httptools
 import pytest
 
@@ -203,14 +205,17 @@ async def test_a_client_silent_mid_body_is_cut_and_its_upstream_request_aborted(
     assert client.aborted and plane.upstreams[0].aborted  # type: ignore[union-attr]
 
 
-async def test_a_silent_upstream_gets_a_504_but_not_while_the_client_is_the_slow_side() -> None:
+async def test_a_silent_upstream_gets_a_504_but_not_while_the_client_is_the_slow_side(
+        caplog: pytest.LogCaptureFixture) -> None:
     plane = make_plane(settings=PoolSettings(read_timeout=60))
     conn, client, _ = await proxied(plane, GET)
     plane.pool.sweep(plane.clock.now + 59)
     assert client.take() == b""  # type: ignore[attr-defined]
     plane.pool.sweep(plane.clock.now + 61)
     out = client.take()  # type: ignore[attr-defined]
-    assert out.startswith(b"HTTP/1.1 504 ") and b"did not answer in time" in out
+    assert out.startswith(b"HTTP/1.1 504 ") and b"certproxy: 504 Gateway Timeout: " in out
+    assert b"registry" not in out.partition(b"\r\n\r\n")[2]  # the upstream's address stays in the log
+    assert "upstream http://registry:5000 of port 5000 /v2/: did not answer in time" in caplog.text
     assert plane.upstreams[0].aborted
     # A download the client reads slowly is not the upstream's silence.
     plane2 = make_plane(settings=PoolSettings(read_timeout=60))
@@ -269,7 +274,7 @@ async def test_a_stale_pooled_connection_is_retried_once_for_an_idempotent_reque
     (GET, False),  # a fresh connection closing is an answer, not staleness
 ])
 async def test_no_retry_for_a_non_idempotent_request_or_a_fresh_connection(
-        request_bytes: bytes, reused: bool) -> None:
+        request_bytes: bytes, reused: bool, caplog: pytest.LogCaptureFixture) -> None:
     plane = make_plane()
     conn, client = plane.connect_client()
     if reused:
@@ -282,19 +287,38 @@ async def test_no_retry_for_a_non_idempotent_request_or_a_fresh_connection(
     plane.upstreams[-1].close()
     await settle()
     out = client.take()
-    assert out.startswith(b"HTTP/1.1 502 ") and b"closed the connection without an answer" in out
+    assert out.startswith(b"HTTP/1.1 502 ") and b"certproxy: 502 Bad Gateway: " in out
+    assert "closed the connection without an answer" in caplog.text
     assert len(plane.upstreams) == 1
 
 
-async def test_an_unreachable_upstream_is_a_502_naming_the_route() -> None:
+@pytest.mark.parametrize("error, logged", [
+    (ConnectionRefusedError(111, "Connection refused"), "cannot connect: Connection refused"),
+    (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "cannot connect: name does not resolve"),
+])
+async def test_an_unreachable_upstream_is_a_502_that_keeps_the_details_in_the_log(
+        error: OSError, logged: str, caplog: pytest.LogCaptureFixture) -> None:
     plane = make_plane()
-    plane.refuse_connect.append(ConnectionRefusedError(111, "Connection refused"))
+    plane.refuse_connect.append(error)
     conn, client = plane.connect_client()
     conn.data_received(GET)
     await settle()
     out = client.take()
-    assert out.startswith(b"HTTP/1.1 502 ") and b"cannot connect: Connection refused" in out
-    assert b"Docker-Distribution-Api-Version: registry/2.0" in out
+    assert out.startswith(b"HTTP/1.1 502 ") and b"Docker-Distribution-Api-Version: registry/2.0" in out
+    body = out.partition(b"\r\n\r\n")[2]
+    assert body == b"certproxy: 502 Bad Gateway: the upstream is not reachable or did not answer properly\n"
+    assert f"upstream http://registry:5000 of port 5000 /v2/: {logged}" in caplog.text
+
+
+async def test_a_browser_gets_an_html_error_page_and_a_registry_client_a_line() -> None:
+    plane = make_plane()
+    plane.refuse_connect.append(ConnectionRefusedError(111, "Connection refused"))
+    conn, client = plane.connect_client()
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: reg\r\nAccept: text/html,application/xhtml+xml\r\n\r\n")
+    await settle()
+    out = client.take()
+    assert b"Content-Type: text/html; charset=utf-8\r\n" in out
+    assert b"<title>502 Bad Gateway</title>" in out and b"registry:5000" not in out
 
 
 # -- refusals ---------------------------------------------------------------------
