@@ -19,6 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +74,76 @@ class _Network(acme_client.ClientNetwork):
         response = super()._send_request(method, url, *args, **kwargs)
         self.last_headers = response.headers
         return response
+
+
+POLL_FIRST = 0.2  # seconds before the first poll of an authorization or an order
+POLL_MAX = 2.0  # ... growing by half each time up to this, or what the CA's Retry-After says
+
+
+def _account_lost(error: messages.Error) -> bool:
+    """The CA answers as if the account never existed (a reset CA, a deleted account)."""
+    if error.code == "accountDoesNotExist":
+        return True
+    return error.code == "unauthorized" and "account" in (error.detail or "").lower()
+
+
+def _pause(delay: float, retry_after: str | None, deadline: float) -> float:
+    """Sleep ``delay`` seconds, or the CA's Retry-After if longer, within ``deadline``
+    (a ``time.monotonic()`` value); returns the next delay."""
+    wait = delay
+    if retry_after and retry_after.strip().isdigit():
+        wait = max(wait, float(retry_after))
+    if time.monotonic() + wait > deadline:
+        raise acme_errors.TimeoutError()
+    time.sleep(wait)
+    return min(delay * 1.5, POLL_MAX)
+
+
+def _poll_authorizations(
+    client: acme_client.ClientV2, orderr: messages.OrderResource, deadline: float
+) -> messages.OrderResource:
+    """Wait until no authorization is ``pending``: the first look after 0.2 s, then
+    growing (acme's own loop waits a whole second every time)."""
+    done = []
+    for authzr in orderr.authorizations:
+        delay, retry_after = POLL_FIRST, None
+        while authzr.body.status == messages.STATUS_PENDING:
+            delay = _pause(delay, retry_after, deadline)
+            authzr, response = client.poll(authzr)
+            retry_after = response.headers.get("Retry-After")
+        done.append(authzr)
+    failed = [a for a in done if a.body.status != messages.STATUS_VALID]
+    if failed:
+        raise acme_errors.ValidationError(failed)
+    updated: messages.OrderResource = orderr.update(authorizations=done)
+    return updated
+
+
+def _finalize(
+    client: acme_client.ClientV2, orderr: messages.OrderResource, deadline: float
+) -> messages.OrderResource:
+    """Send the CSR and poll the order until the certificate can be fetched (same pace)."""
+    try:
+        orderr = client.begin_finalization(orderr)
+    except messages.Error as error:
+        if error.code != "orderNotReady":
+            raise
+    body = orderr.body
+    delay, retry_after = POLL_FIRST, None
+    while body.status != messages.STATUS_VALID or body.certificate is None:
+        if body.status == messages.STATUS_INVALID:
+            if body.error is not None:
+                raise acme_errors.IssuanceError(body.error)
+            raise acme_errors.Error("the order failed and the CA said nothing more")
+        if body.status == messages.STATUS_READY:
+            client.begin_finalization(orderr)
+        delay = _pause(delay, retry_after, deadline)
+        response = client._post_as_get(orderr.uri)  # noqa: SLF001 (see tests/test_private_apis.py)
+        retry_after = response.headers.get("Retry-After")
+        body = messages.Order.from_json(response.json())
+    certificate = client._post_as_get(body.certificate)  # noqa: SLF001
+    final: messages.OrderResource = orderr.update(body=body, fullchain_pem=certificate.text)
+    return final
 
 
 def new_private_key(key_type: str) -> bytes:
@@ -201,7 +273,13 @@ class AcmeIssuer:
         tokens: list[str] = []
         stage = "order"
         try:
-            orderr = self._new_order(client, csr_pem, replaces)
+            try:
+                orderr = self._new_order(client, csr_pem, replaces)
+            except messages.Error as error:
+                if not _account_lost(error):
+                    raise
+                client = self._register_again(progress, error)  # once per order, never a loop
+                orderr = self._new_order(client, csr_pem, replaces)
             progress(
                 f"order: {orderr.uri} for {', '.join(domains)}"
                 + (f" (replaces {replaces})" if replaces else "")
@@ -224,8 +302,9 @@ class AcmeIssuer:
                 client.answer_challenge(challb, response)
                 progress(f"challenge {ident}: http-01 token {token[:12]}... answered")
             stage = "finalize"
-            deadline = dt.datetime.now() + ORDER_DEADLINE
-            orderr = client.poll_and_finalize(orderr, deadline)
+            deadline = time.monotonic() + ORDER_DEADLINE.total_seconds()
+            orderr = _poll_authorizations(client, orderr, deadline)
+            orderr = _finalize(client, orderr, deadline)
             progress("finalize: certificate issued")
         except Exception as exc:
             raise self._translate(exc, stage) from None
@@ -236,6 +315,24 @@ class AcmeIssuer:
             orderr.fullchain_pem.encode() if isinstance(orderr.fullchain_pem, str) else orderr.fullchain_pem
         )
         return chain, key_pem
+
+    def _register_again(self, progress: Progress, error: messages.Error) -> acme_client.ClientV2:
+        """The CA no longer knows the account (its state was reset): keep the old key aside,
+        register a new account with a new key, and go on."""
+        path = self.store.paths.account_dir(self.settings.directory) / "private_key.pem"
+        aside = path.with_name(f"private_key.pem.lost-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}")
+        if path.exists():
+            os.replace(path, aside)
+        log.warning(
+            "account %s: the CA answered %s; the old key is kept as %s, registering a new account",
+            self.account_uri,
+            error.code,
+            aside,
+        )
+        progress(f"account: the CA no longer knows {self.account_uri}; registering a new one")
+        self._client = None
+        self.account_uri = None
+        return self.connect(progress)
 
     def _new_order(
         self, client: acme_client.ClientV2, csr_pem: bytes, replaces: str | None

@@ -123,4 +123,4 @@ def translate(
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    return text.splitlines()[0]  # whole: only a table may shorten it
