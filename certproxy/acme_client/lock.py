@@ -55,6 +55,10 @@ class IssuanceLock:
         self.held = True
         return True
 
+    def busy(self) -> bool:
+        """Whether some live issuer holds the lock now (a stale lock does not count)."""
+        return self.path.exists() and not self._stale()
+
     def _stale(self) -> bool:
         try:
             return time.time() - os.stat(self.path).st_mtime > self.ttl

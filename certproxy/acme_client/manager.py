@@ -129,6 +129,7 @@ class Decision:
     pair: CertPair | None
     replaces: str | None
     next_check: dt.datetime
+    issued_at: dt.datetime | None = None  # when the pair in live/ was issued (by any replica)
 
 
 class CertManager:
@@ -150,9 +151,12 @@ class CertManager:
         self.jitter = jitter
         self.status = RenewalStatus(settings.name, settings.domains, settings.directory)
         self.orders = 0
+        self.lock_holder: str | None = None  # set while another issuer holds the lock
         self._ari_until: dt.datetime | None = None
         self._ari_time: dt.datetime | None = None
         self._ari_serial: str | None = None
+        self._wake = asyncio.Event()
+        self._said: tuple[dt.datetime, str] | None = None
 
     # -- the decision (blocking: runs in a thread) ------------------------
     def _current(self) -> tuple[CertPair | None, str | None]:
@@ -193,7 +197,16 @@ class CertManager:
                 with contextlib.suppress(x509.ExtensionNotFound, ValueError):
                     replaces = ari_cert_id(leaf)
         meta = self.store.live_meta(self.settings.name)
-        last_order = _parse_time(meta.get("issued_at")) if pair is not None else None
+        issued_at = _parse_time(meta.get("issued_at")) if pair is not None else None
+        # The re-order guard holds back the same request only: a changed configuration
+        # (another directory, other names) is a new request and goes at once.
+        recorded = meta.get("domains")
+        names = sorted(str(d) for d in recorded) if isinstance(recorded, list) else []
+        same_request = meta.get("directory") == self.settings.directory and names == sorted(
+            self.settings.domains
+        )
+        last_order = issued_at if replace_reason is None or same_request else None
+        reason = replace_reason or ("the CA's renewal window" if ari_time else "last part of the lifetime")
         if pair is None:
             due = now
         else:
@@ -203,10 +216,15 @@ class CertManager:
                 ari_time=ari_time,
                 must_replace=replace_reason is not None,
                 last_order=last_order,
+                spread=self.store.renewal_spread(),
                 now=now,
             )
-        reason = replace_reason or ("the CA's renewal window" if ari_time else "last part of the lifetime")
-        return Decision(due, reason, pair, replaces, next_check)
+            if replace_reason is not None and due > now and last_order is not None:
+                reason += (
+                    f"; held back until {due.isoformat(timespec='seconds')}: the same "
+                    f"certificate was ordered at {last_order.isoformat(timespec='seconds')}"
+                )
+        return Decision(due, reason, pair, replaces, next_check, issued_at)
 
     def _renewal_info(
         self, pair: CertPair, now: dt.datetime
@@ -232,12 +250,14 @@ class CertManager:
         return when, next_poll
 
     # -- one round ---------------------------------------------------------
-    async def maintain(self, force: bool = False) -> dt.datetime:
-        """Renew if due (or forced); returns when to look again."""
+    async def maintain(self, force: bool = False, fresh_since: dt.datetime | None = None) -> dt.datetime:
+        """Renew if due (or forced); returns when to look again.
+
+        ``fresh_since``: a forced order is satisfied by a certificate issued at or after
+        this moment (another process sharing the store ordered it meanwhile)."""
         decision = await in_daemon_thread(self.decide)
         now = self.clock()
-        self.status.next_renewal = decision.due_at
-        self.status.reason = decision.reason
+        self._follow(decision, now)
         if not force:
             if self.status.blocked:
                 return now + MAX_SLEEP
@@ -252,15 +272,23 @@ class CertManager:
             return self._failed(StoreError(f"{lock.path}: cannot take the issuance lock: {os_reason(exc)}"))
         if not acquired:
             holder = await asyncio.to_thread(lock.holder)
+            self.lock_holder = holder
             self.progress(f"lock: another issuer ({holder}) holds {lock.path}; checking again soon")
             return now + dt.timedelta(seconds=LOCK_BUSY_RETRY)
+        self.lock_holder = None
         heartbeat = asyncio.create_task(self._heartbeat(lock))
         try:
             # Check again under the lock: another process may have just renewed.
             decision = await in_daemon_thread(self.decide)
-            if not force and decision.due_at > self.clock():
+            fresh = (
+                force
+                and fresh_since is not None
+                and decision.issued_at is not None
+                and decision.issued_at >= fresh_since
+            )
+            if (not force and decision.due_at > self.clock()) or fresh:
                 self.progress(f"{self.settings.name}: renewed meanwhile by another process")
-                self.status.next_renewal = decision.due_at
+                self._follow(decision, self.clock())
                 return min(decision.due_at, decision.next_check)
             if decision.due_at > self.clock():
                 decision = replace(decision, reason="forced")
@@ -270,6 +298,26 @@ class CertManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             await asyncio.to_thread(lock.release)
+
+    def _follow(self, decision: Decision, now: dt.datetime) -> None:
+        """The status follows the store (whoever wrote it), and says what renewal waits for."""
+        self.status.next_renewal = decision.due_at
+        self.status.reason = decision.reason
+        if decision.issued_at is not None:
+            self.status.last_success = decision.issued_at
+        said = (decision.due_at, decision.reason)
+        if decision.due_at > now and said != self._said and not self.status.failures:
+            log.info(
+                "%s: renewal due at %s (%s)",
+                self.settings.name,
+                decision.due_at.isoformat(timespec="seconds"),
+                decision.reason,
+            )
+        self._said = said
+
+    def store_changed(self) -> None:
+        """The store changed (this process or another one wrote it): look again now."""
+        self._wake.set()
 
     async def _heartbeat(self, lock: IssuanceLock) -> None:
         while True:
@@ -304,10 +352,8 @@ class CertManager:
         self.status.last_error = None
         self.status.next_attempt = None
         self.status.blocked = False
-        self.status.last_success = self.clock()
         decision = await in_daemon_thread(self.decide)
-        self.status.next_renewal = decision.due_at
-        self.status.reason = decision.reason
+        self._follow(decision, self.clock())
         return min(decision.due_at, decision.next_check)
 
     def _failed(self, exc: Exception) -> dt.datetime:
@@ -317,33 +363,35 @@ class CertManager:
         self.status.last_error = str(exc)
         retry_after = getattr(exc, "retry_after", None)
         self.status.blocked = bool(getattr(exc, "permanent", False))
-        self.status.next_attempt = policy.next_attempt(
+        if self.status.blocked:  # no next attempt: only a change of configuration helps
+            self.status.next_attempt = None
+            log.error("%s: %s; not retrying until the configuration changes", self.settings.name, exc)
+            return now + MAX_SLEEP
+        next_attempt = policy.next_attempt(
             now,
             self.status.failures,
             retry_after=retry_after,
             jitter=self.jitter(),
             minimum=self.settings.retry_min,
         )
-        if self.status.blocked:
-            log.error("%s: %s; not retrying until the configuration changes", self.settings.name, exc)
-            return now + MAX_SLEEP
+        self.status.next_attempt = next_attempt
         log.error(
-            "%s: %s; next attempt at %s",
-            self.settings.name,
-            exc,
-            self.status.next_attempt.isoformat(timespec="seconds"),
+            "%s: %s; next attempt at %s", self.settings.name, exc, next_attempt.isoformat(timespec="seconds")
         )
-        return self.status.next_attempt
+        return next_attempt
 
     # -- the loop ------------------------------------------------------------
     async def run(self) -> None:
         while True:
+            self._wake.clear()
             try:
                 when = await self.maintain()
             except Exception as exc:  # the loop must outlive any surprise
                 log.exception("certificate maintenance failed: %s", exc)
                 when = self.clock() + dt.timedelta(minutes=5)
-            await asyncio.sleep(max(1.0, (when - self.clock()).total_seconds()))
+            delay = max(1.0, (when - self.clock()).total_seconds())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
 
 
 def _parse_time(value: object) -> dt.datetime | None:

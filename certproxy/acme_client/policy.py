@@ -3,11 +3,13 @@
 Renewal follows Let's Encrypt's integration guide: use the CA's ACME Renewal
 Information (RFC 9773) when it offers it; otherwise renew when the last third
 of the certificate's lifetime begins, or the last half for lifetimes under ten
-days (short-lived certificates). A certificate that must be replaced (the
+days (short-lived certificates), at a point within the first half of that
+period that each installation draws once and keeps (``spread``). A certificate that must be replaced (the
 bootstrap one, one that does not cover the configured names, one from another
-CA directory) is due at once. However odd the CA's window, a name is never
-ordered again sooner than ``min(1 h, lifetime / 4)`` after its last order
-unless forced.
+CA directory) is due at once. However odd the CA's window, the same request
+(same directory, same names) is never ordered again sooner than
+``min(1 h, lifetime / 4)`` after its last order unless forced; a changed
+configuration is a new request and is not held back.
 
 Failures retry on a front-weighted schedule (a minute, then a few minutes,
 growing to six hours) with jitter, never sooner than the CA's Retry-After.
@@ -24,11 +26,17 @@ RETRY_SCHEDULE = (60, 120, 120, 300, 600, 600, 1200, 1800, 3600, 3600, 7200, 144
 JITTER = 0.1
 
 
-def lifetime_renewal_time(not_before: dt.datetime, not_after: dt.datetime) -> dt.datetime:
-    """The start of the last third (or last half, under ten days) of the lifetime."""
+def lifetime_renewal_time(
+    not_before: dt.datetime, not_after: dt.datetime, spread: float = 0.0
+) -> dt.datetime:
+    """A moment in the first half of the last third (or last half, under ten days) of
+    the lifetime: ``spread`` in [0, 1) places it, so installations that got their
+    certificates at the same moment do not all renew at the same moment, and the
+    second half of the period is left for retries."""
     lifetime = not_after - not_before
     share = 2 if lifetime < SHORT_LIFETIME else 3
-    return not_after - lifetime / share
+    period = lifetime / share
+    return not_after - period + period / 2 * min(max(spread, 0.0), 1.0)
 
 
 def renewal_time(
@@ -38,20 +46,23 @@ def renewal_time(
     ari_time: dt.datetime | None = None,
     must_replace: bool = False,
     last_order: dt.datetime | None = None,
+    spread: float = 0.0,
     now: dt.datetime,
 ) -> dt.datetime:
     """When the certificate valid from ``not_before`` to ``not_after`` should be renewed.
 
     ``ari_time`` is a moment the CA's renewal window suggests (already chosen
     at random within it); ``must_replace`` marks a certificate that has to go
-    now; ``last_order`` is when this name was last ordered.
+    now; ``last_order`` is when the same request was last ordered (the guard
+    against re-ordering it); ``spread`` is this installation's place in the
+    lifetime's renewal period (ARI windows are already random).
     """
     if must_replace:
         when = now
     elif ari_time is not None and ari_time < not_after:
         when = ari_time  # a past window means "now"; the guard below bounds re-orders
     else:  # no ARI, or a window after expiry: never let the certificate lapse
-        when = lifetime_renewal_time(not_before, not_after)
+        when = lifetime_renewal_time(not_before, not_after, spread)
     if last_order is not None:
         guard = min(REORDER_GUARD, (not_after - not_before) / 4)
         when = max(when, last_order + guard)

@@ -55,6 +55,20 @@ def write_atomic(path: Path, data: bytes, mode: int = CERT_MODE) -> None:
     _fsync_dir(path.parent)
 
 
+def create_atomic(path: Path, data: bytes, mode: int = CERT_MODE) -> bool:
+    """Create ``path`` with ``data`` unless it exists (then False): never half-written,
+    and of two processes racing, exactly one wins (``link`` does not replace)."""
+    tmp = _write_temp(path, data, mode)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return True
+
+
 def write_pair_atomic(folder: Path, files: dict[str, tuple[bytes, int]]) -> None:
     """Write several files of one folder so that no failure leaves a mix.
 

@@ -79,6 +79,11 @@ class StorePaths:
     def locks(self) -> Path:
         return self.root / "locks"
 
+    @property
+    def installation(self) -> Path:
+        """Facts of this installation shared by every replica (the renewal spread)."""
+        return self.root / "installation.json"
+
     def folders(self) -> tuple[Path, ...]:
         return (self.live, self.bootstrap, self.accounts, self.challenges, self.locks)
 

@@ -18,11 +18,12 @@ import errno
 import json
 import logging
 import os
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import CERT_MODE, KEY_MODE, write_atomic, write_pair_atomic
+from .atomic import CERT_MODE, KEY_MODE, create_atomic, write_atomic, write_pair_atomic
 from .bootstrap import make_self_signed
 from .errors import InvalidName, PairError, StoreError, os_reason
 from .pair import CertPair, key_mode_problem, load_pair, parse_pair
@@ -141,6 +142,28 @@ class FileStore:
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
+
+    def renewal_spread(self) -> float:
+        """This installation's place in a certificate's renewal period, in [0, 1): drawn
+        once, kept in the store (so restarts and replicas agree); 0.5 when the store
+        cannot keep it."""
+        path = self.paths.installation
+        for _ in range(2):
+            try:
+                data = json.loads(path.read_bytes())
+                value = float(data["renewal_spread"])
+                if 0.0 <= value < 1.0:
+                    return value
+                break
+            except FileNotFoundError:
+                fresh = json.dumps({"renewal_spread": round(random.random(), 6)}).encode() + b"\n"
+                try:
+                    create_atomic(path, fresh)
+                except OSError:
+                    break  # read-only store: a fixed value
+            except (OSError, ValueError, KeyError, TypeError):
+                break
+        return 0.5
 
     # -- ACME state ----------------------------------------------------
     def write_challenge(self, token: str, data: bytes) -> None:
