@@ -13,10 +13,11 @@ from typing import Callable
 
 import pytest
 import trustme
-from cryptography import x509
-
 from conftest import write_live
+from cryptography import x509
 from support.procs import CertproxyProcess, free_port, stop_process
+
+from certproxy.certs.pair import serial_hex
 
 
 def status(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -40,7 +41,7 @@ def test_status_lists_live_bootstrap_and_broken_pairs(tmp_path: Path, ca: trustm
     data = json.loads(out.stdout)
     by_name = {(c["name"], c["kind"]): c for c in data["certificates"]}
     live = by_name[("reg.example.com", "live")]
-    serial = format(x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).serial_number, "x")
+    serial = serial_hex(x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).serial_number)
     assert live["serial"] == serial and live["domains"] == ["reg.example.com", "ui.example.com"]
     assert live["issuer"] == "certproxy test CA" and live["self_signed"] is False
     assert "not a PEM certificate chain" in by_name[("broken.example.com", "live")]["error"]
@@ -62,14 +63,14 @@ def _served_serial(port: int, ca: trustme.CA) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
             der = tls.getpeercert(binary_form=True)
-    return format(x509.load_der_x509_certificate(der).serial_number, "x")
+    return serial_hex(x509.load_der_x509_certificate(der).serial_number)
 
 
 @pytest.mark.integration
 def test_live_certificate_served_from_the_first_handshake_after_restart(
         certproxy_factory: Callable[..., CertproxyProcess], store: Path, ca: trustme.CA) -> None:
-    live_serial = format(x509.load_pem_x509_certificate(
-        (store / "live" / "localhost" / "fullchain.pem").read_bytes()).serial_number, "x")
+    live_serial = serial_hex(x509.load_pem_x509_certificate(
+        (store / "live" / "localhost" / "fullchain.pem").read_bytes()).serial_number)
     port = free_port()
     for _ in range(2):
         cp = certproxy_factory({port: "http://127.0.0.1:9"}, store)

@@ -19,10 +19,11 @@ import aiohttp
 import pytest
 import trustme
 from cryptography import x509
-
 from support.pairs import Pair, issue, replace_atomic, replace_certbot, replace_in_place
 from support.procs import CertproxyProcess, free_port
 from support.upstreams import RawUpstream, Recorded
+
+from certproxy.certs.pair import serial_hex
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ async def served_serial(port: int, sni: str, ca: trustme.CA) -> str:
         asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=sni), 5)
     der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
     writer.close()
-    return format(x509.load_der_x509_certificate(der).serial_number, "x")
+    return serial_hex(x509.load_der_x509_certificate(der).serial_number)
 
 
 async def wait_serial(port: int, sni: str, ca: trustme.CA, serial: str, limit: float = 5) -> float:

@@ -17,11 +17,12 @@ import bcrypt
 import pytest
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
-
-from certproxy.service.auth import HtpasswdError, basic_credentials, make_entry, parse_htpasswd
 from support.procs import CertproxyProcess, free_port
 from support.rawhttp import exchange, open_conn
-from support.upstreams import Recorded, RawUpstream
+from support.upstreams import RawUpstream, Recorded
+
+from certproxy.certs.pair import serial_hex
+from certproxy.service.auth import HtpasswdError, basic_credentials, make_entry, parse_htpasswd
 
 Factory = Callable[..., CertproxyProcess]
 
@@ -80,7 +81,7 @@ async def test_metrics_count_what_happened(certproxy_factory: Factory, store: Pa
     assert value(samples, "certproxy_upstream_response_seconds_count", route=route) == 10
     assert value(samples, "certproxy_active_connections", listener=route) >= 1
     leaf = x509.load_pem_x509_certificate((store / "live" / "localhost" / "fullchain.pem").read_bytes())
-    serial = format(leaf.serial_number, "x")
+    serial = serial_hex(leaf.serial_number)
     assert value(samples, "certproxy_certificate_expiry_timestamp_seconds",
                  name="localhost", kind="live", serial=serial) == leaf.not_valid_after_utc.timestamp()
     assert value(samples, "certproxy_last_reload_timestamp_seconds") > time.time() - 60

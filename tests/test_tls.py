@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import trustme
+from conftest import write_live
 from cryptography import x509
 
 from certproxy.certs import FileStore
+from certproxy.certs.pair import serial_hex
 from certproxy.proxy.tls import CertificateSet, TLSState
-from conftest import write_live
 
 
 def _set(tmp_path: Path, ca: trustme.CA) -> CertificateSet:
@@ -50,7 +51,7 @@ async def _handshake(port: int, sni: str | None, *, tls_max: ssl.TLSVersion | No
         "127.0.0.1", port, ssl=ctx, server_hostname=sni or ""), 5)
     sslobj = writer.get_extra_info("ssl_object")
     der = sslobj.getpeercert(binary_form=True)
-    serial = format(x509.load_der_x509_certificate(der).serial_number, "x")
+    serial = serial_hex(x509.load_der_x509_certificate(der).serial_number)
     result = (serial, sslobj.selected_alpn_protocol(), sslobj.version())
     writer.close()
     return result

@@ -106,6 +106,13 @@ def _domains(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def serial_hex(number: int) -> str:
+    """A serial as ``openssl x509 -serial`` prints it: upper-case hex, whole bytes
+    (leading zero kept), the one form certproxy shows everywhere."""
+    text = f"{number:X}"
+    return text if len(text) % 2 == 0 else "0" + text
+
+
 def _issuer_name(cert: x509.Certificate) -> str:
     for oid in (NameOID.ORGANIZATION_NAME, NameOID.COMMON_NAME):
         attrs = cert.issuer.get_attributes_for_oid(oid)
@@ -177,7 +184,7 @@ def parse_pair(
         chain_pem=chain_pem,
         key_pem=key_pem,
         domains=domains,
-        serial=format(leaf.serial_number, "x"),
+        serial=serial_hex(leaf.serial_number),
         issuer=_issuer_name(leaf),
         not_before=not_before,
         not_after=not_after,

@@ -9,6 +9,8 @@ from pathlib import Path
 import trustme
 from cryptography import x509
 
+from certproxy.certs.pair import serial_hex
+
 
 @dataclass
 class Pair:
@@ -20,7 +22,7 @@ class Pair:
 def issue(ca: trustme.CA, *names: str, **kw: object) -> Pair:
     leaf = ca.issue_cert(*names, **kw)  # type: ignore[arg-type]
     chain = b"".join(b.bytes() for b in leaf.cert_chain_pems)
-    serial = format(x509.load_pem_x509_certificate(chain).serial_number, "x")
+    serial = serial_hex(x509.load_pem_x509_certificate(chain).serial_number)
     return Pair(chain, leaf.private_key_pem.bytes(), serial)
 
 
