@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 
 from ..certs import FileStore, Inventory, StoreError, utcnow
 from ..certs.watcher import StoreWatcher
@@ -41,8 +42,6 @@ async def load_certificates(
     """
     previous = current.pairs if current is not None else ()
     inventory = await asyncio.to_thread(store.inventory, domains, previous=previous, fresh=fresh)
-    for path, why in inventory.errors.items():
-        log.error("not serving %s: %s", path, why)
     new = await asyncio.to_thread(
         CertificateSet, inventory.primary, inventory.pairs, None if fresh else current
     )
@@ -74,6 +73,8 @@ class Reloader:
         self._watcher: StoreWatcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fingerprint: object = None
+        self._incomplete: set[str] = set()  # pairs seen with a file missing at the last reload
+        self.on_reload: list[Callable[[], None]] = []  # told after every reload (ACME follows the store)
 
     # -- notifications ---------------------------------------------------
     def notify(self) -> None:
@@ -86,12 +87,18 @@ class Reloader:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     # -- lifecycle -------------------------------------------------------
-    async def start(self, watch: bool = True) -> None:
+    async def start(self, watch: bool = True, baseline: object = None) -> None:
+        """Watch the store. ``baseline`` is the store's fingerprint taken before what is
+        served was loaded: a pair written between that load and the watch is reloaded
+        at once instead of waiting for the next change."""
         self._loop = asyncio.get_running_loop()
-        self._fingerprint = await asyncio.to_thread(self.store.fingerprint)
+        current = await asyncio.to_thread(self.store.fingerprint)
+        self._fingerprint = current if baseline is None else baseline
         if watch:
             self._watcher = StoreWatcher(self.store.root, self._notify_from_thread)
             await asyncio.to_thread(self._watcher.start)
+        if baseline is not None and await asyncio.to_thread(self.store.fingerprint) != baseline:
+            self.notify()
         self._tasks.append(asyncio.create_task(self._debounce_loop()))
         if self.poll_interval > 0:
             self._tasks.append(asyncio.create_task(self._poll_loop()))
@@ -146,6 +153,7 @@ class Reloader:
                 self.health.last_reload_error = f"reload failed: {exc}"
                 log.error("reload (%s) failed, still serving the previous certificates: %s", reason, exc)
                 return False
+            self._report(inventory.errors)
             self.health.store_errors = dict(inventory.errors)
             self.health.last_reload = utcnow()
             if inventory.errors:
@@ -156,12 +164,28 @@ class Reloader:
                 self.health.last_reload_error = None
             for note in inventory.kept:
                 log.warning("%s", note)
-            if new.same_as(current):
+            changed = not new.same_as(current)
+            if changed:
+                self.tls.swap(new)
+                self._log_changes(current, new, reason)
+            else:
                 log.debug("reload (%s): nothing changed", reason)
-                return False
-            self.tls.swap(new)
-            self._log_changes(current, new, reason)
-            return True
+        for listener in self.on_reload:
+            listener()
+        return changed
+
+    def _report(self, errors: dict[str, str]) -> None:
+        """A pair with a file missing is most likely being written: said quietly and looked
+        at again in a second; an error only if it is still so then."""
+        incomplete = {path for path, why in errors.items() if why == "missing"}
+        for path, why in errors.items():
+            if path in incomplete and path not in self._incomplete:
+                log.info("%s is missing (still being written?); looking again in a second", path)
+            else:
+                log.error("not serving %s: %s", path, why)
+        if incomplete - self._incomplete and self._loop is not None:
+            self._loop.call_later(1.0, self.notify)
+        self._incomplete = incomplete
 
     @staticmethod
     def _log_changes(old: CertificateSet, new: CertificateSet, reason: str) -> None:

@@ -76,6 +76,8 @@ class Front:
             await asyncio.to_thread(check_ca_bundle, cfg.acme_ca_bundle)
         try:
             await asyncio.to_thread(self.store.ensure_layout)
+            # Taken before the load: a pair written from here on is seen by the reloader.
+            baseline = await asyncio.to_thread(self.store.fingerprint)
             inventory, certs = await load_certificates(self.store, cfg.cert_domains)
         except StoreError as exc:
             raise StartupError("CERTPROXY_STORE", str(exc)) from None
@@ -83,6 +85,8 @@ class Front:
             where = exc.filename or cfg.store
             raise StartupError("CERTPROXY_STORE", f"{where}: {os_reason(exc)}") from None
         self.health_state.store_errors = dict(inventory.errors)
+        for path, why in inventory.errors.items():
+            log.error("not serving %s: %s", path, why)
         self.tls = TLSState(certs)
         self.health_state.last_reload = utcnow()
         primary = certs.primary
@@ -119,7 +123,9 @@ class Front:
         self.reloader = Reloader(
             self.store, cfg.cert_domains, self.tls, self.health_state, poll_interval=cfg.reload_poll
         )
-        await self.reloader.start()
+        if self.acme is not None:
+            self.reloader.on_reload.append(self.acme.store_changed)
+        await self.reloader.start(baseline=baseline)
         try:
             if cfg.http_port is not None:
                 plain = PlainHandler(self.store, self.health, cfg.redirect_port)
