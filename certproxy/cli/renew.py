@@ -13,16 +13,18 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..acme_client import AcmeIssuer
+from ..acme_client.lock import IssuanceLock
 from ..acme_client.manager import CertManager
 from ..certs import FileStore, PairError, StoreError, os_reason, utcnow
 from ..proxy.client import Listener
 from ..proxy.headers import Answer
 from ..proxy.routes import ControlRoute, Request
-from ..service.checks import StartupError, check_ca_bundle, listen_error
+from ..service.checks import StartupError, check_ca_bundle, listen_error, port_owner
 from ..service.config import Config, ConfigError, load_config
 from ..service.plain import CHALLENGE_PREFIX, challenge_answer
 from .health_client import get_health
@@ -52,6 +54,41 @@ def cmd_renew(args: argparse.Namespace) -> int:
     # The run prints its own progress and one closing line; the manager's log would repeat it.
     logging.getLogger("certproxy.acme").setLevel(logging.CRITICAL)
     return asyncio.run(renew(config, args.force))
+
+
+RACE_WAIT = 180.0  # seconds to wait for another issuer's outcome
+
+
+def _live_serial(store: FileStore, name: str) -> str | None:
+    try:
+        return store.load_live(name).serial
+    except (PairError, StoreError):
+        return None
+
+
+async def _run(
+    manager: CertManager, store: FileStore, name: str, force: bool, say: Callable[[str], None]
+) -> tuple[str | None, bool]:
+    """One issuance, or the outcome of the one another process sharing the store is
+    running: never a second order for the same need. Returns (an error line or None,
+    whether the certificate came from the other issuer)."""
+    before = await asyncio.to_thread(_live_serial, store, name)
+    started = utcnow()
+    lock = IssuanceLock(store.paths.lock(name))
+    deadline = time.monotonic() + RACE_WAIT
+    while True:
+        await manager.maintain(force=force, fresh_since=started)
+        if manager.lock_holder is None:
+            issued = manager.status.last_success
+            return None, manager.orders == 0 and issued is not None and issued >= started
+        say(f"{name}: {manager.lock_holder} is ordering now; waiting for its outcome")
+        while await asyncio.to_thread(lock.busy):
+            if time.monotonic() > deadline:
+                return f"{manager.lock_holder} still holds {lock.path} after {RACE_WAIT:g} s", False
+            await asyncio.sleep(0.25)
+        if await asyncio.to_thread(_live_serial, store, name) != before:
+            return None, True  # the other issuer's certificate is the outcome
+        say(f"{name}: the other issuer finished without a new certificate; ordering now")
 
 
 def _certproxy_answers(port: int) -> bool:
@@ -100,16 +137,25 @@ async def renew(config: Config, force: bool) -> int:
         try:
             server = await _challenge_server(store, config, port)
         except OSError as exc:
-            print(f"certproxy renew: {listen_error(exc, '--http-port', config.bind, port)}", file=sys.stderr)
+            owner = await asyncio.to_thread(port_owner, port)
+            held = f" (held by {owner})" if owner else ""
+            print(
+                f"certproxy renew: {listen_error(exc, '--http-port', config.bind, port)}{held}, and no "
+                "certproxy sharing this store answers there to serve the challenges",
+                file=sys.stderr,
+            )
             return 1
         say(f"listening on {config.bind}:{port} for http-01 challenges")
     manager = CertManager(store, settings, AcmeIssuer(store, settings, progress=say), progress=say)
     try:
-        await manager.maintain(force=force)
+        outcome, by_other = await _run(manager, store, settings.name, force, say)
     finally:
         if server is not None:
             server.stop_accepting()
             await server.drain(1.0)
+    if outcome is not None:
+        print(f"certproxy renew: {outcome}", file=sys.stderr)
+        return 1
     status = manager.status
     try:
         pair = await asyncio.to_thread(store.load_live, settings.name)
@@ -129,7 +175,9 @@ async def renew(config: Config, force: bool) -> int:
             file=sys.stderr,
         )
         return 1
-    if manager.orders == 0:
+    if by_other:
+        say(f"{settings.name}: another issuer sharing the store ordered it meanwhile")
+    elif manager.orders == 0:
         say(
             f"{settings.name}: valid until {pair.not_after.isoformat(timespec='seconds')}, "
             f"renewal due {status.next_renewal.isoformat(timespec='seconds') if status.next_renewal else '?'}"

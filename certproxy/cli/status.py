@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from ..certs import FileStore, PairError, os_reason, utcnow
 from ..certs.paths import name_for_domain
@@ -12,11 +13,30 @@ from .common import EXIT_CONFIG, EXIT_OK, config_from
 from .health_client import default_url, get_health, health_url
 
 
-def _served(url: str) -> list[dict[str, object]] | None:
-    """What a running certproxy serves, from its /healthz; None when none answers."""
+def _report(url: str) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
+    """(what a running certproxy serves, its renewals) from its /healthz; (None, []) when
+    none answers."""
     answer = get_health(url)
-    certs = answer.body.get("certificates") if answer.is_certproxy and answer.body else None
-    return certs if isinstance(certs, list) else None
+    if not answer.is_certproxy or answer.body is None:
+        return None, []
+    certs, renewals = answer.body.get("certificates"), answer.body.get("renewals")
+    return (certs if isinstance(certs, list) else None), (renewals if isinstance(renewals, list) else [])
+
+
+def _print_renewals(renewals: list[dict[str, Any]]) -> None:
+    """Each name's renewal as the running certproxy sees it; errors whole, never cut."""
+    for r in renewals:
+        print(f"renewal of {r.get('name')}: due {r.get('next_renewal') or '-'} ({r.get('reason') or '-'})")
+        print(
+            f"  last attempt {r.get('last_attempt') or '-'}, last success {r.get('last_success') or '-'}, "
+            f"consecutive failures {r.get('failures', 0)}"
+        )
+        if r.get("last_error"):
+            print(f"  last error: {r.get('last_error')}")
+        if r.get("blocked"):
+            print("  retries blocked: not retrying until the configuration changes")
+        elif r.get("next_attempt"):
+            print(f"  next attempt {r.get('next_attempt')}")
 
 
 def _not_a_store(store: FileStore) -> str | None:
@@ -49,7 +69,7 @@ def _rows(store: FileStore) -> list[dict[str, object]]:
 def cmd_status(args: argparse.Namespace) -> int:
     config = config_from(args, ("store",))
     url = health_url(args.url) if args.url else default_url(config)
-    served = _served(url)
+    served, renewals = _report(url)
     store = FileStore(config.store)
     try:
         problem = _not_a_store(store)
@@ -64,7 +84,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"store": str(config.store), "primary": primary, "certificates": rows, "served": served},
+                {
+                    "store": str(config.store),
+                    "primary": primary,
+                    "certificates": rows,
+                    "served": served,
+                    "renewals": renewals,
+                },
                 indent=2,
             )
         )
@@ -73,6 +99,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"store {config.store}  (primary name: {primary})")
     if not rows:
         print("no certificates")
+        _print_renewals(renewals)
         return EXIT_OK
     header = ("NAME", "KIND", "EXPIRES", "DAYS", "ISSUER", "SERIAL", "DOMAINS")
     table = [header]
@@ -95,10 +122,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    _print_renewals(renewals)
     return EXIT_OK
 
 
-def _print_served(url: str | None, served: list[dict[str, object]] | None) -> None:
+def _print_served(url: str | None, served: list[dict[str, Any]] | None) -> None:
     if served is None:
         print(f"no running certproxy answered at {url}" if url else "no HTTP listener configured")
         return

@@ -52,3 +52,30 @@ def listen_error(exc: OSError, setting: str, bind: str, port: int) -> StartupErr
     if exc.errno == errno.EADDRINUSE:
         return StartupError(setting, f"cannot listen on {where}: port {port} is already in use")
     return StartupError(setting, f"cannot listen on {where}: {reason}")
+
+
+def port_owner(port: int) -> str | None:
+    """Which process listens on TCP ``port`` (``name (pid N)``), if this host lets us see it."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    name = (proc / "comm").read_text().strip()
+                    return f"{name} (pid {proc.name})"
+        except OSError:
+            continue
+    return None
