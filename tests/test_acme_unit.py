@@ -5,6 +5,8 @@ small ARI-speaking stand-in (Pebble 2.4 has no ARI endpoint)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import base64
 import datetime as dt
 import os
@@ -19,18 +21,18 @@ from acme import client as acme_lib_client
 from acme import messages
 from aiohttp import web
 from cryptography import x509
+from support.apps import AcmeStandIn
+from support.pairs import issue, replace_atomic
 
-from certproxy.acme_client import AcmeError, AcmeIssuer, AcmeSettings, ari_cert_id
-from certproxy.acme_client import policy
+from certproxy.acme_client import AcmeError, AcmeIssuer, AcmeSettings, ari_cert_id, policy
 from certproxy.acme_client.errors import translate
 from certproxy.acme_client.lock import IssuanceLock
 from certproxy.acme_client.manager import CertManager
 from certproxy.certs import FileStore, StorePaths
+from certproxy.certs.pair import serial_hex
 from certproxy.cli import _parser
 from certproxy.cli.renew import renew_config
 from certproxy.service.config import LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING, load_config
-from support.apps import AcmeStandIn
-from support.pairs import issue, replace_atomic
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 DAY = dt.timedelta(days=1)
@@ -221,6 +223,7 @@ async def test_manager_backs_off_stops_on_permanent_errors_and_keeps_the_pair(no
     await asyncio.sleep(1.2)
     await manager.maintain()
     assert len(fake.calls) == 2  # blocked: no retries until the configuration changes
+    assert manager.status.next_attempt is None  # blocked has no next attempt
     assert not (tmp_path / "live" / "reg.example.com").exists()
 
 
@@ -290,6 +293,88 @@ async def test_renewal_names_the_certificate_it_replaces_and_honours_retry_after
             "order: urn:ietf:params:acme:error:rateLimited: too many certificates")
         wait = (manager.status.next_attempt - dt.datetime.now(dt.timezone.utc)).total_seconds()
         assert 3500 < wait <= 3600  # the CA's Retry-After, not the 60-second first retry
-        assert store.load_live("reg.example.com").serial == format(leaf.serial_number, "x")
+        assert store.load_live("reg.example.com").serial == serial_hex(leaf.serial_number)
     finally:
         await stand_in.stop()
+
+
+@pytest.mark.parametrize("spread, due_after", [
+    (0.0, 60 * DAY), (0.5, 67 * DAY + dt.timedelta(hours=12)), (0.999999, 75 * DAY - dt.timedelta(seconds=1)),
+])
+def test_renewal_is_spread_over_the_first_half_of_the_period(spread: float, due_after: dt.timedelta) -> None:
+    due = policy.renewal_time(T0, T0 + 90 * DAY, spread=spread, now=T0)
+    assert abs(due - (T0 + due_after)) < dt.timedelta(seconds=2)
+    # ARI windows are random already: the spread does not move them.
+    assert policy.renewal_time(T0, T0 + 90 * DAY, ari_time=T0 + 50 * DAY, spread=spread, now=T0) == T0 + 50 * DAY
+
+
+def test_the_renewal_spread_is_drawn_once_and_shared_by_every_replica(tmp_path: Path) -> None:
+    stores = [FileStore(tmp_path) for _ in range(3)]
+    stores[0].ensure_layout()
+    values = {s.renewal_spread() for s in stores}
+    assert len(values) == 1 and 0.0 <= values.pop() < 1.0
+    assert json.loads((tmp_path / "installation.json").read_text())["renewal_spread"] == stores[1].renewal_spread()
+
+
+async def test_a_configuration_change_is_not_held_back_by_the_reorder_guard(
+        no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
+    manager, fake, store = _manager(tmp_path, ca)
+    just_now = (manager.clock() - dt.timedelta(minutes=1)).isoformat()
+    pair = issue(ca, "reg.example.com", "ui.example.com")
+    # Issued a minute ago by another directory (staging -> production): a new request, at once.
+    store.write_live("reg.example.com", pair.chain, pair.key,
+                     {"directory": "https://staging.test/dir", "issued_at": just_now,
+                      "domains": ["reg.example.com", "ui.example.com"]})
+    assert manager.decide().due_at <= manager.clock()
+    # Issued a minute ago for fewer names: a new request, at once.
+    store.write_live("reg.example.com", pair.chain, pair.key,
+                     {"directory": "https://ca.test/dir", "issued_at": just_now, "domains": ["reg.example.com"]})
+    small = issue(ca, "reg.example.com")
+    store.write_live("reg.example.com", small.chain, small.key,
+                     {"directory": "https://ca.test/dir", "issued_at": just_now, "domains": ["reg.example.com"]})
+    assert manager.decide().due_at <= manager.clock()
+    # The same request answered with a certificate that still misses a name: held back,
+    # and the reason says until when.
+    store.write_live("reg.example.com", small.chain, small.key,
+                     {"directory": "https://ca.test/dir", "issued_at": just_now,
+                      "domains": ["reg.example.com", "ui.example.com"]})
+    decision = manager.decide()
+    assert decision.due_at > manager.clock() and "held back until" in decision.reason
+
+
+async def test_every_replica_follows_the_store_for_its_status(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
+    one, fake, store = _manager(tmp_path, ca)
+    other = CertManager(store, one.settings, FakeIssuer(ca), jitter=lambda: 0.5)  # type: ignore[arg-type]
+    await one.maintain()
+    await other.maintain()  # what another replica wrote
+    assert len(fake.calls) == 1
+    assert other.status.last_success == one.status.last_success is not None
+    assert other.status.next_renewal == one.status.next_renewal
+
+
+async def test_a_store_change_wakes_the_maintenance_loop(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
+    manager, fake, store = _manager(tmp_path, ca)
+    calls: list[float] = []
+    real = manager.maintain
+
+    async def counting(force: bool = False, fresh_since: Any = None) -> dt.datetime:
+        calls.append(time.monotonic())
+        return await real(force, fresh_since)
+
+    manager.maintain = counting  # type: ignore[method-assign]
+    task = asyncio.create_task(manager.run())
+    try:
+        for _ in range(100):
+            if len(calls) == 1 and manager.status.next_renewal:
+                break
+            await asyncio.sleep(0.02)
+        manager.store_changed()
+        for _ in range(100):
+            if len(calls) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert len(calls) == 2 and calls[1] - calls[0] < 2  # woken, not after the hours it would sleep
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import datetime as dt
 import os
 import time
@@ -220,5 +221,40 @@ async def test_poll_notices_changes_no_event_reported(no_blocking: None, tmp_pat
         while tls.current.primary.serial != new.serial and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert tls.current.primary.serial == new.serial
+    finally:
+        await reloader.stop()
+
+
+async def test_a_pair_written_between_the_load_and_the_watch_is_served(
+        no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
+    reloader, tls, _ = await _reloader(tmp_path, ca, poll_interval=3600)
+    baseline = await asyncio.to_thread(reloader.store.fingerprint)  # taken before the load
+    new = issue(ca, "localhost")
+    replace_atomic(tmp_path / "live" / "localhost", new)  # written before watching begins
+    await reloader.start(watch=False, baseline=baseline)
+    try:
+        for _ in range(50):
+            if tls.current.primary.serial == new.serial:
+                break
+            await asyncio.sleep(0.02)
+        assert tls.current.primary.serial == new.serial
+    finally:
+        await reloader.stop()
+
+
+async def test_a_pair_still_being_written_is_not_an_error_unless_it_stays_so(
+        no_blocking: None, tmp_path: Path, ca: trustme.CA, caplog: pytest.LogCaptureFixture) -> None:
+    reloader, tls, _ = await _reloader(tmp_path, ca, poll_interval=0)
+    await reloader.start(watch=False)
+    try:
+        half = tmp_path / "live" / "half.example.com"
+        half.mkdir()
+        (half / "fullchain.pem").write_bytes(issue(ca, "half.example.com").chain)
+        caplog.clear()
+        caplog.set_level(logging.INFO, logger="certproxy.reload")
+        await reloader.reload("test")
+        assert "still being written" in caplog.text and "ERROR" not in caplog.text
+        await reloader.reload("test")  # still half: now it is an error
+        assert any(r.levelname == "ERROR" and "half.example.com" in r.getMessage() for r in caplog.records)
     finally:
         await reloader.stop()
