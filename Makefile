@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 BENCH_ARGS ?=
 
-.PHONY: demo test check bench bench-quick deps system-deps clean
+.PHONY: demo test check bench bench-quick bench-first-cert deps system-deps clean
 
 demo: deps
 	$(BIN)/python demo/demo.py
@@ -26,6 +26,11 @@ check: deps
 bench: deps
 	@scripts/install-bench-deps.sh
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+# Empty store to a certificate: certproxy renew beside certbot and lego on the same Pebble.
+bench-first-cert: deps
+	@scripts/install-bench-deps.sh
+	$(BIN)/python bench/first_cert.py
 
 bench-quick: BENCH_ARGS = --quick
 bench-quick: bench

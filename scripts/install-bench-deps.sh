@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the benchmark's peers and load generator from Debian when missing:
-# nginx-light, haproxy, caddy, wrk (and curl). Their system services are not
+# nginx-light, haproxy, caddy, wrk (and curl); certbot and lego for the
+# first-certificate comparison (bench/first_cert.py). Their system services are not
 # started: the benchmark runs each front itself on loopback ports.
 set -euo pipefail
 
@@ -9,6 +10,8 @@ command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v caddy >/dev/null 2>&1 || need+=(caddy)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v certbot >/dev/null 2>&1 || need+=(certbot)   # bench/first_cert.py
+command -v lego >/dev/null 2>&1 || need+=(lego)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ ${#need[@]} -eq 0 ] && exit 0
 
