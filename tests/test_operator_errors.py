@@ -327,6 +327,11 @@ async def test_access_lines_name_port_and_host_and_certproxys_own_answers(
     line = next(x for x in cp.output().splitlines() if '"GET /healthz"' in x and f":{port} " in x)
     assert line.endswith("upstream=-")  # answered by certproxy, not proxied
     assert await asyncio.to_thread(cp.wait_output, f'127.0.0.1 :{cp.http_port} reg.example.com "GET /x" 301 ')
+    # A request meant for the upstream names it, even when the upstream could not be reached.
+    await exchange(port, f"GET /v2/ HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode(), client_ssl)
+    assert await asyncio.to_thread(cp.wait_output, '"GET /v2/" 502 ')
+    line = next(x for x in cp.output().splitlines() if '"GET /v2/" 502 ' in x)
+    assert line.endswith("upstream=http://127.0.0.1:9")
 
 
 # -- HTTP/1.1 rules, in-process ------------------------------------------------------

@@ -520,7 +520,7 @@ class Exchange:
                 self.bytes_in,
                 self.bytes_out,
                 time.monotonic() - self.started,
-                route.base if self.sent_at else "-",  # "-": answered by certproxy itself
+                route.base if self.head else "-",  # "-": never meant for the upstream
                 route.port,
                 self._host_for_log(),
             )

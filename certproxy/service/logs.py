@@ -162,22 +162,14 @@ def access(
         now = time.time()
         msecs = int((now - int(now)) * 1000)
         if _fast.json:
+            fields = _fields(client, method, target, status, bytes_in, bytes_out, ms, upstream, port, host)
             line = json.dumps(
                 {
                     "ts": f"{_fast.stamp(now)}.{msecs:03d}Z",
                     "level": "info",
                     "logger": "certproxy.access",
                     "msg": message,
-                    "client": client,
-                    "method": method,
-                    "target": target,
-                    "status": status,
-                    "bytes_in": bytes_in,
-                    "bytes_out": bytes_out,
-                    "duration_ms": ms,
-                    "upstream": upstream,
-                    "port": port,
-                    "host": host,
+                    **fields,
                 },
                 separators=(",", ":"),
             )
@@ -188,21 +180,29 @@ def access(
         if len(lines) >= ACCESS_BATCH:
             flush_access()
         return
-    ACCESS.info(
-        "%s",
-        message,
-        extra={
-            "client": client,
-            "method": method,
-            "target": target,
-            "status": status,
-            "bytes_in": bytes_in,
-            "bytes_out": bytes_out,
-            "duration_ms": ms,
-            "upstream": upstream,
-            "port": port,
-            "host": host,
-        },
+    fields = _fields(client, method, target, status, bytes_in, bytes_out, ms, upstream, port, host)
+    ACCESS.info("%s", message, extra=fields)
+
+
+def _fields(
+    client: str,
+    method: str,
+    target: str,
+    status: int,
+    bytes_in: int,
+    bytes_out: int,
+    ms: float,
+    upstream: str,
+    port: int,
+    host: str,
+) -> dict[str, object]:
+    """An access line's fields, by their names in ``_ACCESS_FIELDS``."""
+    return dict(
+        zip(
+            _ACCESS_FIELDS,
+            (client, method, target, status, bytes_in, bytes_out, ms, upstream, port, host),
+            strict=True,
+        )
     )
 
 
