@@ -343,6 +343,8 @@ async def test_access_lines_name_port_and_host_and_certproxys_own_answers(
     (b"GET /v2/ HTTP/1.1\r\nHost: evil.example/x\r\n\r\n", 400, b"invalid Host header"),
     (b"GET https://user:pass@registry.test/v2/ HTTP/1.1\r\nHost: registry.test\r\n\r\n", 400,
      b"credentials in the request target are not accepted"),
+    (b"GET http://bad..name/v2/ HTTP/1.1\r\nHost: registry.test\r\n\r\n", 400,
+     b"invalid authority in the request target"),
 ])
 async def test_host_and_target_rules_answer_400_and_reach_no_upstream(
         request_bytes: bytes, status: int, reason: bytes) -> None:

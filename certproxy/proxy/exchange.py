@@ -35,7 +35,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .headers import Answer, Headers, client_response_headers, upstream_request_headers
-from .hostname import origin, parse_host, valid_host
+from .hostname import origin, parse_host
 from .routes import AnyRoute, Responder
 from .upstream import UpstreamConnection, describe_os_error
 from .wire import (
@@ -161,8 +161,11 @@ class Exchange:
         if len(hosts) > 1:
             self.own_error(400, "more than one Host header")
             return
-        if hosts and not valid_host(hosts[0]):
+        if hosts and not route.host_ok(hosts[0]):
             self.own_error(400, "invalid Host header")
+            return
+        if authority is not None and not route.host_ok(authority):  # it becomes the upstream's Host
+            self.own_error(400, "invalid authority in the request target")
             return
         if not hosts and not self.http10:
             self.own_error(400, "missing Host header")
@@ -501,11 +504,10 @@ class Exchange:
         return self.conn.client_ip
 
     def _host_for_log(self) -> str:
-        host = self.host
-        if host is None:
-            hosts = self.header(b"host")
-            host = hosts[0] if len(hosts) == 1 else None
-        return host.decode("latin-1") if host is not None and valid_host(host) else "-"
+        if self.host is not None:  # checked when the request was prepared
+            return self.host.decode("latin-1")
+        hosts = self.header(b"host")
+        return hosts[0].decode("latin-1") if len(hosts) == 1 and self.route.host_ok(hosts[0]) else "-"
 
     def _record(self, status: int) -> None:
         route = self.route

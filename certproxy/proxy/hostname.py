@@ -61,3 +61,21 @@ def origin(scheme: str, hostname: str, port: int | None) -> str:
     if port is None or port == default:
         return f"{scheme}://{hostname}"
     return f"{scheme}://{hostname}:{port}"
+
+
+class HostCheck:
+    """``valid_host`` with a memory: clients send the same few Host values again and
+    again, so a listener asks the regex once per value (at most ``size`` kept)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._seen: dict[bytes, bool] = {}
+
+    def __call__(self, value: bytes) -> bool:
+        known = self._seen.get(value)
+        if known is None:
+            known = valid_host(value)
+            if len(self._seen) >= self.size:
+                self._seen.clear()
+            self._seen[value] = known
+        return known

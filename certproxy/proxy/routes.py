@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from .headers import Answer, Headers
+from .hostname import HostCheck
 
 if TYPE_CHECKING:
     from .upstream import UpstreamPool
@@ -104,6 +105,7 @@ class ControlRoute:
     ) -> None:
         self.port = port
         self.answer: Responder | None = answer
+        self.host_ok = HostCheck()
         self.stats = stats
         self.access_log = access_log
 
@@ -136,6 +138,7 @@ class ProxyRoute:
         self.upstream_host = route.url.partition("://")[2].encode()
         self.hsts = b"max-age=%d" % hsts_max_age if hsts_max_age > 0 else None
         self.unreachable = f"upstream {self.base} of port {self.port}"
+        self.host_ok = HostCheck()
 
 
 AnyRoute = ProxyRoute | ControlRoute
