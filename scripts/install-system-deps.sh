@@ -12,6 +12,7 @@ command -v pebble >/dev/null 2>&1 || need+=(pebble)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v testssl >/dev/null 2>&1 || need+=(testssl.sh)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)   # tests drop capabilities with it
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -eq 0 ]; then
