@@ -33,6 +33,8 @@ VALUE = st.binary(min_size=0, max_size=24).map(
     lambda b: bytes(c for c in b if 0x20 <= c < 0x7f or c == 0x09).strip())
 PATH = st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=8),
                 max_size=4).map(lambda parts: "/" + "/".join(parts))
+SEMANTIC = {"host", "content-length", "transfer-encoding", "connection", "upgrade", "expect", "te",
+            "trailer", "keep-alive", "proxy-connection"}
 SMUGGLING = [
     [(b"Content-Length", b"3"), (b"Content-Length", b"4")],
     [(b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"3")],
@@ -51,7 +53,10 @@ def one_request(draw: st.DrawFn) -> tuple[bytes, bool]:
     """A request, and whether it is clean (no smuggling-shaped headers)."""
     method = draw(st.sampled_from([b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"]))
     headers = [(b"Host", b"reg.example.com")]
-    headers += [(n.encode(), v) for n, v in draw(st.lists(st.tuples(TOKEN, VALUE), max_size=4))]
+    # Other end-to-end headers; the names that change framing or the connection are the
+    # smuggling cases' business, so a "clean" request never carries them by chance.
+    names = TOKEN.filter(lambda n: n.lower() not in SEMANTIC)
+    headers += [(n.encode(), v) for n, v in draw(st.lists(st.tuples(names, VALUE), max_size=4))]
     body = draw(st.binary(max_size=64))
     framing = draw(st.sampled_from(["none", "length", "chunked"])) if body else "none"
     if framing == "length":
