@@ -1,6 +1,6 @@
 """The certificate store: the ground floor of certproxy (imports nothing above it)."""
 
-from .errors import InvalidName, PairError, StoreError, os_reason
+from .errors import InvalidName, PairError, StoreError, os_problem, os_reason
 from .pair import CertPair, load_pair, parse_pair
 from .paths import StorePaths, is_valid_token, name_for_domain
 from .store import FileStore, Inventory, utcnow
@@ -14,6 +14,7 @@ __all__ = [
     "StoreError",
     "StorePaths",
     "is_valid_token",
+    "os_problem",
     "os_reason",
     "load_pair",
     "name_for_domain",

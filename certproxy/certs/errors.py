@@ -17,6 +17,11 @@ def os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def os_problem(exc: OSError, path: object) -> str:
+    """``FILE: reason`` for a filesystem error: the file the system named, else ``path``."""
+    return f"{exc.filename or path}: {os_reason(exc)}"
+
+
 class StoreError(Exception):
     """The store cannot do what was asked (layout missing, not writable, ...)."""
 

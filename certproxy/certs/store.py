@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .atomic import CERT_MODE, KEY_MODE, create_atomic, write_atomic, write_pair_atomic
 from .bootstrap import make_self_signed
-from .errors import InvalidName, PairError, StoreError, os_reason
+from .errors import InvalidName, PairError, StoreError, os_problem, os_reason
 from .pair import CertPair, key_mode_problem, load_pair, parse_pair
 from .paths import FULLCHAIN, META, PRIVKEY, StorePaths, check_name, name_for_domain
 
@@ -98,7 +98,7 @@ class FileStore:
                     root,
                 )
                 return
-            raise StoreError(f"{exc.filename or root}: {exc.strerror or exc}") from None
+            raise StoreError(os_problem(exc, root)) from None
         if not os.access(root, os.R_OK | os.X_OK):
             raise StoreError(f"{root}: not readable")
 

@@ -20,7 +20,7 @@ from typing import Any
 from ..acme_client import AcmeIssuer
 from ..acme_client.lock import IssuanceLock
 from ..acme_client.manager import CertManager
-from ..certs import FileStore, PairError, StoreError, os_reason, utcnow
+from ..certs import FileStore, PairError, StoreError, os_problem, utcnow
 from ..proxy.client import Listener
 from ..proxy.headers import Answer
 from ..proxy.routes import ControlRoute, Request
@@ -119,10 +119,7 @@ async def renew(config: Config, force: bool) -> int:
         print(f"certproxy renew: CERTPROXY_STORE: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(
-            f"certproxy renew: CERTPROXY_STORE: {exc.filename or config.store}: {os_reason(exc)}",
-            file=sys.stderr,
-        )
+        print(f"certproxy renew: CERTPROXY_STORE: {os_problem(exc, config.store)}", file=sys.stderr)
         return 2
     except StartupError as exc:
         print(f"certproxy renew: {exc}", file=sys.stderr)

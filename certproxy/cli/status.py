@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from ..certs import FileStore, PairError, os_reason, utcnow
+from ..certs import FileStore, PairError, os_problem, utcnow
 from ..certs.paths import name_for_domain
 from .common import EXIT_CONFIG, EXIT_OK, config_from
 from .health_client import default_url, get_health, health_url
@@ -75,7 +75,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         problem = _not_a_store(store)
         rows = [] if problem else _rows(store)
     except OSError as exc:  # a folder certproxy may not enter
-        problem = f"{exc.filename or config.store}: {os_reason(exc)}"
+        problem = os_problem(exc, config.store)
     if problem:
         print(f"certproxy status: CERTPROXY_STORE: {problem}", file=sys.stderr)
         return EXIT_CONFIG

@@ -11,7 +11,7 @@ import errno
 import os
 from pathlib import Path
 
-from ..certs import os_reason
+from ..certs import os_problem
 
 PRIVILEGED_HINT = (
     "ports below 1024 need root, CAP_NET_BIND_SERVICE, or the sysctl "
@@ -34,7 +34,7 @@ def check_ca_bundle(path: Path | None) -> None:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise StartupError("CERTPROXY_ACME_CA_BUNDLE", f"{path}: {os_reason(exc)}") from None
+        raise StartupError("CERTPROXY_ACME_CA_BUNDLE", os_problem(exc, path)) from None
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise StartupError("CERTPROXY_ACME_CA_BUNDLE", f"{path}: no PEM certificate in it")
 

@@ -22,7 +22,7 @@ import signal
 import ssl
 from typing import TYPE_CHECKING
 
-from ..certs import FileStore, StoreError, os_reason, utcnow
+from ..certs import FileStore, StoreError, os_problem, utcnow
 from ..proxy.client import SWEEP_INTERVAL, Listener
 from ..proxy.headers import NO_STORE, Answer
 from ..proxy.routes import ControlRoute, ProxyRoute, Request, Route
@@ -70,8 +70,7 @@ class Front:
             except HtpasswdError as exc:
                 raise StartupError("CERTPROXY_AUTH_HTPASSWD", str(exc)) from None
             except OSError as exc:
-                where = exc.filename or cfg.auth_htpasswd
-                raise StartupError("CERTPROXY_AUTH_HTPASSWD", f"{where}: {os_reason(exc)}") from None
+                raise StartupError("CERTPROXY_AUTH_HTPASSWD", os_problem(exc, cfg.auth_htpasswd)) from None
         if cfg.acme_enabled:
             await asyncio.to_thread(check_ca_bundle, cfg.acme_ca_bundle)
         try:
@@ -82,8 +81,7 @@ class Front:
         except StoreError as exc:
             raise StartupError("CERTPROXY_STORE", str(exc)) from None
         except OSError as exc:  # e.g. a parent folder certproxy may not enter
-            where = exc.filename or cfg.store
-            raise StartupError("CERTPROXY_STORE", f"{where}: {os_reason(exc)}") from None
+            raise StartupError("CERTPROXY_STORE", os_problem(exc, cfg.store)) from None
         self.health_state.store_errors = dict(inventory.errors)
         for path, why in inventory.errors.items():
             log.error("not serving %s: %s", path, why)
