@@ -1,15 +1,22 @@
 # certproxy: one small image, running as a non-root user.
+#
+# The dependency wheels are built from pyproject.toml alone, before the code
+# is copied in, so a change to certproxy/ rebuilds only certproxy's own wheel.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["speed"]))' > requirements.txt \
+    && pip wheel --no-cache-dir --wheel-dir /wheels -r requirements.txt
+COPY README.md ./
 COPY certproxy ./certproxy
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[speed]'
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/certproxy --shell /usr/sbin/nologin certproxy \
     && mkdir -p /var/lib/certproxy && chown certproxy:certproxy /var/lib/certproxy && chmod 0700 /var/lib/certproxy
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
 ENV CERTPROXY_STORE=/var/lib/certproxy \
     PYTHONUNBUFFERED=1
 VOLUME ["/var/lib/certproxy"]

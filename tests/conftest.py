@@ -91,7 +91,7 @@ def certproxy_factory(tmp_path: Path) -> Iterator[Callable[..., CertproxyProcess
         stop_process(cp.proc)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def measure() -> Callable[[str, str], None]:
     """Record a figure for the end-of-run summary (figures are reported, not asserted)."""
     def record(name: str, value: str) -> None:

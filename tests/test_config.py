@@ -83,6 +83,21 @@ def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
     assert cfg.redirect_port == 8443
 
 
+def test_config_file_from_the_environment_reaches_every_command(tmp_path: Path) -> None:
+    """CERTPROXY_CONFIG names the file when --config is not given (in a container, the
+    HEALTHCHECK's `certproxy healthcheck` then sees the port the file sets)."""
+    conf = tmp_path / "certproxy.toml"
+    conf.write_text("http_port = 8080\n")
+    assert load_config({"CERTPROXY_CONFIG": str(conf)}).http_port == 8080
+    other = tmp_path / "other.toml"
+    other.write_text("http_port = 8081\n")
+    assert load_config({"CERTPROXY_CONFIG": str(conf)}, None, other).http_port == 8081  # --config wins
+    with pytest.raises(ConfigError, match=r"CERTPROXY_CONFIG .*missing.toml: cannot read"):
+        load_config({"CERTPROXY_CONFIG": str(tmp_path / "missing.toml")})
+    with pytest.raises(ConfigError, match="did you mean CERTPROXY_CONFIG"):
+        load_config({"CERTPROXY_CONFG": str(conf)})
+
+
 def test_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
     conf = tmp_path / "c.toml"
     conf.write_text("http_port = 123456\n")

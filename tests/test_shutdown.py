@@ -80,3 +80,25 @@ async def test_sigterm_during_a_push(grace: str, chunks: int, pause: float, comp
         assert outcome == 201 and stored
     else:
         assert outcome != 201 and not stored  # visible to the client, nothing half-done upstream
+
+
+async def test_sigterm_does_not_wait_for_a_silent_client(
+        certproxy_factory: Callable[..., CertproxyProcess], registry: Registry, store: Path,
+        client_ssl: ssl.SSLContext) -> None:
+    """A client that got its answer and then neither reads nor closes (it never sends
+    TLS close_notify) owes nothing: SIGTERM exits at once, not after the grace period."""
+    port = free_port()
+    cp = await asyncio.to_thread(certproxy_factory, {port: registry.url}, store,
+                                 extra_env={"CERTPROXY_SHUTDOWN_GRACE": "20"})
+    reader, writer = await asyncio.open_connection("localhost", port, ssl=client_ssl)
+    writer.write(f"GET /v2/ HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    writer.transport.pause_reading()  # silent from here: certproxy's close_notify is never answered
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    cp.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(cp.proc.wait, 30) == 0
+    took = loop.time() - started
+    writer.transport.abort()
+    assert took < 5, f"exit took {took:.1f} s with nothing in flight"

@@ -317,6 +317,20 @@ class ClientConnection(asyncio.Protocol):
         if not self.queue and not self.in_head:
             self.close()
 
+    def owed(self) -> bool:
+        """Still owes the client something: a request in flight or being read, or
+        response bytes not yet handed to the socket. A connection that has sent
+        everything and only waits for the peer's TLS close_notify owes nothing."""
+        transport = self.transport
+        if transport is None:
+            return False
+        if self.queue or self.in_head:
+            return True
+        try:
+            return transport.get_write_buffer_size() > 0
+        except (AttributeError, RuntimeError):
+            return False
+
     def sweep(self, now: float) -> None:
         if self.transport is None:
             return
@@ -389,7 +403,7 @@ class Listener:
     async def drain(self, grace: float) -> None:
         """Let requests in flight finish within ``grace`` seconds, then cut the rest."""
         deadline = self.loop.time() + grace
-        while self.connections and self.loop.time() < deadline:
+        while any(conn.owed() for conn in self.connections) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.abort()

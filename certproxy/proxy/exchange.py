@@ -178,7 +178,8 @@ class Exchange:
                     self.creds = value
                     break
             self.check_auth = not route.auth.known(self.creds)
-            headers = [(n, v) for n, v in headers if n.lower() != b"authorization"]
+            # Forwarded once checked, as nginx's auth_basic does: the UI passes it on
+            # to the registry, which checks the same htpasswd (one login for both).
         out = upstream_request_headers(
             headers, client_ip=self.conn.client_ip_b, host=host, listener_port=route.port
         )

@@ -7,8 +7,10 @@ front that faces the internet. The file is reread when its modification time
 changes (checked at most once a second). bcrypt costs tens of milliseconds,
 so checks run in a thread, and a successful check is remembered for a few
 minutes (keyed by a SHA-256 of the credentials, never the password itself),
-so a page with fifty assets costs one bcrypt, not fifty. The Authorization
-header certproxy consumed is not forwarded upstream.
+so a page with fifty assets costs one bcrypt, not fifty. A request that passes
+goes upstream with its ``Authorization`` header, as nginx's ``auth_basic``
+does: the registry UI forwards it to the registry, which checks the same
+htpasswd file, so one login covers the UI and the registry API behind it.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from ..proxy.routes import Limits, Route
 from ..proxy.upstream import PoolSettings
 
 ENV_PREFIX = "CERTPROXY_"
+CONFIG_VAR = "CERTPROXY_CONFIG"  # the TOML file, when --config is not given
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 DEFAULT_ROUTES = "443=http://registry-ui:80,5000=http://registry:5000"
@@ -388,8 +389,8 @@ def flag_name(setting: str) -> str:
     return "--" + setting.replace("_", "-")
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    source = f"--config {path}"
+def read_config_file(path: Path, source: str | None = None) -> dict[str, Any]:
+    source = source or f"--config {path}"
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -405,7 +406,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """``CERTPROXY_*`` variables that name no setting (a typo is not silently ignored)."""
-    known = {env_name(k) for k in SETTINGS}
+    known = {env_name(k) for k in SETTINGS} | {CONFIG_VAR}
     return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
 
 
@@ -419,15 +420,23 @@ def load_config(
     flags: Mapping[str, Any] | None = None,
     config_file: Path | None = None,
 ) -> Config:
-    """Merge defaults < file < environment < flags into a validated Config."""
+    """Merge defaults < file < environment < flags into a validated Config.
+
+    The file is ``--config``, else ``CERTPROXY_CONFIG``: set in a container's
+    environment, it reaches every command run there (``certproxy healthcheck``
+    and ``status`` included), not only the one given the flag."""
     unknown = unknown_variables(environ)
     if unknown:
-        hint = _did_you_mean(unknown[0], [env_name(k) for k in SETTINGS])
+        hint = _did_you_mean(unknown[0], [env_name(k) for k in SETTINGS] + [CONFIG_VAR])
         raise ConfigError(unknown[0], f"unknown setting{hint}")
     values: dict[str, Any] = {}
     layers: list[tuple[Mapping[str, Any], Callable[[str], str]]] = []
+    source = None
+    if config_file is None and environ.get(CONFIG_VAR):
+        config_file = Path(environ[CONFIG_VAR])
+        source = f"{CONFIG_VAR} {config_file}"
     if config_file is not None:
-        data = read_config_file(config_file)
+        data = read_config_file(config_file, source)
         layers.append((data, lambda k: f"{config_file}: {k}"))
     layers.append(({k: environ[env_name(k)] for k in SETTINGS if env_name(k) in environ}, env_name))
     layers.append(({k: v for k, v in (flags or {}).items() if v is not None}, flag_name))

@@ -53,10 +53,10 @@ def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
         return exc.code < 500
 
 
-def tcp_open(port: int) -> bool:
+def tcp_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
