@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages certproxy's demo and tests use, when missing:
-# the real registry, the real skopeo client, htpasswd, Pebble (an ACME test CA)
-# and what a Python virtualenv needs. Idempotent; apt-get runs only if needed.
+# the real registry, the real skopeo client, htpasswd, Pebble (an ACME test CA),
+# what a Python virtualenv needs, and for the container tier a Docker engine
+# (docker.io), debootstrap (its base image), iproute2 (its network namespace)
+# and Chromium. Idempotent; apt-get runs only if needed.
 set -euo pipefail
 
 need=()
@@ -13,6 +15,11 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v testssl >/dev/null 2>&1 || need+=(testssl.sh)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)   # tests drop capabilities with it
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+[ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || need+=(docker.io)   # another docker client may be in PATH
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -eq 0 ]; then

@@ -114,6 +114,14 @@ def served_cert(engine: Engine, port: int) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
+def serving(engine: Engine, port: int) -> bool:
+    try:
+        served_cert(engine, port)
+    except OSError:
+        return False
+    return True
+
+
 def curl(engine: Engine, url: str, *args: str) -> subprocess.CompletedProcess[str]:
     authority = url.split("://", 1)[1].split("/", 1)[0]
     port = authority.rpartition(":")[2] if ":" in authority else ("443" if url.startswith("https") else "80")
@@ -196,7 +204,8 @@ def test_base_stack_is_healthy_keeps_its_store_and_drains_on_stop(engine: Engine
     try:
         took = engine.wait_healthy("cpbase_certproxy_1")
         measure("container tier: base stack healthy after `up -d`", f"{time.monotonic() - started:.1f} s "
-                f"(certproxy's HEALTHCHECK {took:.1f} s after `up` returned; interval 30 s, first probe at once)")
+                f"(certproxy's HEALTHCHECK {took:.1f} s after `up` returned: its first probe comes after "
+                f"the 30 s interval)")
         # :80 redirects, :443 is the UI, :5000 the registry, all through the compose network.
         r = curl(engine, f"http://{REGISTRY_NAME}/", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}")
         assert r.stdout == f"301 https://{REGISTRY_NAME}/"
@@ -205,7 +214,7 @@ def test_base_stack_is_healthy_keeps_its_store_and_drains_on_stop(engine: Engine
         assert r.stdout.startswith("HTTP/1.1 200") and "registry/2.0" in r.stdout
         serial = served_cert(engine, 5000).serial_number
         engine.compose("cpbase", fs, "restart", "certproxy")
-        engine.wait_healthy("cpbase_certproxy_1")
+        wait_until(lambda: serving(engine, 5000), 30, "serving again after the restart")
         assert served_cert(engine, 5000).serial_number == serial  # the store volume survived
 
         # docker stop: a request in flight (half its body sent) is answered, then exit 0.
@@ -231,6 +240,67 @@ def test_base_stack_is_healthy_keeps_its_store_and_drains_on_stop(engine: Engine
         measure("container tier: `docker stop` with a request in flight", f"exit 0 after {stopped:.1f} s")
     finally:
         engine.compose("cpbase", fs, "down", "-v", check=False)
+
+
+# -- the ACME stack (before the auth stack, which holds the ports until the module ends) ------
+
+
+def test_acme_stack_gets_a_pebble_certificate_without_a_restart(engine: Engine, tmp_path: Path,
+                                                                measure) -> None:  # type: ignore[no-untyped-def]
+    """base + acme, with Pebble as the CA: Pebble (in the engine's network namespace) validates
+    HTTP-01 on the stack's published :80; certproxy reaches Pebble's API from the compose
+    network through the namespace's address."""
+    ca = trustme.CA()
+    pebble: Pebble = start_pebble(tmp_path, ca, 80, listen=engine.netns.addr,
+                                  names_resolve_to=engine.netns.addr, prefix=engine.netns.enter)
+    folder = stack_dir(tmp_path)
+    trust = tmp_path / "pebble-ca"
+    trust.mkdir(mode=0o755)
+    shutil.copy(pebble.ca_bundle, trust / "ca.pem")
+    (trust / "ca.pem").chmod(0o644)
+    # .env as a user writes it (from .env.example), plus the test layer's one variable.
+    (folder / ".env").write_text(f"CERTPROXY_DOMAINS={REGISTRY_NAME}\nCERTPROXY_EMAIL=ops@certproxy.test\n"
+                                 f"CERTPROXY_STAGING=0\nCERTPROXY_ACME_DIRECTORY={pebble.directory}\n"
+                                 f"PEBBLE_CA_DIR={trust}\n")
+    fs = [*files(folder, "acme"), REPO / "tests" / "container" / "compose.pebble.yml"]
+    started = time.monotonic()
+    engine.compose("cpacme", fs, "up", "-d")
+    name = "cpacme_certproxy_1"
+    try:
+        started_at = engine.inspect(name)["State"]["StartedAt"]  # type: ignore[index]
+
+        def from_pebble() -> bool:
+            try:
+                return "Pebble" in served_cert(engine, 5000).issuer.rfc4514_string()
+            except OSError:
+                return False
+
+        try:
+            wait_until(from_pebble, 90, "a Pebble certificate served on :5000")
+        except AssertionError:
+            logs = engine.docker("logs", "--tail", "40", name, check=False)
+            raise AssertionError(f"no Pebble certificate: {logs.stdout[-3000:]}{logs.stderr[-3000:]}") from None
+        first_cert = time.monotonic() - started
+        took_healthy = engine.wait_healthy(name) + first_cert
+        state = engine.inspect(name)["State"]
+        assert state["StartedAt"] == started_at and state["Running"]  # type: ignore[index]
+        cert = served_cert(engine, 443)
+        assert cert.subject.rfc4514_string() == "" or REGISTRY_NAME in str(
+            cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+        listed = engine.docker("exec", name, "sh", "-c", "stat -c '%u %a %n' /var/lib/certproxy/live/*/*").stdout
+        assert all(line.startswith("10001 ") for line in listed.splitlines()) and "600 " in listed, listed
+        measure("container tier: ACME stack, `up -d` to the first Pebble certificate served",
+                f"{first_cert:.1f} s, without a restart (HEALTHCHECK healthy at {took_healthy:.1f} s)")
+
+        serial = served_cert(engine, 5000).serial_number
+        engine.compose("cpacme", fs, "restart", "certproxy")
+        wait_until(lambda: serving(engine, 5000), 30, "serving again after the restart")
+        assert served_cert(engine, 5000).serial_number == serial  # kept in the volume, no new order
+        issued = pebble.log.read_text().count("Issued certificate serial")
+        assert issued == 1, f"{issued} certificates issued"
+    finally:
+        engine.compose("cpacme", fs, "down", "-v", check=False)
+        pebble.stop()
 
 
 # -- the auth stack, the docker client and the browser ----------------------------------------
@@ -307,8 +377,7 @@ def auth_stack(engine: Engine, tls: dict[str, Path], tmp_path_factory: pytest.Te
     certs_d.mkdir(parents=True)
     shutil.copy(tls["ca"], certs_d / "ca.crt")
     try:
-        engine.wait_healthy("cpauth_certproxy_1")
-        yield folder, fs
+        yield folder, fs  # the tests wait for the HEALTHCHECK when they have used the time
     finally:
         engine.compose("cpauth", fs, "down", "-v", check=False)
 
@@ -340,6 +409,8 @@ def direct_registry(engine: Engine, tls: dict[str, Path], auth_stack: tuple[Path
 
 def test_docker_client_through_certproxy(engine: Engine, tls: dict[str, Path], auth_stack: tuple[Path, list[Path]],
                                          direct_registry: str, tmp_path: Path, measure) -> None:  # type: ignore[no-untyped-def]
+    image_id = make_big_image(engine, tmp_path, "big/app:1", GiB)  # while the stack starts
+    engine.wait_healthy("cpauth_certproxy_1")
     # TLS is checked: without the CA in certs.d, the client refuses the certificate.
     ca_file = engine.netns.certs_d(PROXIED) / "ca.crt"
     ca_file.rename(ca_file.with_suffix(".off"))
@@ -352,7 +423,6 @@ def test_docker_client_through_certproxy(engine: Engine, tls: dict[str, Path], a
     assert wrong.returncode != 0 and "401 Unauthorized" in wrong.stderr
     engine.docker("login", "-u", USER, "--password-stdin", PROXIED, input=PASSWORD.encode())
 
-    image_id = make_big_image(engine, tmp_path, "big/app:1", GiB)
     layer_count = len(engine.inspect("big/app:1")["RootFS"]["Layers"])  # type: ignore[index,arg-type]
     assert layer_count == 3
     for registry in (PROXIED, DIRECT):
@@ -386,7 +456,7 @@ def test_docker_client_through_certproxy(engine: Engine, tls: dict[str, Path], a
             f"{pull[PROXIED]:.1f} s / {pull[DIRECT]:.1f} s = {pull[PROXIED] / pull[DIRECT]:.2f}x")
 
     # A push interrupted mid-layer (the user's Ctrl-C), then pushed again.
-    make_big_image(engine, tmp_path, f"{PROXIED}/interrupted/app:1", 256 << 20, layers=2)
+    make_big_image(engine, tmp_path, f"{PROXIED}/interrupted/app:1", 128 << 20, layers=2)
     proc = subprocess.Popen([DOCKER, "--config", str(engine.client_config), "-H", engine.sock, "push",
                              f"{PROXIED}/interrupted/app:1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     uploads = "/var/lib/registry/docker/registry/v2/repositories/interrupted/app/_uploads"
@@ -419,6 +489,7 @@ async def test_browser_one_login_lists_the_repositories(engine: Engine, tls: dic
                                                         tmp_path: Path) -> None:
     """http://HOST/ -> https://HOST/ -> one basic-auth prompt (certproxy's) -> the page's own
     /v2/_catalog call goes through with the same login, as in the classic stack."""
+    engine.wait_healthy("cpauth_certproxy_1")
     engine.docker("login", "-u", USER, "--password-stdin", PROXIED, input=PASSWORD.encode())
     make_big_image(engine, tmp_path, f"{PROXIED}/ui/probe:1", 4096, layers=1)
     engine.docker("push", f"{PROXIED}/ui/probe:1")
