@@ -5,8 +5,8 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml ./
-RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-print("\n".join(p["dependencies"] + p["optional-dependencies"]["speed"]))' > requirements.txt \
+RUN python -c 'import tomllib; \
+print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
     && pip wheel --no-cache-dir --wheel-dir /wheels -r requirements.txt
 COPY README.md ./
 COPY certproxy ./certproxy

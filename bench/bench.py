@@ -266,7 +266,8 @@ http {{ access_log off; keepalive_requests 1000000;
 
     def main(self) -> int:
         self.setup()
-        names = [n for n in ("nginx", "haproxy", "caddy", "certproxy") if n in self.args.fronts]
+        wanted = self.args.fronts.split(",")
+        names = [n for n in FRONTS if n in wanted]
         rounds: list[dict[str, dict[str, float]]] = []
         try:
             for rnd in range(self.rounds):
@@ -315,7 +316,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1 round, 64 MiB layer, 3 s wrk runs")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--layer-mib", type=int, default=1024)
-    parser.add_argument("--fronts", default="nginx,haproxy,caddy,certproxy")
+    parser.add_argument("--fronts", default="nginx,haproxy,caddy,certproxy,certproxy-2w")
     args = parser.parse_args()
     args.fronts = args.fronts.split(",")
     if "nginx" not in args.fronts:

@@ -162,4 +162,13 @@ class Certproxy(Front):
         return [sys.executable, "-m", "certproxy", "serve"], env
 
 
-FRONTS = {"nginx": Nginx, "haproxy": HAProxy, "caddy": Caddy, "certproxy": Certproxy}
+class CertproxyTwoWorkers(Certproxy):
+    """certproxy with CERTPROXY_WORKERS=2: two processes on the same ports (SO_REUSEPORT)."""
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        cmd, env = super().command()
+        return cmd, {**env, "CERTPROXY_WORKERS": "2"}
+
+
+FRONTS = {"nginx": Nginx, "haproxy": HAProxy, "caddy": Caddy, "certproxy": Certproxy,
+          "certproxy-2w": CertproxyTwoWorkers}

@@ -5,21 +5,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..service.config import SETTINGS
 from .common import EXIT_CONFIG, EXIT_OK, config_from
+
+if TYPE_CHECKING:
+    from ..service.config import Config
+    from ..service.workers import Worker
 
 # Every setting is a flag of `serve` (and an environment variable, and a TOML key).
 SERVE_FLAGS = tuple(SETTINGS)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..service.checks import StartupError
     from ..service.logs import setup_logging
-    from ..service.server import run
+    from ..service.workers import Worker, serve_workers
 
     config = config_from(args, SERVE_FLAGS)
     setup_logging(config.log_format, config.log_level)
+    if config.workers == 1:
+        return _serve(config, Worker(), lambda: None)
+    return serve_workers(config.workers, lambda worker, ready: _serve(config, worker, ready))
+
+
+def _serve(config: Config, worker: Worker, ready: Callable[[], None]) -> int:
+    from ..service.checks import StartupError
+    from ..service.server import run
+
     try:
         import uvloop
     except ImportError:
@@ -27,7 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         runner = uvloop.run
     try:
-        runner(run(config))
+        runner(run(config, worker, ready))
     except StartupError as exc:
         print(f"certproxy: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -382,7 +382,11 @@ class Listener:
         cap = self.limits.max_connections
         return bool(cap) and len(self.connections) >= cap
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+    async def start(
+        self, host: str, port: int, ssl_context: ssl.SSLContext | None, *, reuse_port: bool = False
+    ) -> None:
+        """``reuse_port``: several processes listen on the port and the kernel spreads
+        new connections over them (``SO_REUSEPORT``)."""
         self.server = await self.loop.create_server(
             self,
             host,
@@ -390,6 +394,7 @@ class Listener:
             ssl=ssl_context,
             backlog=1024,
             reuse_address=True,
+            reuse_port=reuse_port or None,
             ssl_handshake_timeout=self.limits.handshake_timeout if ssl_context else None,
         )
 

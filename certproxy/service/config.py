@@ -13,6 +13,7 @@ store is usable is checked when the server starts.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -78,6 +79,7 @@ class Config:
     auth_htpasswd: Path | None = None
     auth_ports: tuple[int, ...] | None = None  # None: 443 when it is routed
     hsts_max_age: int = 31536000  # 0: no Strict-Transport-Security header
+    workers: int = 1  # processes serving the same ports (SO_REUSEPORT); "auto": one per CPU
 
     def __post_init__(self) -> None:
         if not self.routes:
@@ -223,6 +225,24 @@ def parse_count(raw: Any, source: str) -> int:
     text = str(raw).strip()
     if not text.isdigit() or not 1 <= int(text) <= 1_000_000:
         raise ConfigError(source, f"{raw!r} is not a count from 1 to 1000000")
+    return int(text)
+
+
+MAX_WORKERS = 64
+
+
+def parse_workers(raw: Any, source: str) -> int:
+    text = str(raw).strip().lower()
+    if text == "auto":
+        return max(
+            1,
+            min(
+                MAX_WORKERS,
+                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+            ),
+        )
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise ConfigError(source, f"{raw!r} is not a number of workers from 1 to {MAX_WORKERS} (or auto)")
     return int(text)
 
 
@@ -375,6 +395,7 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "admin_bind": parse_bind,
     "auth_htpasswd": _optional_path,
     "hsts_max_age": lambda raw, src: parse_hsts(raw, src),
+    "workers": parse_workers,
     "auth_ports": lambda raw, src: tuple(
         _port(p, src) for p in (raw if isinstance(raw, list) else str(raw).split(",")) if str(p).strip()
     ),

@@ -34,6 +34,7 @@ from ..proxy.headers import NO_STORE, Answer
 from ..proxy.routes import Request, Route
 from ..proxy.tls import TLSState
 from ..proxy.upstream import describe_os_error
+from .workers import Worker
 
 PROBE_TTL = 5.0
 PROBE_TIMEOUT = 2.0
@@ -103,11 +104,18 @@ class UpstreamProbe:
 
 
 class Health:
-    def __init__(self, tls: TLSState, upstreams: Sequence[UpstreamProbe], state: HealthState) -> None:
+    def __init__(
+        self,
+        tls: TLSState,
+        upstreams: Sequence[UpstreamProbe],
+        state: HealthState,
+        worker: Worker | None = None,
+    ) -> None:
         self._tls = tls
         self._upstreams = upstreams
         self.state = state
         self.renewals: list[RenewalStatus] = []  # filled in when ACME is on
+        self.worker = worker
 
     async def report(self) -> tuple[int, dict[str, object]]:
         now = utcnow()
@@ -152,6 +160,11 @@ class Health:
             "last_reload": self.state.last_reload.isoformat() if self.state.last_reload else None,
             "renewals": [r.to_json() for r in self.renewals],
         }
+        if self.worker is not None and self.worker.shares_ports:
+            body["worker"] = {
+                **self.worker.describe(),
+                "maintains_certificates": self.worker.maintains_certificates,
+            }
         return (503 if status == "failing" else 200), body
 
     async def answer(self, request: Request | None = None) -> Answer:

@@ -7,13 +7,17 @@ additions; certificate expiry and renewal state are read at scrape time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sized
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..proxy.tls import TLSState
+
+if TYPE_CHECKING:
+    from .workers import Worker
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -125,6 +129,15 @@ class Metrics:
     def watch(self, tls: TLSState, renewals: list[Any]) -> None:
         self._tls = tls
         self._renewals = renewals
+
+    def worker_info(self, worker: Worker) -> None:
+        """Which worker these figures cover (each worker has its own admin port)."""
+        Gauge(
+            "certproxy_worker",
+            "The worker process these metrics cover: its index, the number of workers, its pid",
+            ["index", "count", "pid"],
+            registry=self.registry,
+        ).labels(str(worker.index), str(worker.count), str(os.getpid())).set(1)
 
     def route(self, route: str) -> RouteMetrics:
         return RouteMetrics(self, route)

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..certs import FileStore, StoreError, os_problem, utcnow
@@ -37,6 +38,7 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .plain import PlainHandler
 from .reload import Reloader, load_certificates
+from .workers import Worker
 
 if TYPE_CHECKING:
     from ..acme_client.manager import CertManager
@@ -45,8 +47,9 @@ log = logging.getLogger("certproxy")
 
 
 class Front:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker: Worker | None = None) -> None:
         self.config = config
+        self.worker = worker or Worker()
         self.store = FileStore(config.store)
         self.health_state = HealthState()
         self.tls: TLSState | None = None
@@ -103,13 +106,14 @@ class Front:
                 await asyncio.to_thread(ssl.create_default_context) if route.scheme == "https" else None
             )
         self._probes = [UpstreamProbe(route, upstream_ssl[route.port]) for route in cfg.routes]
-        self.health = Health(self.tls, self._probes, self.health_state)
+        self.health = Health(self.tls, self._probes, self.health_state, self.worker)
         # Everything /healthz and /metrics report exists before the first listener opens.
         self.metrics.watch(self.tls, self.health.renewals)
         self.metrics.last_reload.set_function(
             lambda: self.health_state.last_reload.timestamp() if self.health_state.last_reload else 0
         )
-        if cfg.acme_enabled:
+        self.metrics.worker_info(self.worker)
+        if cfg.acme_enabled and self.worker.maintains_certificates:
             from ..acme_client.client import AcmeIssuer  # the acme library only when ACME is on
             from ..acme_client.manager import CertManager
 
@@ -136,8 +140,13 @@ class Front:
             for route in cfg.routes:
                 await self._listen_tls(route, upstream_ssl[route.port])
             if cfg.admin_port is not None:
+                # One admin port per worker (ADMIN_PORT + index): each /metrics and /healthz
+                # there covers one known worker, which a shared port could not promise.
                 await self._listen(
-                    ControlRoute(cfg.admin_port, self._admin), cfg.admin_bind, None, "CERTPROXY_ADMIN_PORT"
+                    ControlRoute(cfg.admin_port + self.worker.index, self._admin),
+                    cfg.admin_bind,
+                    None,
+                    "CERTPROXY_ADMIN_PORT",
                 )
         except StartupError:
             await self.stop(0)
@@ -186,8 +195,9 @@ class Front:
     ) -> None:
         """Open one listener; a port that cannot be bound stops start-up naming ``setting``."""
         listener = Listener(route, self.config.limits())
+        shared = self.worker.shares_ports and setting != "CERTPROXY_ADMIN_PORT"
         try:
-            await listener.start(bind, route.port, ctx)
+            await listener.start(bind, route.port, ctx, reuse_port=shared)
         except OSError as exc:
             raise listen_error(exc, setting, bind, route.port) from None
         self._listeners.append(listener)
@@ -227,14 +237,17 @@ class Front:
         self._pools.clear()
 
 
-async def run(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and return."""
+async def run(config: Config, worker: Worker | None = None, ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and return. ``ready`` is called once
+    every listener is open."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    front = Front(config)
+    front = Front(config, worker)
     await front.start()
+    if ready is not None:
+        ready()
     reloads: set[asyncio.Task[bool]] = set()
 
     def on_sighup() -> None:
@@ -244,7 +257,10 @@ async def run(config: Config) -> None:
             task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    log.info("certproxy ready")
+    if front.worker.shares_ports:
+        log.info("certproxy worker %d of %d ready", front.worker.index, front.worker.count)
+    else:
+        log.info("certproxy ready")
     await stopping.wait()
     log.info("stopping: draining requests in flight (up to %g s)", config.shutdown_grace)
     await front.stop()

@@ -1,0 +1,193 @@
+"""CERTPROXY_WORKERS: several processes on the same ports (SO_REUSEPORT), one of
+them maintaining certificates, every one of them reloading, all drained by one
+SIGTERM to the parent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trustme
+from cryptography import x509
+
+from conftest import write_live
+from support.pebble import start_pebble
+from support.procs import CertproxyProcess, free_port, start_certproxy, stop_process, wait_for
+from support.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+
+def start_workers(tmp: Path, routes: dict[int, str], store: Path, count: int = 2,
+                  extra_env: dict[str, str] | None = None) -> CertproxyProcess:
+    cp = start_certproxy(tmp, routes, store, extra_env={"CERTPROXY_WORKERS": str(count), **(extra_env or {})})
+    try:
+        wait_for(lambda: f"{count} workers serving" in cp.output(), 20, "workers", cp.proc, cp.log)
+    except BaseException:
+        stop_process(cp.proc)
+        raise
+    return cp
+
+
+def worker_of_new_connection(port: int, ctx: ssl.SSLContext) -> tuple[int, int, str]:
+    """(worker index, pid, serial served) as one new TLS connection finds them: its own
+    certificate, and /healthz asked on that connection (full report: loopback client)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as conn:
+        der = conn.getpeercert(binary_form=True)
+        assert der is not None
+        serial = format(x509.load_der_x509_certificate(der).serial_number, "x")
+        conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    return body["worker"]["index"], body["worker"]["pid"], serial
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_two_workers_share_the_ports_and_each_says_which_it_is(
+        registry: Registry, store: Path, client_ssl: ssl.SSLContext, tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    while admin + 1 == port:
+        admin = free_port()
+    cp = start_workers(tmp_path, {port: registry.url}, store, extra_env={"CERTPROXY_ADMIN_PORT": str(admin)})
+    try:
+        pids = children(cp.pid)
+        assert len(pids) == 2
+        seen = {}
+        deadline = time.monotonic() + 20
+        while len(seen) < 2 and time.monotonic() < deadline:
+            index, pid, _ = worker_of_new_connection(port, client_ssl)
+            seen[index] = pid
+        assert seen.keys() == {0, 1} and sorted(seen.values()) == sorted(pids)
+        for index in (0, 1):  # one admin port per worker, ADMIN_PORT + index
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin + index}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            assert f'certproxy_worker{{count="2",index="{index}",pid="{seen[index]}"}} 1.0' in text
+    finally:
+        assert stop_process(cp.proc) == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def test_every_worker_reloads_a_new_certificate(registry: Registry, store: Path, ca: trustme.CA,
+                                                client_ssl: ssl.SSLContext, tmp_path: Path) -> None:
+    port = free_port()
+    cp = start_workers(tmp_path, {port: registry.url}, store)
+    try:
+        before = {worker_of_new_connection(port, client_ssl)[2] for _ in range(6)}
+        assert len(before) == 1
+        leaf = write_live(store, "localhost", ca, "localhost", "127.0.0.1")
+        new = format(x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).serial_number, "x")
+        fresh: set[int] = set()
+        deadline = time.monotonic() + 10
+        while fresh != {0, 1} and time.monotonic() < deadline:
+            index, _, serial = worker_of_new_connection(port, client_ssl)
+            if serial == new:
+                fresh.add(index)
+        assert fresh == {0, 1}, f"serving the new certificate: workers {sorted(fresh)}"
+    finally:
+        stop_process(cp.proc)
+
+
+async def test_sigterm_drains_every_worker(registry: Registry, store: Path, client_ssl: ssl.SSLContext,
+                                           tmp_path: Path) -> None:
+    """A slow upload in flight on each worker finishes after SIGTERM to the parent; then all exit 0."""
+    from test_shutdown import in_registry, slow_push
+
+    port = free_port()
+    cp = await asyncio.to_thread(start_workers, tmp_path, {port: registry.url}, store)
+    pids = children(cp.pid)
+    pushes = [asyncio.create_task(slow_push(port, client_ssl, f"workers/p{i}", 24, 0.05)) for i in range(4)]
+    await asyncio.sleep(0.4)
+    cp.proc.send_signal(signal.SIGTERM)
+    results = await asyncio.gather(*pushes)
+    assert await asyncio.to_thread(cp.proc.wait, 30) == 0
+    assert [status for _, status in results] == [201] * 4
+    for i, (digest, _) in enumerate(results):
+        assert await asyncio.to_thread(in_registry, registry, f"workers/p{i}", digest)
+    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def test_a_start_up_mistake_is_reported_once_and_nothing_stays(store: Path, tmp_path: Path) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    taken = busy.getsockname()[1]
+    try:
+        cp = start_certproxy(tmp_path, {free_port(): "http://127.0.0.1:9"}, store, wait=False,
+                             extra_env={"CERTPROXY_WORKERS": "3", "CERTPROXY_ADMIN_PORT": str(taken)})
+        assert cp.proc.wait(30) == 2
+    finally:
+        busy.close()
+    lines = [line for line in cp.output().splitlines() if line.startswith("certproxy: ")]
+    assert len(lines) == 1 and "CERTPROXY_ADMIN_PORT" in lines[0], cp.output()[-2000:]
+
+
+def test_a_worker_that_dies_stops_the_set(registry: Registry, store: Path, tmp_path: Path) -> None:
+    """The parent does not run on with fewer workers: it stops the rest and exits non-zero,
+    so the container's restart policy starts the whole set again."""
+    cp = start_workers(tmp_path, {free_port(): registry.url}, store)
+    pids = children(cp.pid)
+    os.kill(pids[1], signal.SIGKILL)
+    assert cp.proc.wait(30) != 0
+    assert "exited with -9: stopping the other workers" in cp.output()
+    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def test_workers_get_one_acme_certificate_and_all_serve_it(store: Path, client_ssl: ssl.SSLContext,
+                                                          tmp_path: Path, registry: Registry) -> None:
+    """Only worker 0 orders (one order at Pebble); every worker serves the result."""
+    ca = trustme.CA()
+    http_port = free_port()
+    pebble = start_pebble(tmp_path, ca, http_port)
+    empty = tmp_path / "acme-store"
+    port = free_port()
+    try:
+        cp = start_certproxy(tmp_path, {port: registry.url}, empty, http_port=http_port, wait=False, extra_env={
+            "CERTPROXY_WORKERS": "2", "CERTPROXY_DOMAINS": "localhost",
+            "CERTPROXY_ACME_DIRECTORY": pebble.directory, "CERTPROXY_ACME_CA_BUNDLE": str(pebble.ca_bundle),
+            "CERTPROXY_ACME_RETRY_MIN": "1"})
+        try:
+            wait_for(lambda: "2 workers serving" in cp.output(), 20, "workers", cp.proc, cp.log)
+            ctx = ssl.create_default_context()
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            live = empty / "live" / "localhost" / "fullchain.pem"
+            wait_for(live.exists, 60, "the Pebble certificate", cp.proc, cp.log)
+            issued = format(x509.load_pem_x509_certificate(live.read_bytes()).serial_number, "x")
+            serving: set[int] = set()
+            deadline = time.monotonic() + 10
+            while serving != {0, 1} and time.monotonic() < deadline:
+                index, _, serial = worker_of_new_connection(port, ctx)
+                if serial == issued:
+                    serving.add(index)
+            assert serving == {0, 1}
+            assert pebble.log.read_text().count("Issued certificate serial") == 1
+        finally:
+            stop_process(cp.proc)
+    finally:
+        pebble.stop()
+
+
+def test_workers_setting_is_checked() -> None:
+    out = subprocess.run([sys.executable, "-m", "certproxy", "serve"], capture_output=True, text=True, timeout=30,
+                         env={**{k: v for k, v in os.environ.items() if not k.startswith("CERTPROXY_")},
+                              "CERTPROXY_WORKERS": "many"}, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("certproxy: CERTPROXY_WORKERS: 'many' is not a number of workers "
+                                  "from 1 to 64 (or auto)")
+
