@@ -34,11 +34,13 @@ SMUGGLING = {
 }
 
 
-@pytest.fixture
-async def front(certproxy_factory: Factory, store: Path):  # type: ignore[no-untyped-def]
+@pytest.fixture(params=["1", "2"], ids=["1-worker", "2-workers"])
+async def front(request: pytest.FixtureRequest, certproxy_factory: Factory, store: Path):  # type: ignore[no-untyped-def]
+    """certproxy alone, and as two workers on the same port (CERTPROXY_WORKERS)."""
     up = await RawUpstream().start()
     port = free_port()
-    cp = await asyncio.to_thread(certproxy_factory, {port: up.url}, store)
+    cp = await asyncio.to_thread(certproxy_factory, {port: up.url}, store,
+                                 extra_env={"CERTPROXY_WORKERS": request.param})
     yield cp, port, up
     await up.close()
 

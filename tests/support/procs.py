@@ -133,6 +133,9 @@ def start_certproxy(tmp: Path, routes: Mapping[int, str], store: Path, *,
         try:
             wait_for(lambda: http_ok(cp.healthz) and all(tcp_open(p) for p in routes), 20,
                      "certproxy", proc, log)
+            workers = env.get("CERTPROXY_WORKERS", "1")
+            if workers != "1":  # every worker listening, not only the first
+                wait_for(lambda: f"{workers} workers serving" in cp.output(), 20, "certproxy workers", proc, log)
         except BaseException:
             stop_process(proc)
             raise
