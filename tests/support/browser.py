@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,22 +57,33 @@ async def visit(url: str, *, user: str, password: str, trust_pem: bytes, resolve
     chromium = shutil.which("chromium")
     if chromium is None:
         raise RuntimeError("chromium is not installed (scripts/install-system-deps.sh installs it)")
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes outlive the main one for a moment and keep writing to
+    # the profile: the whole process group is stopped before the profile is removed.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         rules = ", ".join(f"MAP {name} {addr}" for name, addr in resolve.items())
         proc = subprocess.Popen(
             [chromium, *FLAGS, f"--user-data-dir={profile}", f"--host-resolver-rules={rules}",
              f"--ignore-certificate-errors-spki-list={spki_hash(trust_pem)}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             return await asyncio.wait_for(
                 _drive(Path(profile), url, user, password, wait_for, done_prefixes, read_ids), timeout)
         finally:
-            proc.terminate()
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()
             try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return  # no process of the group is left
+            time.sleep(0.1)
 
 
 async def _drive(profile: Path, url: str, user: str, password: str, wait_for: str,
