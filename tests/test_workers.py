@@ -55,6 +55,17 @@ def worker_of_new_connection(port: int, ctx: ssl.SSLContext) -> tuple[int, int, 
     return body["worker"]["index"], body["worker"]["pid"], serial
 
 
+def workers_serving(port: int, ctx: ssl.SSLContext, serial: str, timeout: float = 10) -> set[int]:
+    """The workers (of two) seen serving ``serial`` on new connections within ``timeout``."""
+    serving: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while serving != {0, 1} and time.monotonic() < deadline:
+        index, _, served = worker_of_new_connection(port, ctx)
+        if served == serial:
+            serving.add(index)
+    return serving
+
+
 def children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
@@ -93,12 +104,7 @@ def test_every_worker_reloads_a_new_certificate(registry: Registry, store: Path,
         assert len(before) == 1
         leaf = write_live(store, "localhost", ca, "localhost", "127.0.0.1")
         new = format(x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).serial_number, "x")
-        fresh: set[int] = set()
-        deadline = time.monotonic() + 10
-        while fresh != {0, 1} and time.monotonic() < deadline:
-            index, _, serial = worker_of_new_connection(port, client_ssl)
-            if serial == new:
-                fresh.add(index)
+        fresh = workers_serving(port, client_ssl, new)
         assert fresh == {0, 1}, f"serving the new certificate: workers {sorted(fresh)}"
     finally:
         stop_process(cp.proc)
@@ -169,13 +175,7 @@ def test_workers_get_one_acme_certificate_and_all_serve_it(store: Path, client_s
             live = empty / "live" / "localhost" / "fullchain.pem"
             wait_for(live.exists, 60, "the Pebble certificate", cp.proc, cp.log)
             issued = format(x509.load_pem_x509_certificate(live.read_bytes()).serial_number, "x")
-            serving: set[int] = set()
-            deadline = time.monotonic() + 10
-            while serving != {0, 1} and time.monotonic() < deadline:
-                index, _, serial = worker_of_new_connection(port, ctx)
-                if serial == issued:
-                    serving.add(index)
-            assert serving == {0, 1}
+            assert workers_serving(port, ctx, issued) == {0, 1}
             assert pebble.log.read_text().count("Issued certificate serial") == 1
         finally:
             stop_process(cp.proc)
