@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 BENCH_ARGS ?=
 
-.PHONY: demo test check bench bench-quick bench-first-cert deps system-deps clean
+.PHONY: demo test check bench bench-quick bench-first-cert bench-dataplane deps system-deps clean
 
 demo: deps
 	$(BIN)/python demo/demo.py
@@ -31,6 +31,10 @@ bench: deps
 bench-first-cert: deps
 	@scripts/install-bench-deps.sh
 	$(BIN)/python bench/first_cert.py
+
+# certproxy's own CPU per request, in-process (no TLS, no sockets): for comparing code changes.
+bench-dataplane: deps
+	$(BIN)/python bench/dataplane.py
 
 bench-quick: BENCH_ARGS = --quick
 bench-quick: bench

@@ -164,3 +164,25 @@ def test_htpasswd_entries_must_be_bcrypt(tmp_path: Path) -> None:
                            "--cost", "5"], input="pw3\n", capture_output=True, text=True, timeout=30)
     user, digest = made.stdout.strip().split(":", 1)
     assert made.returncode == 0 and user == "gina" and bcrypt.checkpw(b"pw3", digest.encode())
+
+
+def test_route_figures_become_prometheus_families_at_scrape_time() -> None:
+    """Plain numbers on the request path; counters and a cumulative histogram when scraped."""
+    from certproxy.service.metrics import Metrics
+
+    m = Metrics()
+    r = m.route("5000")
+    for status in (200, 204, 404, 502, 99):
+        r.request(status, 10, 20)
+    for seconds in (0.001, 0.003, 0.003, 100.0):
+        r.upstream_response(seconds)
+    text = m.render().decode()
+    assert 'certproxy_requests_total{code="2xx",route="5000"} 2.0' in text
+    assert 'certproxy_requests_total{code="1xx",route="5000"} 1.0' in text
+    assert 'certproxy_requests_total{code="5xx",route="5000"} 1.0' in text
+    assert 'certproxy_request_body_bytes_total{route="5000"} 50.0' in text
+    assert 'certproxy_upstream_response_seconds_bucket{le="0.001",route="5000"} 1.0' in text  # le: <=
+    assert 'certproxy_upstream_response_seconds_bucket{le="0.005",route="5000"} 3.0' in text
+    assert 'certproxy_upstream_response_seconds_bucket{le="60.0",route="5000"} 3.0' in text
+    assert 'certproxy_upstream_response_seconds_bucket{le="+Inf",route="5000"} 4.0' in text
+    assert 'certproxy_upstream_response_seconds_count{route="5000"} 4.0' in text

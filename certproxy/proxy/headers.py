@@ -47,27 +47,22 @@ FORWARDING = frozenset(
 _REQUEST_DROP = HOP_BY_HOP | FORWARDING
 
 
-def _connection_named(headers: Headers) -> frozenset[bytes]:
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            named.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return frozenset(named)
-
-
 def end_to_end(headers: Headers, drop: frozenset[bytes] = HOP_BY_HOP) -> Headers:
-    """``headers`` without the hop-by-hop ones (and without any name in ``drop``)."""
+    """``headers`` without the hop-by-hop ones (and without any name in ``drop``,
+    which holds ``HOP_BY_HOP``). One pass; a second only when ``Connection`` names
+    headers, which may come before it."""
     out: Headers = []
-    named: frozenset[bytes] = frozenset()
-    for name, _ in headers:
-        if name.lower() == b"connection":
-            named = _connection_named(headers)
-            break
+    named: set[bytes] | None = None
     for name, value in headers:
         low = name.lower()
-        if low in drop or low in named or low.startswith(b"proxy-"):
+        if low in drop or low[:6] == b"proxy-":
+            if low == b"connection":
+                tokens = {t.strip().lower() for t in value.split(b",")}
+                named = (named or set()) | tokens
             continue
         out.append((name, value))
+    if named:
+        return [(n, v) for n, v in out if n.lower() not in named]
     return out
 
 

@@ -1,18 +1,20 @@
 """Prometheus metrics, served on the admin listener (never on the public ones).
 
 One ``Metrics`` object per process with its own registry (no global state).
-Per-request work is a dictionary lookup of pre-made label children and a few
-additions; certificate expiry and renewal state are read at scrape time.
+Per-request work is a few integer additions on the listener's own
+``RouteMetrics``; they, certificate expiry and renewal state become metric
+families at scrape time.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Callable, Iterable, Sized
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from ..proxy.tls import TLSState
 
@@ -22,27 +24,68 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+BUCKET_LABELS = (*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf")  # as prometheus_client writes "le"
 
 
 class RouteMetrics:
-    """The label children of one listener, made once (the data plane's ``RouteStats``)."""
+    """One listener's figures (the data plane's ``RouteStats``): plain numbers on the
+    request path, with no lock and no label lookup, turned into metric families
+    only when Prometheus scrapes (``_Routes``)."""
 
-    def __init__(self, m: Metrics, route: str) -> None:
-        self.by_class = {c: m.requests.labels(route, c) for c in STATUS_CLASSES}
-        self.bytes_in = m.bytes_in.labels(route)
-        self.bytes_out = m.bytes_out.labels(route)
-        self.latency = m.upstream_latency.labels(route)
+    __slots__ = ("route", "by_class", "bytes_in", "bytes_out", "latency_counts", "latency_sum")
+
+    def __init__(self, route: str) -> None:
+        self.route = route
+        self.by_class = [0] * len(STATUS_CLASSES)
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, the last one +Inf
+        self.latency_sum = 0.0
 
     def request(self, status: int, bytes_in: int, bytes_out: int) -> None:
-        cls = STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]
-        self.by_class[cls].inc()
-        if bytes_in:
-            self.bytes_in.inc(bytes_in)
-        if bytes_out:
-            self.bytes_out.inc(bytes_out)
+        self.by_class[min(max(status // 100, 1), 5) - 1] += 1
+        self.bytes_in += bytes_in
+        self.bytes_out += bytes_out
 
     def upstream_response(self, seconds: float) -> None:
-        self.latency.observe(seconds)
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+
+class _Routes:
+    """Every listener's ``RouteMetrics`` as Prometheus families, at scrape time."""
+
+    def __init__(self, routes: list[RouteMetrics]) -> None:
+        self._routes = routes
+
+    def collect(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            "certproxy_requests",
+            "Requests answered, by listener port and status class",
+            labels=["route", "code"],
+        )
+        bytes_in = CounterMetricFamily(
+            "certproxy_request_body_bytes", "Request body bytes received", labels=["route"]
+        )
+        bytes_out = CounterMetricFamily(
+            "certproxy_response_body_bytes", "Response body bytes sent", labels=["route"]
+        )
+        latency = HistogramMetricFamily(
+            "certproxy_upstream_response_seconds",
+            "Time from sending a request upstream to its response head",
+            labels=["route"],
+        )
+        for r in list(self._routes):
+            for cls, count in zip(STATUS_CLASSES, list(r.by_class), strict=True):
+                requests.add_metric([r.route, cls], count)
+            bytes_in.add_metric([r.route], r.bytes_in)
+            bytes_out.add_metric([r.route], r.bytes_out)
+            cumulative, buckets = 0, []
+            for label, count in zip(BUCKET_LABELS, list(r.latency_counts), strict=True):
+                cumulative += count
+                buckets.append((label, cumulative))
+            latency.add_metric([r.route], buckets, r.latency_sum)
+        yield from (requests, bytes_in, bytes_out, latency)
 
 
 class _Scraped:
@@ -89,25 +132,6 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "certproxy_requests",
-            "Requests answered, by listener port and status class",
-            ["route", "code"],
-            registry=r,
-        )
-        self.bytes_in = Counter(
-            "certproxy_request_body_bytes", "Request body bytes received", ["route"], registry=r
-        )
-        self.bytes_out = Counter(
-            "certproxy_response_body_bytes", "Response body bytes sent", ["route"], registry=r
-        )
-        self.upstream_latency = Histogram(
-            "certproxy_upstream_response_seconds",
-            "Time from sending a request upstream to its response head",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
         self.active = Gauge(
             "certproxy_active_connections", "Open client connections, by listener", ["listener"], registry=r
         )
@@ -124,6 +148,8 @@ class Metrics:
         )
         self._tls: TLSState | None = None
         self._renewals: list[Any] = []
+        self._routes: list[RouteMetrics] = []
+        r.register(_Routes(self._routes))
         r.register(_Scraped(lambda: self._tls, lambda: self._renewals))
 
     def watch(self, tls: TLSState, renewals: list[Any]) -> None:
@@ -140,7 +166,9 @@ class Metrics:
         ).labels(str(worker.index), str(worker.count), str(os.getpid())).set(1)
 
     def route(self, route: str) -> RouteMetrics:
-        return RouteMetrics(self, route)
+        stats = RouteMetrics(route)
+        self._routes.append(stats)
+        return stats
 
     def track_connections(self, connections: Sized, listener: str) -> None:
         self.active.labels(listener).set_function(lambda: len(connections))

@@ -114,7 +114,7 @@ async def healthz(_request: Request) -> Answer:
 
 
 def make_plane(*, limits: Limits | None = None, settings: PoolSettings | None = None,
-               auth: Any = None, hsts_max_age: int = 0) -> Plane:
+               auth: Any = None, hsts_max_age: int = 0, stats: Any = None, access_log: Any = None) -> Plane:
     """Call with a running event loop."""
     clock = Clock()
     plane: Plane
@@ -130,7 +130,8 @@ def make_plane(*, limits: Limits | None = None, settings: PoolSettings | None = 
         return transport, proto
 
     pool = UpstreamPool(ROUTE, settings or PoolSettings(), None, connector=connector, clock=clock)
-    route = ProxyRoute(ROUTE, pool, healthz=healthz, auth=auth, hsts_max_age=hsts_max_age)
+    route = ProxyRoute(ROUTE, pool, healthz=healthz, auth=auth, hsts_max_age=hsts_max_age, stats=stats,
+                       access_log=access_log)
     listener = Listener(route, limits or Limits(), clock=clock)
     plane = Plane(clock, listener, pool)
     return plane

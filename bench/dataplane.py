@@ -1,0 +1,88 @@
+"""certproxy's own CPU per keep-alive request, in-process.
+
+The data plane driven through fake transports (``tests/support/inproc.py``):
+no TLS, no sockets, no other process, so what is measured is certproxy's
+Python alone (parsing both ways, routing, header rewriting, metrics, the access
+line) with the production metrics and access log. A wrk run through TLS and
+the kernel is what users see (``bench.py``); this figure is the part of it
+that certproxy's code decides, and it is repeatable within a few per cent on a
+busy machine, so it is the one to compare code changes with.
+
+``python bench/dataplane.py [--requests N] [--rounds R]``: prints µs of CPU per
+request (the median of the rounds) for a GET with a small answer, and for a
+4 KiB upload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from certproxy.service import logs  # noqa: E402
+from certproxy.service.metrics import Metrics  # noqa: E402
+from support.inproc import make_plane, settle  # noqa: E402
+
+GET = (b"GET /v2/library/app/manifests/1 HTTP/1.1\r\nHost: registry.example.com:5000\r\n"
+       b"User-Agent: docker/28.2.2 go/go1.24\r\nAccept: application/vnd.oci.image.index.v1+json\r\n"
+       b"Authorization: Bearer abcdefghijklmnopqrstuvwxyz0123456789\r\nAccept-Encoding: gzip\r\n\r\n")
+OK = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json; charset=utf-8\r\n"
+      b"Docker-Distribution-Api-Version: registry/2.0\r\nX-Content-Type-Options: nosniff\r\n"
+      b"Date: Sun, 29 Nov 2026 04:00:00 GMT\r\n\r\n{}")
+BODY = b"x" * 4096
+PUT = (b"PUT /v2/library/app/blobs/uploads/abc?_state=xyz&digest=sha256:00 HTTP/1.1\r\n"
+       b"Host: registry.example.com:5000\r\nUser-Agent: docker/28.2.2\r\n"
+       b"Content-Type: application/octet-stream\r\nContent-Length: 4096\r\n\r\n" + BODY)
+CREATED = (b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nLocation: /v2/library/app/blobs/sha256:00\r\n"
+           b"Docker-Content-Digest: sha256:00\r\nDate: Sun, 29 Nov 2026 04:00:00 GMT\r\n\r\n")
+
+
+async def per_request(request: bytes, answer: bytes, n: int) -> float:
+    plane = make_plane(stats=Metrics().route("5000"), access_log=logs.access)
+    conn, client = plane.connect_client()
+    conn.data_received(request)  # the first request opens the pooled upstream connection
+    await settle()
+    plane.upstream_protocol().data_received(answer)
+    await settle()
+    assert client.take().startswith(b"HTTP/1.1 "), "no answer"
+    up = plane.upstream_protocol()
+    start = time.process_time()
+    for _ in range(n):
+        conn.data_received(request)
+        up.data_received(answer)
+    spent = time.process_time() - start
+    out = client.take()
+    if out.count(b"HTTP/1.1 ") != n:
+        raise RuntimeError(f"{out.count(b'HTTP/1.1 ')} answers for {n} requests (not answered in step)")
+    return spent / n * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    logs.setup_logging("text", "info")
+    sink = io.StringIO()
+    logs._fast.handler.setStream(sink)  # access lines are formatted and written, to memory
+    for name, request, answer in (("GET, small answer", GET, OK), ("PUT, 4 KiB body", PUT, CREATED)):
+        figures = []
+        for _ in range(args.rounds):
+            figures.append(asyncio.run(per_request(request, answer, args.requests)))
+            sink.seek(0)
+            sink.truncate()
+        print(f"{name}: {statistics.median(figures):.1f} µs CPU per request "
+              f"(median of {args.rounds} rounds of {args.requests}; min {min(figures):.1f}, max {max(figures):.1f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
