@@ -22,7 +22,7 @@ from cryptography import x509
 
 from conftest import write_live
 from support.pebble import start_pebble
-from support.procs import CertproxyProcess, free_port, start_certproxy, stop_process, wait_for
+from support.procs import CertproxyProcess, free_port, start_certproxy, stop_process, tcp_open, wait_for
 from support.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -191,3 +191,26 @@ def test_workers_setting_is_checked() -> None:
     assert out.stderr.strip() == ("certproxy: CERTPROXY_WORKERS: 'many' is not a number of workers "
                                   "from 1 to 64 (or auto)")
 
+
+
+def test_serve_raises_the_open_file_limit_a_host_gave_it(store: Path, tmp_path: Path) -> None:
+    """A soft limit of 1024 (common for services) is below the 4096-connection cap: it is
+    raised to the hard limit at start, so the cap's 503 comes before EMFILE."""
+    import resource
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 20000))
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTPROXY_")}
+    env.update({"CERTPROXY_STORE": str(store), "CERTPROXY_BIND": "127.0.0.1", "CERTPROXY_HTTP_PORT": "off",
+                "CERTPROXY_ROUTES": f"{port}=http://127.0.0.1:9"})
+    proc = subprocess.Popen([sys.executable, "-m", "certproxy", "serve"], env=env, preexec_fn=low_soft_limit,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    try:
+        wait_for(lambda: tcp_open(port), 20, "certproxy", proc)
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert line.split()[3:5] == ["20000", "20000"], line
+    finally:
+        stop_process(proc)

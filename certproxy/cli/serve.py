@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -20,11 +21,19 @@ SERVE_FLAGS = tuple(SETTINGS)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..service.checks import raise_fd_limit
     from ..service.logs import setup_logging
     from ..service.workers import Worker, serve_workers
 
     config = config_from(args, SERVE_FLAGS)
     setup_logging(config.log_format, config.log_level)
+    # Every listener full, each client with its upstream connection, and room for files;
+    # a warning only when one full listener cannot fit.
+    listeners = len(config.routes) + 2
+    cap = config.max_connections
+    warning = raise_fd_limit(cap * listeners * 2 + 256, needed=cap * 2 + 256)
+    if warning:
+        logging.getLogger("certproxy").warning("%s; connections past it are refused", warning)
     if config.workers == 1:
         return _serve(config, Worker(), lambda: None)
     return serve_workers(config.workers, lambda worker, ready: _serve(config, worker, ready))

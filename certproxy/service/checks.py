@@ -79,3 +79,26 @@ def port_owner(port: int) -> str | None:
         except OSError:
             continue
     return None
+
+
+def raise_fd_limit(wanted: int, needed: int) -> str | None:
+    """Raise the soft limit on open files towards ``wanted`` (at most the hard limit).
+
+    Many hosts start services with a soft limit of 1024, below the default cap of
+    4096 connections per listener: past it ``accept`` fails with EMFILE instead of
+    the cap's clean 503. Returns a warning when the hard limit is below ``needed``.
+    """
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return f"cannot raise the open-file limit from {soft} to {target}"
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        return f"the open-file limit ({hard}) is below what one full listener needs ({needed})"
+    return None
