@@ -266,8 +266,7 @@ http {{ access_log off; keepalive_requests 1000000;
 
     def main(self) -> int:
         self.setup()
-        wanted = self.args.fronts.split(",")
-        names = [n for n in FRONTS if n in wanted]
+        names = [n for n in FRONTS if n in self.args.fronts]
         rounds: list[dict[str, dict[str, float]]] = []
         try:
             for rnd in range(self.rounds):
