@@ -41,6 +41,10 @@ REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / "build" / "engine"  # data root kept between runs: the stand-in images are cached there
 
 
+# Repositories a run keeps: the stand-ins and the image under test (layer cache).
+KEPT_IMAGES = {"python", "registry", "konradkleine/docker-registry-frontend", "localhost/certproxy"}
+
+
 class EngineError(RuntimeError):
     pass
 
@@ -155,12 +159,18 @@ class Engine:
                           f"{probes[-1500:]}\n{logs.stdout[-1500:]}{logs.stderr[-1500:]}")
 
     def clean(self) -> None:
-        """Remove containers, volumes and networks a previous run may have left (images stay)."""
+        """Remove containers, volumes, networks and the images tests made (1 GiB and more
+        a run); the stand-ins and the certproxy image stay, as the cache of the next run."""
         ids = self.docker("ps", "-aq").stdout.split()
         if ids:
             self.docker("rm", "-f", "-v", *ids)
         self.docker("volume", "prune", "-f")
         self.docker("network", "prune", "-f")
+        listed = self.docker("images", "--format", "{{.Repository}} {{.ID}}").stdout.splitlines()
+        made = {line.split()[1] for line in listed if line.split()[0] not in KEPT_IMAGES}
+        if made:  # by ID: some have no tag left; a shared parent may refuse, the prune gets it
+            self.docker("rmi", "-f", *sorted(made), check=False)
+        self.docker("image", "prune", "-f")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
