@@ -200,8 +200,8 @@ def test_base_stack_is_healthy_keeps_its_store_and_drains_on_stop(engine: Engine
     folder = stack_dir(tmp_path)
     fs = files(folder)
     started = time.monotonic()
-    engine.compose("cpbase", fs, "up", "-d")
     try:
+        engine.compose("cpbase", fs, "up", "-d")
         took = engine.wait_healthy("cpbase_certproxy_1")
         measure("container tier: base stack healthy after `up -d`", f"{time.monotonic() - started:.1f} s "
                 f"(certproxy's HEALTHCHECK {took:.1f} s after `up` returned: its first probe comes after "
@@ -264,9 +264,9 @@ def test_acme_stack_gets_a_pebble_certificate_without_a_restart(engine: Engine, 
                                  f"PEBBLE_CA_DIR={trust}\n")
     fs = [*files(folder, "acme"), REPO / "tests" / "container" / "compose.pebble.yml"]
     started = time.monotonic()
-    engine.compose("cpacme", fs, "up", "-d")
     name = "cpacme_certproxy_1"
     try:
+        engine.compose("cpacme", fs, "up", "-d")  # inside: a failed `up` still stops Pebble
         started_at = engine.inspect(name)["State"]["StartedAt"]  # type: ignore[index]
 
         def from_pebble() -> bool:
@@ -372,11 +372,11 @@ def auth_stack(engine: Engine, tls: dict[str, Path], tmp_path_factory: pytest.Te
     fs = files(folder, "auth")
     make_htpasswd(engine, folder, fs)
     import_certbot_certificates(engine, folder, fs, tls["letsencrypt"])
-    engine.compose("cpauth", fs, "up", "-d")
-    certs_d = engine.netns.certs_d(PROXIED)
-    certs_d.mkdir(parents=True)
-    shutil.copy(tls["ca"], certs_d / "ca.crt")
     try:
+        engine.compose("cpauth", fs, "up", "-d")
+        certs_d = engine.netns.certs_d(PROXIED)
+        certs_d.mkdir(parents=True)
+        shutil.copy(tls["ca"], certs_d / "ca.crt")
         yield folder, fs  # the tests wait for the HEALTHCHECK when they have used the time
     finally:
         engine.compose("cpauth", fs, "down", "-v", check=False)

@@ -221,7 +221,11 @@ def start_engine() -> Engine:
             engine.stop()
             raise EngineError(f"dockerd exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
         if engine.docker("version", check=False, timeout=10).returncode == 0:
-            engine.clean()
+            try:
+                engine.clean()
+            except BaseException:
+                engine.stop()  # never leave a daemon or a namespace behind
+                raise
             return engine
         time.sleep(0.25)
     engine.stop()
