@@ -132,6 +132,22 @@ def wrk(url: str, seconds: int, close: bool = False) -> tuple[float, int]:
     return rps, total
 
 
+def start_trivial_upstream(work: Path, port: int, cert: Path, key: Path) -> Nginx:
+    """The trivial upstream: an nginx answering 200 from memory (the fronts' own ceiling)."""
+    trivial = Nginx("trivial", work, cert, key, {})
+    conf = trivial.work / "nginx.conf"
+    conf.write_text(f"""daemon off; worker_processes 1; pid {trivial.work}/n.pid;
+error_log {trivial.work}/e.log warn;
+events {{ worker_connections 8192; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }} }}
+""")
+    trivial.proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(trivial.work)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: tcp_open(port), 10, "trivial upstream")
+    return trivial
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -151,19 +167,8 @@ class Bench:
 
     def setup(self) -> None:
         self.registry = start_registry(self.work)
-        # The trivial upstream: nginx answering 200 from memory.
         self.trivial_port = free_port()
-        self.trivial = Nginx("trivial", self.work / "trivial", self.cert, self.key, {})
-        conf = self.trivial.work / "nginx.conf"
-        conf.write_text(f"""daemon off; worker_processes 1; pid {self.trivial.work}/n.pid;
-error_log {self.trivial.work}/e.log warn;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{self.trivial_port}; location / {{ return 200 "ok\\n"; }} }} }}
-""")
-        self.trivial.proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(self.trivial.work)],
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: tcp_open(self.trivial_port), 10, "trivial upstream")
+        self.trivial = start_trivial_upstream(self.work / "trivial", self.trivial_port, self.cert, self.key)
         # The big layer, and a 4 KiB blob for wrk.
         self.image = self.work / "image"
         digests = make_image(self.image, self.layer_mib << 20)

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import resource
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,20 +25,19 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import trustme  # noqa: E402
 
+from bench import start_trivial_upstream, tree  # noqa: E402
 from fronts import FRONTS  # noqa: E402
 from support.procs import free_port, tcp_open, wait_for  # noqa: E402
 
 
 def tree_rss_kib(pid: int) -> int:
-    total, frontier = 0, [pid]
-    while frontier:
-        p = frontier.pop()
+    """Resident KiB of the front's processes together."""
+    total = 0
+    for p in tree(pid):
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            frontier += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        except OSError:
+            total += next(int(line.split()[1]) for line in Path(f"/proc/{p}/status").read_text().splitlines()
+                          if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
             continue
     return total
 
@@ -110,21 +108,14 @@ def main() -> int:
     key.write_bytes(leaf.private_key_pem.bytes())
     ca.cert_pem.write_to_path(str(work / "ca.pem"))
     upstream = free_port()
-    (work / "t").mkdir()
-    (work / "t" / "n.conf").write_text(
-        f"daemon off; worker_processes 1; pid {work}/t/n.pid; error_log {work}/t/e.log warn;\n"
-        "events { worker_connections 8192; }\n"
-        f'http {{ access_log off; server {{ listen 127.0.0.1:{upstream}; location / {{ return 200 "ok\\n"; }} }} }}\n')
-    trivial = subprocess.Popen(["nginx", "-c", str(work / "t" / "n.conf"), "-p", str(work / "t")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trivial = start_trivial_upstream(work / "trivial", upstream, cert, key)
     try:
-        wait_for(lambda: tcp_open(upstream), 10, "trivial upstream")
         figures = {}
         for name in args.fronts.split(","):
             figures[name] = measure(name, work, cert, key, upstream, args.connections)
             print(f"{name}: {figures[name]:.1f} KiB per idle TLS connection", flush=True)
     finally:
-        trivial.terminate()
+        trivial.stop()
     print(f"\n{args.connections} idle keep-alive TLS connections, KiB resident per connection (ratio to nginx):")
     for name, kib in figures.items():
         ratio = f" ({kib / figures['nginx']:.2f}x)" if "nginx" in figures and name != "nginx" else ""

@@ -17,6 +17,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -60,7 +61,7 @@ def engine(measure) -> Iterator[Engine]:  # type: ignore[no-untyped-def]
 def build_image(engine: Engine) -> None:
     """``docker build`` of the repository's Dockerfile as it is; PyPI through a CONNECT proxy."""
     port = free_port()
-    proxy = subprocess.Popen([os.fspath(Path(os.sys.executable)), str(REPO / "tests/support/connect_proxy.py"),
+    proxy = subprocess.Popen([sys.executable, str(REPO / "tests/support/connect_proxy.py"),
                               engine.netns.host_addr, str(port)], stdout=subprocess.PIPE, text=True)
     try:
         assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
@@ -103,10 +104,15 @@ def files(folder: Path, *layers: str) -> list[Path]:
     return [folder / "docker-compose.yml", *(folder / f"docker-compose.{layer}.yml" for layer in layers)]
 
 
-def served_cert(engine: Engine, port: int) -> x509.Certificate:
+def unverified() -> ssl.SSLContext:
+    """For looking at what is served (the tests that need trust use the CA)."""
     ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    return ctx
+
+
+def served_cert(engine: Engine, port: int) -> x509.Certificate:
+    ctx = unverified()
     with socket.create_connection((engine.netns.addr, port), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname=REGISTRY_NAME) as tls_sock:
         der = tls_sock.getpeercert(binary_form=True)
@@ -218,10 +224,8 @@ def test_base_stack_is_healthy_keeps_its_store_and_drains_on_stop(engine: Engine
         assert served_cert(engine, 5000).serial_number == serial  # the store volume survived
 
         # docker stop: a request in flight (half its body sent) is answered, then exit 0.
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         with socket.create_connection((engine.netns.addr, 5000), timeout=30) as raw, \
-                ctx.wrap_socket(raw, server_hostname=REGISTRY_NAME) as conn:
+                unverified().wrap_socket(raw, server_hostname=REGISTRY_NAME) as conn:
             conn.sendall(f"POST /v2/drain/blobs/uploads/ HTTP/1.1\r\nHost: {PROXIED}\r\n"
                          "Content-Length: 10\r\n\r\nhello".encode())
             time.sleep(0.5)
@@ -317,12 +321,8 @@ def import_certbot_certificates(engine: Engine, folder: Path, fs: list[Path], le
 
 def make_htpasswd(engine: Engine, folder: Path, fs: list[Path]) -> None:
     """The README's recipe for a host with only Docker: `docker-compose run ... certproxy htpasswd`."""
-    out = subprocess.run(
-        ["docker-compose", "-p", "cpauth", *sum((["-f", str(f)] for f in fs), []), "run", "--rm", "-T",
-         "--no-deps", "certproxy", "htpasswd", "--password-stdin", "--cost", "8", USER],
-        input=PASSWORD + "\n", capture_output=True, text=True, timeout=120, cwd=folder,
-        env={**os.environ, "DOCKER_HOST": engine.sock})
-    assert out.returncode == 0, out.stderr
+    out = engine.compose("cpauth", fs, "run", "--rm", "-T", "--no-deps", "certproxy", "htpasswd",
+                         "--password-stdin", "--cost", "8", USER, input=f"{PASSWORD}\n".encode(), timeout=120)
     (folder / "auth" / "htpasswd").write_text(out.stdout)
     assert out.stdout.startswith(f"{USER}:$2")
 

@@ -328,7 +328,7 @@ class ClientConnection(asyncio.Protocol):
             return True
         try:
             return transport.get_write_buffer_size() > 0
-        except (AttributeError, RuntimeError):
+        except RuntimeError:  # a transport already torn down
             return False
 
     def sweep(self, now: float) -> None:

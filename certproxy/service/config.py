@@ -233,14 +233,9 @@ MAX_WORKERS = 64
 
 def parse_workers(raw: Any, source: str) -> int:
     text = str(raw).strip().lower()
-    if text == "auto":
-        return max(
-            1,
-            min(
-                MAX_WORKERS,
-                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-            ),
-        )
+    if text == "auto":  # the CPUs this process may run on
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return min(MAX_WORKERS, cpus)
     if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
         raise ConfigError(source, f"{raw!r} is not a number of workers from 1 to {MAX_WORKERS} (or auto)")
     return int(text)

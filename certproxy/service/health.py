@@ -161,10 +161,7 @@ class Health:
             "renewals": [r.to_json() for r in self.renewals],
         }
         if self.worker is not None and self.worker.shares_ports:
-            body["worker"] = {
-                **self.worker.describe(),
-                "maintains_certificates": self.worker.maintains_certificates,
-            }
+            body["worker"] = self.worker.describe()
         return (503 if status == "failing" else 200), body
 
     async def answer(self, request: Request | None = None) -> Answer:

@@ -9,7 +9,6 @@ families at scrape time.
 from __future__ import annotations
 
 import bisect
-import os
 from collections.abc import Callable, Iterable, Sized
 from typing import TYPE_CHECKING, Any
 
@@ -163,7 +162,7 @@ class Metrics:
             "The worker process these metrics cover: its index, the number of workers, its pid",
             ["index", "count", "pid"],
             registry=self.registry,
-        ).labels(str(worker.index), str(worker.count), str(os.getpid())).set(1)
+        ).labels(*(str(worker.describe()[k]) for k in ("index", "count", "pid"))).set(1)
 
     def route(self, route: str) -> RouteMetrics:
         stats = RouteMetrics(route)

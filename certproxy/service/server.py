@@ -147,6 +147,7 @@ class Front:
                     cfg.admin_bind,
                     None,
                     "CERTPROXY_ADMIN_PORT",
+                    shared=False,
                 )
         except StartupError:
             await self.stop(0)
@@ -191,13 +192,18 @@ class Front:
         )
 
     async def _listen(
-        self, route: ProxyRoute | ControlRoute, bind: str, ctx: ssl.SSLContext | None, setting: str
+        self,
+        route: ProxyRoute | ControlRoute,
+        bind: str,
+        ctx: ssl.SSLContext | None,
+        setting: str,
+        *,
+        shared: bool = True,
     ) -> None:
         """Open one listener; a port that cannot be bound stops start-up naming ``setting``."""
         listener = Listener(route, self.config.limits())
-        shared = self.worker.shares_ports and setting != "CERTPROXY_ADMIN_PORT"
         try:
-            await listener.start(bind, route.port, ctx, reuse_port=shared)
+            await listener.start(bind, route.port, ctx, reuse_port=shared and self.worker.shares_ports)
         except OSError as exc:
             raise listen_error(exc, setting, bind, route.port) from None
         self._listeners.append(listener)

@@ -46,8 +46,13 @@ class Worker:
     def shares_ports(self) -> bool:
         return self.count > 1
 
-    def describe(self) -> dict[str, int]:
-        return {"index": self.index, "count": self.count, "pid": os.getpid()}
+    def describe(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "count": self.count,
+            "pid": os.getpid(),
+            "maintains_certificates": self.maintains_certificates,
+        }
 
 
 Start = Callable[[Worker, Callable[[], None]], int]

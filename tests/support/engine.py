@@ -128,12 +128,14 @@ class Engine:
                    timeout=timeout, check=check, input=input)
 
     def compose(self, project: str, files: Sequence[Path], *args: str, env: Mapping[str, str] | None = None,
-                timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+                timeout: float = 300, check: bool = True,
+                input: bytes | None = None) -> subprocess.CompletedProcess[str]:
         argv = ["docker-compose", "-p", project]
         for f in files:
             argv += ["-f", str(f)]
         full_env = {**os.environ, "DOCKER_HOST": self.sock, **(env or {})}
-        return run([*argv, *args], timeout=timeout, check=check, env=full_env, cwd=Path(files[0]).parent)
+        return run([*argv, *args], timeout=timeout, check=check, env=full_env, cwd=Path(files[0]).parent,
+                   input=input)
 
     def inspect(self, name: str) -> dict[str, object]:
         data: list[dict[str, object]] = json.loads(self.docker("inspect", name).stdout)

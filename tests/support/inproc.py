@@ -80,6 +80,9 @@ class MockTransport:
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # what is written is taken at once
+
     def take(self) -> bytes:
         """What was written since the last ``take``."""
         out = bytes(self.written)
