@@ -209,3 +209,75 @@ def test_serve_raises_the_open_file_limit_a_host_gave_it(store: Path, tmp_path: 
         assert line.split()[3:5] == ["20000", "20000"], line
     finally:
         stop_process(proc)
+
+
+def healthcheck(env: dict[str, str], socket_path: Path) -> tuple[int, str]:
+    """``certproxy healthcheck`` as a container's HEALTHCHECK runs it, with the admin socket."""
+    out = subprocess.run([sys.executable, "-m", "certproxy", "healthcheck"], capture_output=True, text=True,
+                         timeout=20, env={**env, "CERTPROXY_ADMIN_SOCKET": str(socket_path)})
+    return out.returncode, out.stdout + out.stderr
+
+
+def test_replicas_on_one_host_share_the_ports_and_each_health_check_asks_its_own(
+        registry: Registry, store: Path, client_ssl: ssl.SSLContext, tmp_path: Path) -> None:
+    """Replicas on one host network (swarm or compose with network_mode: host):
+    CERTPROXY_SHARE_PORTS lets separate certproxy processes, not forked from one
+    parent, open the same ports; each one's admin socket answers for it alone, which
+    a health check through the shared port could not promise."""
+    port, http_port = free_port(), free_port()
+    sockets = [tmp_path / "a.sock", tmp_path / "b.sock"]
+    replicas: list[CertproxyProcess] = []
+    try:
+        for i, sock in enumerate(sockets):
+            (tmp_path / str(i)).mkdir()
+            replicas.append(start_certproxy(
+                tmp_path / str(i), {port: registry.url}, store, http_port=http_port,
+                extra_env={"CERTPROXY_SHARE_PORTS": "1", "CERTPROXY_ADMIN_SOCKET": str(sock)}))
+        assert all(cp.wait_output("sharing its ports with other replicas") for cp in replicas)
+        instances = []
+        for cp, sock in zip(replicas, sockets, strict=True):
+            code, out = healthcheck(cp.env, sock)
+            assert code == 0, out
+            status = subprocess.run([sys.executable, "-m", "certproxy", "status", "--json"], capture_output=True,
+                                    text=True, timeout=20, env={**cp.env, "CERTPROXY_ADMIN_SOCKET": str(sock)})
+            assert status.returncode == 0, status.stderr
+            instances.append(json.loads(status.stdout)["worker"]["instance"])
+        assert len(set(instances)) == 2  # each socket reached its own process
+
+        # New connections on the shared ports reach both, TLS and plain alike.
+        seen: set[str] = set()
+        deadline = time.monotonic() + 20
+        while seen != set(instances) and time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5) as r:
+                seen.add(json.loads(r.read())["worker"]["instance"])
+        assert seen == set(instances)
+
+        # A process without the setting cannot join: the port is taken, in one line.
+        intruder = start_certproxy(tmp_path, {port: registry.url}, store, http_port=http_port, wait=False)
+        assert intruder.proc.wait(20) == 2
+        assert f"port {http_port} is already in use" in intruder.output()
+
+        # One replica stops: its socket is gone and its check fails; the other serves on.
+        stop_process(replicas[0].proc)
+        assert not sockets[0].exists()
+        code, out = healthcheck(replicas[0].env, sockets[0])
+        assert code != 0 and "No such file" in out, out
+        assert healthcheck(replicas[1].env, sockets[1])[0] == 0
+        for _ in range(10):  # every new connection now lands on the survivor
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5) as r:
+                assert json.loads(r.read())["worker"]["instance"] == instances[1]
+    finally:
+        for cp in replicas:
+            stop_process(cp.proc)
+
+
+def test_admin_socket_that_cannot_be_made_is_refused_in_one_line(
+        registry: Registry, store: Path, tmp_path: Path) -> None:
+    taken = tmp_path / "not-a-socket"
+    taken.write_text("an operator's file\n")
+    cp = start_certproxy(tmp_path, {free_port(): registry.url}, store, wait=False,
+                         extra_env={"CERTPROXY_ADMIN_SOCKET": str(taken)})
+    assert cp.proc.wait(20) == 2
+    assert f"CERTPROXY_ADMIN_SOCKET: cannot listen on {taken}: {taken} exists and is not a socket" \
+        in cp.output(), cp.output()
+    assert taken.read_text() == "an operator's file\n"  # never replaced

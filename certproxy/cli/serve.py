@@ -35,8 +35,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if warning:
         logging.getLogger("certproxy").warning("%s; connections past it are refused", warning)
     if config.workers == 1:
-        return _serve(config, Worker(), lambda: None)
-    return serve_workers(config.workers, lambda worker, ready: _serve(config, worker, ready))
+        return _serve(config, Worker(replicated=config.share_ports), lambda: None)
+    return serve_workers(
+        config.workers, lambda worker, ready: _serve(config, worker, ready), replicated=config.share_ports
+    )
 
 
 def _serve(config: Config, worker: Worker, ready: Callable[[], None]) -> int:

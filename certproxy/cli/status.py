@@ -13,14 +13,19 @@ from .common import EXIT_CONFIG, EXIT_OK, config_from
 from .health_client import default_url, get_health, health_url
 
 
-def _report(url: str) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
-    """(what a running certproxy serves, its renewals) from its /healthz; (None, []) when
-    none answers."""
+def _report(url: str) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]], dict[str, Any] | None]:
+    """(what a running certproxy serves, its renewals, which process of a set answered)
+    from its /healthz; (None, [], None) when none answers."""
     answer = get_health(url)
     if not answer.is_certproxy or answer.body is None:
-        return None, []
+        return None, [], None
     certs, renewals = answer.body.get("certificates"), answer.body.get("renewals")
-    return (certs if isinstance(certs, list) else None), (renewals if isinstance(renewals, list) else [])
+    worker = answer.body.get("worker")
+    return (
+        (certs if isinstance(certs, list) else None),
+        (renewals if isinstance(renewals, list) else []),
+        (worker if isinstance(worker, dict) else None),
+    )
 
 
 def _print_renewals(renewals: list[dict[str, Any]]) -> None:
@@ -69,7 +74,7 @@ def _rows(store: FileStore) -> list[dict[str, object]]:
 def cmd_status(args: argparse.Namespace) -> int:
     config = config_from(args, ("store",))
     url = health_url(args.url) if args.url else default_url(config)
-    served, renewals = _report(url)
+    served, renewals, worker = _report(url)
     store = FileStore(config.store)
     try:
         problem = _not_a_store(store)
@@ -90,12 +95,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "certificates": rows,
                     "served": served,
                     "renewals": renewals,
+                    "worker": worker,
                 },
                 indent=2,
             )
         )
         return EXIT_OK
-    _print_served(url, served)
+    _print_served(url if worker is None else f"{url}, instance {worker.get('instance')}", served)
     print(f"store {config.store}  (primary name: {primary})")
     if not rows:
         print("no certificates")

@@ -28,8 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import errno
 import logging
+import os
 import ssl
+import stat
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -397,6 +401,15 @@ class Listener:
             reuse_port=reuse_port or None,
             ssl_handshake_timeout=self.limits.handshake_timeout if ssl_context else None,
         )
+
+    async def start_unix(self, path: str) -> None:
+        """Listen on a unix socket at ``path`` (one left by an earlier run is replaced)."""
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+            os.unlink(path)
+        self.server = await self.loop.create_unix_server(self, path, backlog=128)
+        os.chmod(path, 0o660)
 
     def stop_accepting(self) -> None:
         self.stopping = True

@@ -80,6 +80,8 @@ class Config:
     auth_ports: tuple[int, ...] | None = None  # None: 443 when it is routed
     hsts_max_age: int = 31536000  # 0: no Strict-Transport-Security header
     workers: int = 1  # processes serving the same ports (SO_REUSEPORT); "auto": one per CPU
+    share_ports: bool = False  # replicas on one host network share the ports (SO_REUSEPORT)
+    admin_socket: Path | None = None  # /healthz and /metrics of this process on a unix socket
 
     def __post_init__(self) -> None:
         if not self.routes:
@@ -391,6 +393,8 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "auth_htpasswd": _optional_path,
     "hsts_max_age": lambda raw, src: parse_hsts(raw, src),
     "workers": parse_workers,
+    "share_ports": parse_bool,
+    "admin_socket": _optional_path,
     "auth_ports": lambda raw, src: tuple(
         _port(p, src) for p in (raw if isinstance(raw, list) else str(raw).split(",")) if str(p).strip()
     ),

@@ -159,10 +159,11 @@ class Metrics:
         """Which worker these figures cover (each worker has its own admin port)."""
         Gauge(
             "certproxy_worker",
-            "The worker process these metrics cover: its index, the number of workers, its pid",
-            ["index", "count", "pid"],
+            "The process these metrics cover: its worker index, the number of workers, its pid,"
+            " and its instance (random, one per process: tells replicas apart)",
+            ["index", "count", "pid", "instance"],
             registry=self.registry,
-        ).labels(*(str(worker.describe()[k]) for k in ("index", "count", "pid"))).set(1)
+        ).labels(*(str(worker.describe()[k]) for k in ("index", "count", "pid", "instance"))).set(1)
 
     def route(self, route: str) -> RouteMetrics:
         stats = RouteMetrics(route)

@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..certs import FileStore, StoreError, os_problem, utcnow
@@ -38,7 +40,7 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .plain import PlainHandler
 from .reload import Reloader, load_certificates
-from .workers import Worker
+from .workers import Worker, instance_id
 
 if TYPE_CHECKING:
     from ..acme_client.manager import CertManager
@@ -58,6 +60,7 @@ class Front:
         self.acme: CertManager | None = None
         self._acme_task: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
+        self._sockets: list[str] = []  # unix socket files to remove at stop
         self._pools: list[UpstreamPool] = []
         self._probes: list[UpstreamProbe] = []
         self._sweeper: asyncio.TimerHandle | None = None
@@ -149,6 +152,8 @@ class Front:
                     "CERTPROXY_ADMIN_PORT",
                     shared=False,
                 )
+            if cfg.admin_socket is not None:
+                await self._listen_unix(self.admin_socket_path(cfg.admin_socket))
         except StartupError:
             await self.stop(0)
             raise
@@ -211,6 +216,24 @@ class Front:
         kind = {"CERTPROXY_HTTP_PORT": "http", "CERTPROXY_ADMIN_PORT": "admin"}.get(setting, "tls")
         log.info("listening on %s:%d (%s)", bind, route.port, kind)
 
+    def admin_socket_path(self, base: Path) -> str:
+        """Worker 0's admin socket is ``base``; worker N's is ``base.N``."""
+        return str(base) if self.worker.index == 0 else f"{base}.{self.worker.index}"
+
+    async def _listen_unix(self, path: str) -> None:
+        """The admin listener on a unix socket: reached only from inside this host's (or
+        container's) filesystem, so it always answers for this very process, even
+        where replicas share every TCP port."""
+        listener = Listener(ControlRoute(0, self._admin), self.config.limits())
+        try:
+            await listener.start_unix(path)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise StartupError("CERTPROXY_ADMIN_SOCKET", f"cannot listen on {path}: {reason}") from None
+        self._listeners.append(listener)
+        self._sockets.append(path)
+        log.info("listening on %s (admin)", path)
+
     def _sweep(self) -> None:
         """Timeouts of every data-plane connection, a few times a second."""
         loop = asyncio.get_running_loop()
@@ -230,6 +253,10 @@ class Front:
             await self.reloader.stop()
         for listener in self._listeners:
             listener.stop_accepting()
+        for path in self._sockets:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self._sockets.clear()
         if grace is None:
             grace = self.config.shutdown_grace
         await asyncio.gather(*(listener.drain(grace) for listener in self._listeners))
@@ -263,8 +290,10 @@ async def run(config: Config, worker: Worker | None = None, ready: Callable[[], 
             task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    if front.worker.shares_ports:
+    if front.worker.count > 1:
         log.info("certproxy worker %d of %d ready", front.worker.index, front.worker.count)
+    elif front.worker.replicated:
+        log.info("certproxy ready: instance %s, sharing its ports with other replicas", instance_id())
     else:
         log.info("certproxy ready")
     await stopping.wait()

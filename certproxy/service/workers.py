@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import select
 import signal
 import sys
@@ -33,10 +34,22 @@ READY_TIMEOUT = 120.0  # seconds a worker may take to open its listeners
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+def instance_id() -> str:
+    """This process's name in a set of replicas: random, made once per process (every
+    replica in a container is pid 1, and on a host network all share one hostname)."""
+    if _INSTANCE[0] != os.getpid():
+        _INSTANCE[:] = [os.getpid(), secrets.token_hex(4)]
+    return str(_INSTANCE[1])
+
+
+_INSTANCE: list[object] = [0, ""]
+
+
 @dataclass(frozen=True)
 class Worker:
     index: int = 0
     count: int = 1
+    replicated: bool = False  # other certproxy processes (replicas) share the ports too
 
     @property
     def maintains_certificates(self) -> bool:
@@ -44,13 +57,14 @@ class Worker:
 
     @property
     def shares_ports(self) -> bool:
-        return self.count > 1
+        return self.count > 1 or self.replicated
 
     def describe(self) -> dict[str, object]:
         return {
             "index": self.index,
             "count": self.count,
             "pid": os.getpid(),
+            "instance": instance_id(),
             "maintains_certificates": self.maintains_certificates,
         }
 
@@ -58,7 +72,7 @@ class Worker:
 Start = Callable[[Worker, Callable[[], None]], int]
 
 
-def serve_workers(count: int, start: Start) -> int:
+def serve_workers(count: int, start: Start, *, replicated: bool = False) -> int:
     """Run ``start(worker, ready)`` in ``count`` forked processes; return the exit code."""
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -76,7 +90,7 @@ def serve_workers(count: int, start: Start) -> int:
         for index in range(count):
             if stopping:
                 break
-            pid, ready = _spawn(Worker(index, count), start, previous)
+            pid, ready = _spawn(Worker(index, count, replicated), start, previous)
             children[pid] = index
             code = _wait_ready(pid, ready)
             if code is not None:  # it exited before opening its listeners
