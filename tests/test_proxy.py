@@ -231,6 +231,10 @@ async def test_healthz_and_healthcheck_follow_the_served_certificate(
     async with aiohttp.ClientSession() as s:
         async with s.get(cp.healthz) as r:
             assert r.status == 503 and (await r.json())["status"] == "failing"
+        # What a Kubernetes probe asks: the process answers, so the pod stays in the
+        # Service and the CA's HTTP-01 request for the renewal can still reach it.
+        async with s.get(cp.healthz + "?probe=live") as r:
+            assert r.status == 200 and await r.json() == {"status": "live"}
     result = await asyncio.to_thread(healthcheck)
     assert result.returncode == 1 and "503" in result.stderr
     from support.procs import free_port

@@ -1,8 +1,9 @@
 """``certproxy healthcheck``: exit 0 when the running certproxy's ``/healthz`` says healthy.
 
 Without ``--url`` it asks where the configuration (flags, environment,
-``--config``) puts the listener: the plain-HTTP port on the bind address, the
-admin port when plain HTTP is off, else the first TLS route. So the image's
+``--config``) puts the listener: the admin socket when one is set (it reaches
+this process even where replicas share the ports), the plain-HTTP port on the
+bind address, the admin port when plain HTTP is off, else the first TLS route. So the image's
 ``HEALTHCHECK`` follows ``CERTPROXY_BIND``, ``CERTPROXY_HTTP_PORT=off`` and a
 port set in the TOML file.
 """

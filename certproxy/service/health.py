@@ -15,6 +15,9 @@ Status rules:
 - ``degraded`` (HTTP 200): served, but with a self-signed bootstrap
   certificate, an unreachable upstream, or a store problem to look at;
 - ``ok`` (HTTP 200): otherwise.
+
+``/healthz?probe=live`` on the plain-HTTP listener answers 200 whenever the
+process answers at all (see ``LIVE``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ from ..proxy.routes import Request, Route
 from ..proxy.tls import TLSState
 from ..proxy.upstream import describe_os_error
 from .workers import Worker
+
+# ``/healthz?probe=live``: the process answers HTTP, whatever it serves. What a
+# liveness or readiness probe that gates traffic needs: a pod taken out of
+# service for an expired certificate could no longer receive the CA's HTTP-01
+# request that renews it.
+LIVE = b'{"status": "live"}\n'
 
 PROBE_TTL = 5.0
 PROBE_TIMEOUT = 2.0
@@ -169,6 +178,8 @@ class Health:
         and loopback clients (the container's own health check, ``certproxy status``);
         the status alone for anyone else, since the report names upstreams, paths and
         the CA's errors."""
+        if request is not None and b"probe=live" in request.target.partition(b"?")[2].split(b"&"):
+            return 200, NO_STORE, LIVE, b"application/json"
         code, body = await self.report()
         if request is not None and not is_loopback(request.client_ip):
             body = {"status": body["status"]}
