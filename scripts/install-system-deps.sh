@@ -2,8 +2,8 @@
 # Installs the Debian packages certproxy's demo and tests use, when missing:
 # the real registry, the real skopeo client, htpasswd, Pebble (an ACME test CA),
 # what a Python virtualenv needs, and for the container tier a Docker engine
-# (docker.io), debootstrap (its base image), iproute2 (its network namespace)
-# and Chromium. Idempotent; apt-get runs only if needed.
+# (docker.io), debootstrap (its base image), busybox-static (the stand-ins'
+# wget), iproute2 (its network namespace) and Chromium. Idempotent; apt-get runs only if needed.
 set -euo pipefail
 
 need=()
@@ -18,6 +18,7 @@ command -v setpriv >/dev/null 2>&1 || need+=(util-linux)   # tests drop capabili
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 [ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || need+=(docker.io)   # another docker client may be in PATH
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+[ -x /usr/bin/busybox ] || need+=(busybox-static)   # wget in the registry:2 stand-in, as the real image has
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)

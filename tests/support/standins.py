@@ -100,10 +100,16 @@ def ensure_image(engine: Engine, tag: str, folder: str, files: dict[str, Path] |
         engine.docker("build", "-q", "--label", f"{LABEL}={recipe}", "-t", tag, str(context))
 
 
+BUSYBOX = "/usr/bin/busybox"  # Debian's busybox-static: one static binary
+
+
 def ensure_standins(engine: Engine) -> None:
     ensure_base(engine)
     registry_binary = shutil.which("docker-registry")
     if registry_binary is None:
         raise EngineError("docker-registry is not installed (scripts/install-system-deps.sh installs it)")
-    ensure_image(engine, "registry:2", "registry", {"docker-registry": Path(registry_binary)})
+    if not Path(BUSYBOX).exists():
+        raise EngineError("busybox-static is not installed (scripts/install-system-deps.sh installs it)")
+    ensure_image(engine, "registry:2", "registry",
+                 {"docker-registry": Path(registry_binary), "busybox": Path(BUSYBOX)})
     ensure_image(engine, "konradkleine/docker-registry-frontend:v2", "ui")
