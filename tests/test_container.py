@@ -17,7 +17,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,8 +29,7 @@ from cryptography import x509
 from support import browser
 from support.engine import DOCKER, REGISTRY_NAME, REPO, Engine, EngineError, run, start_engine
 from support.pebble import Pebble, start_pebble
-from support.procs import free_port
-from support.standins import ensure_standins
+from support.standins import build_image, ensure_standins
 
 pytestmark = [pytest.mark.integration, pytest.mark.container]
 
@@ -51,26 +49,11 @@ def engine(measure) -> Iterator[Engine]:  # type: ignore[no-untyped-def]
         pytest.fail(f"the Docker engine could not start: {e}")
     try:
         ensure_standins(eng)
-        build_image(eng)
+        build_image(eng, IMAGE)
         measure("container tier: engine, stand-ins and image ready", f"{time.monotonic() - started:.1f} s")
         yield eng
     finally:
         eng.stop()
-
-
-def build_image(engine: Engine) -> None:
-    """``docker build`` of the repository's Dockerfile as it is; PyPI through a CONNECT proxy."""
-    port = free_port()
-    proxy = subprocess.Popen([sys.executable, str(REPO / "tests/support/connect_proxy.py"),
-                              engine.netns.host_addr, str(port)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
-        engine.docker("build", "--network", "host", "--build-arg",
-                      f"HTTPS_PROXY=http://{engine.netns.host_addr}:{port}", "-t", IMAGE, str(REPO),
-                      timeout=900)
-    finally:
-        proxy.terminate()
-        proxy.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,9 @@ What runs here, and how it differs from a user's host:
   veth address. Docker treats a registry whose name resolves into 127.0.0.0/8 as
   insecure (no certificate checks, plain-HTTP fallback), so a loopback name
   could not show that TLS is checked; this address can.
+- The swarm tests start it with iptables on (``start_engine(iptables=True)``),
+  in the namespace only: a swarm's ``mode: host`` published ports need its NAT
+  rules. The routing mesh stays out of reach (this kernel has no IPVS).
 - ``/etc/hosts`` and ``/etc/docker`` (where ``certs.d`` is) are bind-mounted
   for the engine alone (``unshare --mount``): the machine's own files are never
   touched.
@@ -190,8 +193,12 @@ class Engine:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def start_engine() -> Engine:
-    """Start dockerd in a new network namespace; raise EngineError with the reason if it cannot."""
+def start_engine(*, iptables: bool = False) -> Engine:
+    """Start dockerd in a new network namespace; raise EngineError with the reason if it cannot.
+
+    ``iptables``: let dockerd manage the namespace's iptables (NAT for published
+    ports, and what a swarm's service ports need); off, as the compose tests run.
+    """
     for tool in ("dockerd", "nsenter", "unshare", "ip", "docker-compose", DOCKER):
         if shutil.which(tool) is None:
             raise EngineError(f"{tool} is not installed (scripts/install-system-deps.sh installs it)")
@@ -206,7 +213,7 @@ def start_engine() -> Engine:
         "#!/bin/sh\nset -e\n"
         f"mount --bind {netns.etc / 'hosts'} /etc/hosts\n"
         f"mkdir -p /etc/docker && mount --bind {netns.etc / 'docker'} /etc/docker\n"
-        f"exec dockerd --storage-driver=overlay2 --iptables=false --bridge=none"
+        f"exec dockerd --storage-driver=overlay2 {'--iptables=true' if iptables else '--iptables=false --bridge=none'}"
         f" --data-root {STATE / 'data'} --exec-root {run_dir / 'exec'} --host unix://{run_dir}/docker.sock"
         f" --pidfile {STATE / 'dockerd.pid'}\n")
     script.chmod(0o755)

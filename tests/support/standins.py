@@ -8,7 +8,7 @@ compose files use, so both run unchanged.
   The machine's trust store goes in with it: this machine reaches PyPI through
   an intercepting proxy, whose CA a user behind such a proxy adds the same way.
 - ``registry:2``: Debian's build of the same distribution registry, with
-  ``registry:2``'s layout (``tests/container/standins/registry``).
+  ``registry:2``'s layout and busybox's ``wget`` (``tests/container/standins/registry``).
 - ``konradkleine/docker-registry-frontend:v2``: a page listing the repositories
   from the browser, with ``/v2/`` proxied to the registry
   (``tests/container/standins/ui``).
@@ -23,10 +23,12 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from .engine import REPO, STATE, Engine, EngineError, run
+from .procs import free_port
 
 STANDINS = REPO / "tests" / "container" / "standins"
 LABEL = "org.certproxy.test.recipe"
@@ -113,3 +115,19 @@ def ensure_standins(engine: Engine) -> None:
     ensure_image(engine, "registry:2", "registry",
                  {"docker-registry": Path(registry_binary), "busybox": Path(BUSYBOX)})
     ensure_image(engine, "konradkleine/docker-registry-frontend:v2", "ui")
+
+
+def build_image(engine: Engine, tag: str) -> None:
+    """``docker build`` of the repository's Dockerfile as it is, tagged ``tag``; PyPI
+    through a CONNECT proxy on the namespace's veth address."""
+    port = free_port()
+    proxy = subprocess.Popen([sys.executable, str(REPO / "tests/support/connect_proxy.py"),
+                              engine.netns.host_addr, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+        engine.docker("build", "--network", "host", "--build-arg",
+                      f"HTTPS_PROXY=http://{engine.netns.host_addr}:{port}", "-t", tag, str(REPO),
+                      timeout=900)
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
