@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -81,10 +82,16 @@ def test_two_workers_share_the_ports_and_each_says_which_it_is(
             index, pid, _ = worker_of_new_connection(port, client_ssl)
             seen[index] = pid
         assert seen.keys() == {0, 1} and sorted(seen.values()) == sorted(pids)
+        instances = set()
         for index in (0, 1):  # one admin port per worker, ADMIN_PORT + index
             with urllib.request.urlopen(f"http://127.0.0.1:{admin + index}/metrics", timeout=10) as r:
                 text = r.read().decode()
-            assert f'certproxy_worker{{count="2",index="{index}",pid="{seen[index]}"}} 1.0' in text
+            line = re.search(r'^certproxy_worker\{count="2",index="(\d)",instance="([0-9a-f]{8})",pid="(\d+)"\} 1.0$',
+                             text, re.M)
+            assert line is not None, text
+            assert (int(line[1]), int(line[3])) == (index, seen[index])
+            instances.add(line[2])
+        assert len(instances) == 2  # each process names itself
     finally:
         assert stop_process(cp.proc) == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
