@@ -30,13 +30,14 @@ from acme import client as acme_client
 from acme import errors as acme_errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.json_util import field as jose_field
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from .. import __version__
 from ..certs import FileStore
+from ..certs.keys import new_private_key
 from .errors import AcmeError, translate
 from .settings import AcmeSettings
 
@@ -144,17 +145,6 @@ def _finalize(
     certificate = client._post_as_get(body.certificate)  # noqa: SLF001
     final: messages.OrderResource = orderr.update(body=body, fullchain_pem=certificate.text)
     return final
-
-
-def new_private_key(key_type: str) -> bytes:
-    if key_type.startswith("ec"):
-        curve = ec.SECP256R1() if key_type == "ec256" else ec.SECP384R1()
-        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = ec.generate_private_key(curve)
-    else:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[3:]))
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 class AcmeIssuer:

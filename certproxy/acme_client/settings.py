@@ -8,6 +8,7 @@ from pathlib import Path
 from ..certs import name_for_domain
 
 KEY_TYPES = ("ec256", "ec384", "rsa2048", "rsa3072", "rsa4096")
+LOCAL_CA_DIRECTORY = "certproxy-local-ca"  # the issuer the store's record names for the local CA
 
 
 class SettingsError(ValueError):

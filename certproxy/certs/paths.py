@@ -80,6 +80,11 @@ class StorePaths:
         return self.root / "locks"
 
     @property
+    def ca(self) -> Path:
+        """The local CA (``CERTPROXY_LOCAL_CA``): ``ca.crt`` and ``ca.key``."""
+        return self.root / "ca"
+
+    @property
     def installation(self) -> Path:
         """Facts of this installation shared by every replica (the renewal spread)."""
         return self.root / "installation.json"

@@ -126,7 +126,12 @@ async def renew(config: Config, force: bool) -> int:
         return 2
     server = None
     port = config.http_port
-    if port is None:
+    if config.local_ca:
+        from ..acme_client.local import LocalCAIssuer
+
+        say(f"certificates from the local CA in {store.paths.ca}")
+        manager = CertManager(store, settings, LocalCAIssuer(store, settings), progress=say)
+    elif port is None:
         say("no HTTP port configured: relying on whoever answers http-01 for the store")
     elif await asyncio.to_thread(_certproxy_answers, port):
         say(f"a certproxy answers on :{port}: it serves the challenges from the store")
@@ -143,7 +148,8 @@ async def renew(config: Config, force: bool) -> int:
             )
             return 1
         say(f"listening on {config.bind}:{port} for http-01 challenges")
-    manager = CertManager(store, settings, AcmeIssuer(store, settings, progress=say), progress=say)
+    if not config.local_ca:
+        manager = CertManager(store, settings, AcmeIssuer(store, settings, progress=say), progress=say)
     try:
         outcome, by_other = await _run(manager, store, settings.name, force, say)
     finally:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..certs import FileStore, PairError, os_problem, utcnow
+from ..certs import FileStore, PairError, StoreError, os_problem, utcnow
 from ..certs.paths import name_for_domain
 from .common import EXIT_CONFIG, EXIT_OK, config_from
 from .health_client import default_url, get_health, health_url
+
+if TYPE_CHECKING:
+    from ..service.config import Config
 
 
 def _report(url: str) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]], dict[str, Any] | None]:
@@ -84,6 +87,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if problem:
         print(f"certproxy status: CERTPROXY_STORE: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    trust = _local_ca(store, config)
     # The running server knows which certificate is its primary; the shell may not.
     primary = str(served[0].get("name")) if served else name_for_domain(config.cert_domains[0])
     if args.json:
@@ -96,6 +100,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "served": served,
                     "renewals": renewals,
                     "worker": worker,
+                    "local_ca": trust,
                 },
                 indent=2,
             )
@@ -103,6 +108,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     _print_served(url if worker is None else f"{url}, instance {worker.get('instance')}", served)
     print(f"store {config.store}  (primary name: {primary})")
+    if trust is not None:
+        for line in trust.get("recipe") or [trust.get("error")]:
+            print(f"  {line}")
     if not rows:
         print("no certificates")
         _print_renewals(renewals)
@@ -130,6 +138,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     _print_renewals(renewals)
     return EXIT_OK
+
+
+def _local_ca(store: FileStore, config: Config) -> dict[str, Any] | None:
+    """The local CA and how to trust it, with ``CERTPROXY_LOCAL_CA=1``; None otherwise."""
+    if not config.local_ca:
+        return None
+    from ..certs.local_ca import load_ca
+    from ..service.trust import trust_recipe
+
+    try:
+        ca = load_ca(store.paths.ca)
+    except StoreError as exc:
+        return {"error": str(exc)}
+    if ca is None:
+        return {"error": f"no local CA in {store.paths.ca} yet (certproxy serve makes it)"}
+    return {"folder": str(ca.folder), "fingerprint": ca.fingerprint, "recipe": trust_recipe(ca, config)}
 
 
 def _print_served(url: str | None, served: list[dict[str, Any]] | None) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..acme_client.settings import KEY_TYPES, AcmeSettings, SettingsError
+from ..acme_client.settings import KEY_TYPES, LOCAL_CA_DIRECTORY, AcmeSettings, SettingsError
 from ..certs.pair import is_ip
 from ..proxy.routes import Limits, Route
 from ..proxy.upstream import PoolSettings
@@ -80,6 +80,7 @@ class Config:
     auth_ports: tuple[int, ...] | None = None  # None: 443 when it is routed
     hsts_max_age: int = 31536000  # 0: no Strict-Transport-Security header
     workers: int = 1  # processes serving the same ports (SO_REUSEPORT); "auto": one per CPU
+    local_ca: bool = False  # certificates from a CA of certproxy's own in STORE/ca, not ACME
     share_ports: bool = False  # replicas on one host network share the ports (SO_REUSEPORT)
     admin_socket: Path | None = None  # /healthz and /metrics of this process on a unix socket
 
@@ -103,6 +104,12 @@ class Config:
             raise ConfigError(
                 "CERTPROXY_ADMIN_PORT", f"port {self.admin_port} is already in use by a listener"
             )
+        if self.local_ca and self.acme:
+            raise ConfigError(
+                "CERTPROXY_LOCAL_CA",
+                "certificates come from the local CA or from ACME, not both: "
+                "set CERTPROXY_ACME=off or CERTPROXY_LOCAL_CA=0",
+            )
         if self.http_port is not None and self.http_port in ports:
             raise ConfigError("CERTPROXY_HTTP_PORT", f"port {self.http_port} is also a TLS route")
 
@@ -120,7 +127,14 @@ class Config:
 
     @property
     def acme_enabled(self) -> bool:
+        if self.local_ca:
+            return False
         return bool(self.domains) if self.acme is None else self.acme
+
+    @property
+    def maintains_certificates(self) -> bool:
+        """Whether certproxy obtains and renews its certificate (ACME or the local CA)."""
+        return self.acme_enabled or self.local_ca
 
     @property
     def directory_url(self) -> str:
@@ -130,7 +144,7 @@ class Config:
 
     def acme_settings(self) -> AcmeSettings:
         return AcmeSettings(
-            directory=self.directory_url,
+            directory=LOCAL_CA_DIRECTORY if self.local_ca else self.directory_url,
             domains=self.cert_domains,
             email=self.email,
             ca_bundle=self.acme_ca_bundle,
@@ -393,6 +407,7 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "auth_htpasswd": _optional_path,
     "hsts_max_age": lambda raw, src: parse_hsts(raw, src),
     "workers": parse_workers,
+    "local_ca": parse_bool,
     "share_ports": parse_bool,
     "admin_socket": _optional_path,
     "auth_ports": lambda raw, src: tuple(

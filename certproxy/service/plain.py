@@ -5,6 +5,10 @@
   path and must match ``[A-Za-z0-9_-]+``, so ``..``, ``%2e%2e``, ``/`` or NUL
   can never name another file. Any replica sharing the store can answer.
 - ``/healthz`` as on every listener.
+- ``GET /ca.crt`` with the local CA on: its certificate (PEM), for clients to
+  trust; 404 until it exists. Plain HTTP on purpose: a client that does not
+  trust the CA yet cannot check a TLS answer either (the log and ``certproxy
+  status`` give the fingerprint to compare).
 - Everything else: a redirect to ``https://<host>[:port]<path>?<query>``,
   301 for GET and HEAD, 308 for other methods (which keeps the method and
   body). A missing or malformed Host gets 400.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 
 from ..certs import FileStore, is_valid_token
+from ..certs.local_ca import CA_CERT
 from ..proxy.headers import NO_STORE, Answer
 from ..proxy.hostname import origin, parse_host
 from ..proxy.routes import Request
@@ -42,12 +47,16 @@ async def challenge_answer(store: FileStore, method: bytes, token: str, who: str
     return 200, NO_STORE, data, b"application/octet-stream"
 
 
+CA_CERT_TYPE = b"application/x-x509-ca-cert"
+
+
 class PlainHandler:
     """The answer of the plain-HTTP listener (a ``proxy.routes.Responder``)."""
 
-    def __init__(self, store: FileStore, health: Health, https_port: int) -> None:
+    def __init__(self, store: FileStore, health: Health, https_port: int, *, local_ca: bool = False) -> None:
         self.store = store
         self.health = health
+        self.local_ca = local_ca
         self.https_port = https_port
 
     async def __call__(self, ex: Request) -> Answer:
@@ -57,9 +66,20 @@ class PlainHandler:
             return await challenge_answer(self.store, ex.method, path_only[len(CHALLENGE_PREFIX) :])
         if path_only == "/healthz":
             return await self.health.answer(ex)
+        if path_only == "/ca.crt" and self.local_ca:
+            return await self._ca_cert(ex.method)
         hosts = ex.header(b"host")
         target = redirect_target(hosts[0].decode("latin-1") if hosts else None, raw_path, self.https_port)
         if target is None or len(hosts) > 1:
             return 400, [], b"certproxy: missing or malformed Host header\n", TEXT
         status = 301 if ex.method in (b"GET", b"HEAD") else 308
         return status, [(b"Location", target.encode())], f"Moved to {target}\n".encode(), TEXT
+
+    async def _ca_cert(self, method: bytes) -> Answer:
+        if method not in (b"GET", b"HEAD"):
+            return 405, [(b"Allow", b"GET, HEAD")], b"certproxy: /ca.crt is read with GET\n", TEXT
+        try:
+            data = await asyncio.to_thread((self.store.paths.ca / CA_CERT).read_bytes)
+        except OSError:
+            return 404, [], b"certproxy: the local CA is not made yet\n", TEXT
+        return 200, NO_STORE, data, CA_CERT_TYPE

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..certs import FileStore, StoreError, os_problem, utcnow
+from ..certs.local_ca import ensure_ca
 from ..proxy.client import SWEEP_INTERVAL, Listener
 from ..proxy.headers import NO_STORE, Answer
 from ..proxy.routes import ControlRoute, ProxyRoute, Request, Route
@@ -40,6 +41,7 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .plain import PlainHandler
 from .reload import Reloader, load_certificates
+from .trust import trust_recipe
 from .workers import Worker, instance_id
 
 if TYPE_CHECKING:
@@ -116,12 +118,22 @@ class Front:
             lambda: self.health_state.last_reload.timestamp() if self.health_state.last_reload else 0
         )
         self.metrics.worker_info(self.worker)
-        if cfg.acme_enabled and self.worker.maintains_certificates:
-            from ..acme_client.client import AcmeIssuer  # the acme library only when ACME is on
-            from ..acme_client.manager import CertManager
+        if cfg.local_ca and self.worker.maintains_certificates:
+            await self._local_ca()
+        if cfg.maintains_certificates and self.worker.maintains_certificates:
+            from ..acme_client.manager import CertManager, Issuer
 
             settings = cfg.acme_settings()
-            self.acme = CertManager(self.store, settings, AcmeIssuer(self.store, settings))
+            issuer: Issuer
+            if cfg.local_ca:
+                from ..acme_client.local import LocalCAIssuer
+
+                issuer = LocalCAIssuer(self.store, settings)
+            else:
+                from ..acme_client.client import AcmeIssuer  # the acme library only when ACME is on
+
+                issuer = AcmeIssuer(self.store, settings)
+            self.acme = CertManager(self.store, settings, issuer)
             self.health.renewals.append(self.acme.status)
         # Watching the store before the first listener opens: a change made as
         # soon as certproxy answers is never missed.
@@ -133,7 +145,7 @@ class Front:
         await self.reloader.start(baseline=baseline)
         try:
             if cfg.http_port is not None:
-                plain = PlainHandler(self.store, self.health, cfg.redirect_port)
+                plain = PlainHandler(self.store, self.health, cfg.redirect_port, local_ca=cfg.local_ca)
                 await self._listen(
                     ControlRoute(cfg.http_port, plain, self.metrics.route("http"), logs.access),
                     cfg.bind,
@@ -160,9 +172,27 @@ class Front:
         self._sweep()
         if self.acme is not None:
             self._acme_task = asyncio.create_task(self.acme.run())
-            log.info(
-                "ACME on: %s for %s", self.acme.settings.directory, ", ".join(self.acme.settings.domains)
+            what = "local CA" if cfg.local_ca else f"ACME on: {self.acme.settings.directory}"
+            log.info("%s for %s", what, ", ".join(self.acme.settings.domains))
+
+    async def _local_ca(self) -> None:
+        """The local CA, made on first start; a name outside its constraints stops start-up."""
+        cfg = self.config
+        try:
+            ca, made = await asyncio.to_thread(ensure_ca, self.store.paths.ca, cfg.cert_domains, utcnow())
+        except StoreError as exc:
+            raise StartupError("CERTPROXY_LOCAL_CA", str(exc)) from None
+        outside = ca.outside(cfg.cert_domains)
+        if outside:
+            raise StartupError(
+                "CERTPROXY_DOMAINS",
+                f"{', '.join(outside)} is outside what the local CA in {ca.folder} may vouch for "
+                f"({', '.join(sum(ca.permitted(), []))}); move {ca.folder} away to make a new CA "
+                "(clients must then trust its new ca.crt)",
             )
+        log.info("local CA %s %s", "made in" if made else "kept in", ca.folder)
+        for line in trust_recipe(ca, cfg):
+            log.info("trust it: %s", line)
 
     async def _admin(self, ex: Request) -> Answer:
         """The admin listener: metrics and health, for the operator's network only."""
