@@ -467,6 +467,55 @@ def test_docker_client_through_certproxy(engine: Engine, tls: dict[str, Path], a
                                         or "unauthorized" in refused.stderr), refused.stderr
 
 
+def test_docker_trusts_the_local_ca_fetched_from_ca_crt(engine: Engine, auth_stack: tuple[Path, list[Path]],
+                                                       tmp_path: Path, measure) -> None:  # type: ignore[no-untyped-def]
+    """CERTPROXY_LOCAL_CA=1 in the image, in front of the stack's registry on :5002: the
+    one-line recipe from the log (curl /ca.crt into certs.d) is all Docker needs."""
+    local = f"{REGISTRY_NAME}:5002"
+    engine.docker("run", "-d", "--name", "localca", "--network", "cpauth_default", "-p", "5002:5002",
+                  "-p", "8082:8082", "-e", "CERTPROXY_LOCAL_CA=1", "-e", f"CERTPROXY_DOMAINS={REGISTRY_NAME}",
+                  "-e", "CERTPROXY_HTTP_PORT=8082", "-e", "CERTPROXY_ROUTES=5002=http://registry:5000", IMAGE)
+    try:
+        started = time.monotonic()
+        wait_until(lambda: "docker (no restart needed)" in engine.docker("logs", "localca").stderr, 30,
+                   "the trust recipe in the log")
+        recipe = next(line.split("trust it: docker (no restart needed): ", 1)[1]
+                      for line in engine.docker("logs", "localca").stderr.splitlines() if "no restart needed" in line)
+        assert recipe == (f"sudo mkdir -p /etc/docker/certs.d/{local} && curl -fsS http://{REGISTRY_NAME}:8082/ca.crt"
+                          f" | sudo tee /etc/docker/certs.d/{local}/ca.crt >/dev/null")
+        # The recipe, with this engine's certs.d in place of /etc/docker/certs.d.
+        certs_d = engine.netns.certs_d(local)
+        certs_d.mkdir(parents=True)
+        fetched = curl(engine, f"http://{REGISTRY_NAME}:8082/ca.crt", "-f", "-o", str(certs_d / "ca.crt"))
+        assert fetched.returncode == 0, fetched.stderr
+        make_big_image(engine, tmp_path, f"{local}/lan/app:1", 8 << 20, layers=2)
+        # The stack's registry asks for its htpasswd login itself (certproxy passes it on).
+        wait_until(lambda: engine.docker("login", "-u", USER, "--password-stdin", local, input=PASSWORD.encode(),
+                                         check=False).returncode == 0, 30, "docker login trusting only the local CA")
+        pushes: list[subprocess.CompletedProcess[str]] = []
+
+        def pushed() -> bool:  # the first leaf follows the CA by a moment
+            pushes.append(engine.docker("push", f"{local}/lan/app:1", check=False))
+            return pushes[-1].returncode == 0
+
+        try:
+            wait_until(pushed, 30, "a push trusting only the local CA")
+        except AssertionError:
+            logs = engine.docker("logs", "--tail", "20", "localca", check=False)
+            raise AssertionError(f"push: {pushes[-1].stderr[-1500:]}\n{logs.stderr[-3000:]}") from None
+        took = time.monotonic() - started
+        engine.docker("rmi", f"{local}/lan/app:1")
+        pulled = engine.docker("pull", f"{local}/lan/app:1")
+        assert "Downloaded newer image" in pulled.stdout, pulled.stdout
+        # Without the CA, Docker refuses the same registry.
+        (certs_d / "ca.crt").unlink()
+        refused = engine.docker("pull", f"{local}/lan/app:1", check=False)
+        assert refused.returncode != 0 and "x509" in refused.stderr, refused.stderr
+        measure("container tier: local CA, `docker run` to a push trusting only /ca.crt", f"{took:.1f} s")
+    finally:
+        engine.docker("rm", "-f", "-v", "localca", check=False)
+
+
 async def test_browser_one_login_lists_the_repositories(engine: Engine, tls: dict[str, Path],
                                                         auth_stack: tuple[Path, list[Path]],
                                                         tmp_path: Path) -> None:
