@@ -11,6 +11,7 @@ command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
+[ -x /usr/sbin/named ] || need+=(bind9)   # dns-01 tests: an authoritative server taking RFC 2136 updates
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v testssl >/dev/null 2>&1 || need+=(testssl.sh)

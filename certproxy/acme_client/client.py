@@ -261,6 +261,7 @@ class AcmeIssuer:
         key_pem = new_private_key(self.settings.key_type)
         csr_pem = crypto_util.make_csr(key_pem, list(domains))
         tokens: list[str] = []
+        dns_updater = None
         stage = "order"
         try:
             try:
@@ -275,22 +276,42 @@ class AcmeIssuer:
                 + (f" (replaces {replaces})" if replaces else "")
             )
             stage = "challenge"
+            kind = challenges.DNS01 if self.settings.challenge == "dns-01" else challenges.HTTP01
+            answers = []
             for authzr in orderr.authorizations:
                 ident = authzr.body.identifier.value
+                if authzr.body.wildcard:
+                    ident = "*." + ident
                 if authzr.body.status == messages.STATUS_VALID:
                     progress(f"challenge {ident}: already valid")
                     continue
-                challb = next(
-                    (c for c in authzr.body.challenges if isinstance(c.chall, challenges.HTTP01)), None
-                )
+                challb = next((c for c in authzr.body.challenges if isinstance(c.chall, kind)), None)
                 if challb is None:
-                    raise AcmeError(f"challenge {ident}: the CA offers no http-01 challenge", permanent=True)
+                    raise AcmeError(
+                        f"challenge {ident}: the CA offers no {self.settings.challenge} challenge",
+                        permanent=True,
+                    )
                 response, validation = challb.response_and_validation(client.net.key)
-                token = challb.chall.encode("token")
-                self.store.write_challenge(token, validation.encode())
-                tokens.append(token)
+                if kind is challenges.DNS01:
+                    from .dns01 import Rfc2136, record_name  # dnspython only with dns-01
+
+                    if dns_updater is None:
+                        assert self.settings.dns is not None  # AcmeSettings requires it for dns-01
+                        dns_updater = Rfc2136(self.settings.dns)
+                    record = record_name(ident)
+                    dns_updater.add(record, validation)
+                    progress(f"challenge {ident}: TXT {record} added")
+                else:
+                    token = challb.chall.encode("token")
+                    self.store.write_challenge(token, validation.encode())
+                    tokens.append(token)
+                answers.append((ident, challb, response))
+            if dns_updater is not None and dns_updater.added:
+                dns_updater.wait_visible()
+                progress("dns-01: the DNS server answers every TXT record")
+            for ident, challb, response in answers:
                 client.answer_challenge(challb, response)
-                progress(f"challenge {ident}: http-01 token {token[:12]}... answered")
+                progress(f"challenge {ident}: {self.settings.challenge} answered")
             stage = "finalize"
             deadline = time.monotonic() + ORDER_DEADLINE.total_seconds()
             orderr = _poll_authorizations(client, orderr, deadline)
@@ -301,6 +322,9 @@ class AcmeIssuer:
         finally:
             for token in tokens:
                 self.store.remove_challenge(token)
+            if dns_updater is not None:
+                for problem in dns_updater.remove_all():
+                    log.warning("%s", problem)
         chain = (
             orderr.fullchain_pem.encode() if isinstance(orderr.fullchain_pem, str) else orderr.fullchain_pem
         )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+import binascii
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..certs import name_for_domain
 
 KEY_TYPES = ("ec256", "ec384", "rsa2048", "rsa3072", "rsa4096")
+CHALLENGES = ("http-01", "dns-01")
+TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
 LOCAL_CA_DIRECTORY = "certproxy-local-ca"  # the issuer the store's record names for the local CA
 
 
@@ -18,6 +22,29 @@ class SettingsError(ValueError):
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    server: str  # host or address of the primary
+    port: int = 53
+    tsig_key: str | None = None
+    tsig_secret: str | None = field(default=None, repr=False)  # base64; never shown
+    tsig_algorithm: str = "hmac-sha256"
+    zone: str | None = None
+
+    def check(self) -> str | None:
+        """Why these settings cannot work (``setting: reason``), or None."""
+        if bool(self.tsig_key) != bool(self.tsig_secret):
+            return "dns_tsig_secret: a TSIG key needs both its name and its secret"
+        if self.tsig_secret:
+            try:
+                base64.b64decode(self.tsig_secret, validate=True)
+            except (binascii.Error, ValueError):
+                return "dns_tsig_secret: not base64"
+        if self.tsig_algorithm not in TSIG_ALGORITHMS:
+            return f"dns_tsig_algorithm: {self.tsig_algorithm!r} is not one of {', '.join(TSIG_ALGORITHMS)}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -32,12 +59,29 @@ class AcmeSettings:
     profile: str | None = None
     retry_min: float = 60.0  # seconds before the first retry after a failure
     network_timeout: float = 30.0  # seconds for one request to the CA
+    challenge: str = "http-01"
+    dns: DnsSettings | None = None  # dns-01: the server to update
 
     def __post_init__(self) -> None:
         if not self.domains:
             raise SettingsError("domains", "ACME needs at least one domain")
         if self.key_type not in KEY_TYPES:
             raise SettingsError("key_type", f"{self.key_type!r} is not one of {', '.join(KEY_TYPES)}")
+        if self.challenge not in CHALLENGES:
+            raise SettingsError("challenge", f"{self.challenge!r} is not one of {', '.join(CHALLENGES)}")
+        wildcards = [d for d in self.domains if d.startswith("*.")]
+        if wildcards and self.challenge != "dns-01" and self.directory != LOCAL_CA_DIRECTORY:
+            raise SettingsError(
+                "challenge",
+                f"{wildcards[0]} needs CERTPROXY_CHALLENGE=dns-01 ({self.challenge} cannot prove a wildcard)",
+            )
+        if self.challenge == "dns-01":
+            if self.dns is None:
+                raise SettingsError("dns_server", "dns-01 needs the DNS server to update (host[:port])")
+            problem = self.dns.check()
+            if problem:
+                setting, _, reason = problem.partition(": ")
+                raise SettingsError(setting, reason)
         if bool(self.eab_kid) != bool(self.eab_hmac_key):
             raise SettingsError("eab_kid", "external account binding needs both a key id and an HMAC key")
 

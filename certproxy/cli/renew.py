@@ -131,6 +131,9 @@ async def renew(config: Config, force: bool) -> int:
 
         say(f"certificates from the local CA in {store.paths.ca}")
         manager = CertManager(store, settings, LocalCAIssuer(store, settings), progress=say)
+    elif config.challenge == "dns-01":
+        assert settings.dns is not None
+        say(f"dns-01: TXT records through {settings.dns.server}:{settings.dns.port}")
     elif port is None:
         say("no HTTP port configured: relying on whoever answers http-01 for the store")
     elif await asyncio.to_thread(_certproxy_answers, port):

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..acme_client.settings import KEY_TYPES, LOCAL_CA_DIRECTORY, AcmeSettings, SettingsError
+from ..acme_client.settings import (
+    KEY_TYPES,
+    LOCAL_CA_DIRECTORY,
+    TSIG_ALGORITHMS,
+    AcmeSettings,
+    DnsSettings,
+    SettingsError,
+)
 from ..certs.pair import is_ip
 from ..proxy.routes import Limits, Route
 from ..proxy.upstream import PoolSettings
@@ -80,6 +87,12 @@ class Config:
     auth_ports: tuple[int, ...] | None = None  # None: 443 when it is routed
     hsts_max_age: int = 31536000  # 0: no Strict-Transport-Security header
     workers: int = 1  # processes serving the same ports (SO_REUSEPORT); "auto": one per CPU
+    challenge: str = "http-01"  # how the ACME CA checks the names: http-01 or dns-01
+    dns_server: tuple[str, int] | None = None  # dns-01: the RFC 2136 primary (host, port)
+    dns_tsig_key: str | None = None
+    dns_tsig_secret: str | None = field(default=None, repr=False)  # never shown
+    dns_tsig_algorithm: str = "hmac-sha256"
+    dns_zone: str | None = None  # found from the server's SOA when unset
     local_ca: bool = False  # certificates from a CA of certproxy's own in STORE/ca, not ACME
     share_ports: bool = False  # replicas on one host network share the ports (SO_REUSEPORT)
     admin_socket: Path | None = None  # /healthz and /metrics of this process on a unix socket
@@ -91,7 +104,8 @@ class Config:
         try:
             self.acme_settings()  # its own checks, named after the setting at fault
         except SettingsError as exc:
-            setting = exc.field if exc.field in ("domains", "email") else f"acme_{exc.field}"
+            own = exc.field in ("domains", "email", "challenge") or exc.field.startswith("dns_")
+            setting = exc.field if own else f"acme_{exc.field}"
             raise ConfigError(env_name(setting), exc.message) from None
         unknown = [p for p in self.auth_ports or () if p not in ports]
         if unknown:
@@ -153,6 +167,20 @@ class Config:
             key_type=self.acme_key_type,
             profile=self.acme_profile,
             retry_min=self.acme_retry_min,
+            challenge=self.challenge,
+            dns=self._dns_settings(),
+        )
+
+    def _dns_settings(self) -> DnsSettings | None:
+        if self.dns_server is None:
+            return None
+        return DnsSettings(
+            server=self.dns_server[0],
+            port=self.dns_server[1],
+            tsig_key=self.dns_tsig_key,
+            tsig_secret=self.dns_tsig_secret,
+            tsig_algorithm=self.dns_tsig_algorithm,
+            zone=self.dns_zone,
         )
 
     def limits(self) -> Limits:
@@ -347,6 +375,26 @@ def parse_choice(*choices: str) -> Callable[[Any, str], str]:
     return parse
 
 
+def parse_hostport(raw: Any, source: str, default_port: int) -> tuple[str, int] | None:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address; None when empty."""
+    text = _text(raw, source)
+    if not text:
+        return None
+    host, port = text, default_port
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(source, f"{text!r} is not host[:port]")
+            port = _port(rest[1:], source)
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = _port(p, source)
+    if not host or not (is_ip(host) or _DOMAIN_RE.fullmatch(host.lower())):
+        raise ConfigError(source, f"{text!r} is not host[:port]")
+    return host, port
+
+
 def _path(raw: Any, source: str) -> Path:
     text = _text(raw, source)
     if not text:
@@ -407,6 +455,12 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "auth_htpasswd": _optional_path,
     "hsts_max_age": lambda raw, src: parse_hsts(raw, src),
     "workers": parse_workers,
+    "challenge": parse_choice("http-01", "dns-01"),
+    "dns_server": lambda raw, src: parse_hostport(raw, src, 53),
+    "dns_tsig_key": _optional_text,
+    "dns_tsig_secret": _optional_text,
+    "dns_tsig_algorithm": parse_choice(*TSIG_ALGORITHMS),
+    "dns_zone": _optional_text,
     "local_ca": parse_bool,
     "share_ports": parse_bool,
     "admin_socket": _optional_path,

@@ -52,10 +52,12 @@ def start_pebble(tmp: Path, ca: trustme.CA, http_port: int, *, validity: int | N
                  env: dict[str, str] | None = None,
                  extra_config: dict[str, object] | None = None,
                  listen: str = "127.0.0.1", names_resolve_to: str = "127.0.0.1",
-                 prefix: tuple[str, ...] = ()) -> Pebble:
+                 prefix: tuple[str, ...] = (), dns_server: str | None = None) -> Pebble:
     """Pebble on ``listen`` (its API certificate also names it), every name
     resolving to ``names_resolve_to``; ``prefix`` runs both programs through a
-    command such as ``nsenter --net=...`` (a network namespace of the test's)."""
+    command such as ``nsenter --net=...`` (a network namespace of the test's).
+    ``dns_server`` (``host:port``): Pebble resolves through it (BIND for dns-01)
+    instead of its own challtestsrv."""
     port = port or free_port()
     mgmt = free_port()
     dns_port = free_port()
@@ -92,7 +94,7 @@ def start_pebble(tmp: Path, ca: trustme.CA, http_port: int, *, validity: int | N
     penv = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", **(env or {})}
     with open(log, "wb") as fh:
         proc = subprocess.Popen([*prefix, "pebble", "-config", str(folder / "config.json"),
-                                 "-dnsserver", f"127.0.0.1:{dns_port}"],
+                                 "-dnsserver", dns_server or f"127.0.0.1:{dns_port}"],
                                 stdout=fh, stderr=subprocess.STDOUT, env=penv, cwd=folder)
     pebble = Pebble(proc, dns, port, mgmt, folder / "ca.pem", log,
                     "localhost" if listen == "127.0.0.1" else listen)
