@@ -47,7 +47,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,speed]'
+	$(BIN)/python -m pip install -q -e '.[test,speed,dns]'
 	touch $(STAMP)
 
 clean:

@@ -15,12 +15,16 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import dns.message
+import dns.query
+import dns.rdatatype
 import pytest
 import trustme
 from cryptography import x509
 
 from support.bind import KEY_NAME, Bind, start_bind
 from support.pebble import Pebble, start_pebble
+from support.powerdns import start_powerdns
 from support.procs import CertproxyProcess, free_port, start_certproxy, stop_process, wait_for
 from support.registry import Registry
 
@@ -156,3 +160,32 @@ def test_dns01_settings_mistakes_are_refused_in_one_line(env: dict[str, str], se
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"certproxy: {setting}: ") and message in lines[0], lines
     assert "not base64!" not in out.stderr  # a secret, even a malformed one, is never echoed
+
+
+def test_wildcard_certificate_through_a_lexicon_provider_powerdns(registry: Registry, tmp_path: Path) -> None:
+    """The dns-lexicon path: its ``powerdns`` provider writes the records through PowerDNS's
+    HTTP API; Pebble resolves through PowerDNS, which certproxy also asks before validation."""
+    pdns = start_powerdns(tmp_path, "example.com")
+    pebble = start_pebble(tmp_path, trustme.CA(), free_port(), dns_server=pdns.server)
+    port = free_port()
+    env = {"CERTPROXY_CHALLENGE": "dns-01", "CERTPROXY_DOMAINS": "example.com,*.example.com",
+           "CERTPROXY_EMAIL": "ops@example.com", "CERTPROXY_ACME_DIRECTORY": pebble.directory,
+           "CERTPROXY_ACME_CA_BUNDLE": str(pebble.ca_bundle), "CERTPROXY_ACME_RETRY_MIN": "1",
+           "CERTPROXY_DNS_PROVIDER": "powerdns", "CERTPROXY_DNS_SERVER": pdns.server,
+           "LEXICON_POWERDNS_AUTH_TOKEN": pdns.api_key, "LEXICON_POWERDNS_PDNS_SERVER": pdns.api_url}
+    cp = start_certproxy(tmp_path, {port: registry.url}, tmp_path / "store", extra_env=env)
+    try:
+        roots = pebble.roots_pem()
+        wait_for(lambda: verifies(port, "anything.example.com", roots), 60, "a wildcard certificate via lexicon",
+                 cp.proc, cp.log)
+        assert verifies(port, "example.com", roots)
+        assert cp.output().count("TXT _acme-challenge.example.com. added") == 2
+        assert cp.wait_output("written to")
+        answer = dns.query.tcp(dns.message.make_query("_acme-challenge.example.com", "TXT"), "127.0.0.1",
+                               port=pdns.dns_port, timeout=5)
+        assert not [r for r in answer.answer if r.rdtype == dns.rdatatype.TXT]  # removed again
+        assert pdns.api_key not in cp.output() and pdns.api_key not in json.dumps(healthz(cp))
+    finally:
+        stop_process(cp.proc)
+        pebble.stop()
+        pdns.stop()

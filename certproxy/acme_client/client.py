@@ -293,11 +293,11 @@ class AcmeIssuer:
                     )
                 response, validation = challb.response_and_validation(client.net.key)
                 if kind is challenges.DNS01:
-                    from .dns01 import Rfc2136, record_name  # dnspython only with dns-01
+                    from .dns01 import record_name, updater  # dnspython only with dns-01
 
                     if dns_updater is None:
                         assert self.settings.dns is not None  # AcmeSettings requires it for dns-01
-                        dns_updater = Rfc2136(self.settings.dns)
+                        dns_updater = updater(self.settings.dns)
                     record = record_name(ident)
                     dns_updater.add(record, validation)
                     progress(f"challenge {ident}: TXT {record} added")

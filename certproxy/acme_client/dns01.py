@@ -14,7 +14,9 @@ outcome. Blocking (dnspython): it runs in the issuer's worker thread.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
 
 import dns.exception
 import dns.inet
@@ -45,6 +47,7 @@ def record_name(identifier: str) -> str:
 class Rfc2136:
     def __init__(self, settings: DnsSettings) -> None:
         self.s = settings
+        assert settings.server is not None  # DnsSettings.check: a server or a provider
         self.address = self._address(settings.server)
         self.keyring = None
         if settings.tsig_key and settings.tsig_secret:
@@ -163,3 +166,78 @@ class Rfc2136:
                 problems.append(str(exc))
         self.added.clear()
         return problems
+
+
+class Lexicon(Rfc2136):
+    """The same steps through a dns-lexicon provider's API (``CERTPROXY_DNS_PROVIDER``, with
+    the provider's own ``LEXICON_*`` credentials). The visibility check asks
+    ``CERTPROXY_DNS_SERVER`` when set, else the zone's first name server."""
+
+    def __init__(self, settings: DnsSettings) -> None:
+        self.s = settings
+        self.keyring = None
+        self.address = self._address(settings.server) if settings.server else ""
+        self.added = []
+
+    def _where(self) -> str:
+        return f"{self.s.server}:{self.s.port}" if self.s.server else f"provider {self.s.provider}"
+
+    def _call(self, record: str, what: str, action: Callable[[Any], object]) -> None:
+        try:
+            from lexicon.client import Client
+            from lexicon.config import ConfigResolver
+        except ImportError:
+            raise AcmeError(
+                "dns-01: CERTPROXY_DNS_PROVIDER needs dns-lexicon: pip install 'certproxy[dns]'",
+                permanent=True,
+            ) from None
+        domain = (self.s.zone or record.removeprefix("_acme-challenge.")).rstrip(".")
+        resolver = ConfigResolver()  # type: ignore[no-untyped-call]
+        config = resolver.with_env().with_dict({"provider_name": self.s.provider, "domain": domain})
+        try:
+            with Client(config) as operations:
+                action(operations)
+        except Exception as exc:  # lexicon and its providers raise anything; one line each
+            raise AcmeError(
+                f"dns-01: provider {self.s.provider}: {what} TXT {record}: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def add(self, record: str, value: str) -> None:
+        self._call(record, "adding", lambda ops: ops.create_record("TXT", record.rstrip("."), value))
+        self.added.append(("", record, value))
+
+    def wait_visible(self, timeout: float = VISIBLE_WAIT) -> None:
+        if not self.address:
+            self.address = self._first_nameserver(self.added[0][1])
+            self.s = replace(self.s, port=53)
+        super().wait_visible(timeout)
+
+    def _first_nameserver(self, record: str) -> str:
+        try:
+            zone = dns.resolver.zone_for_name(record, lifetime=TIMEOUT)
+            ns = dns.resolver.resolve(zone, "NS", lifetime=TIMEOUT)[0]
+            return str(dns.resolver.resolve(str(ns), "A", lifetime=TIMEOUT)[0])
+        except dns.exception.DNSException as exc:
+            raise AcmeError(
+                f"dns-01: cannot find the name server of {record} to check it ({exc}); "
+                "set CERTPROXY_DNS_SERVER"
+            ) from None
+
+    def remove_all(self) -> list[str]:
+        problems = []
+        for _, record, value in self.added:
+            try:
+                self._call(record, "removing", _deleter(record.rstrip("."), value))
+            except AcmeError as exc:
+                problems.append(str(exc))
+        self.added.clear()
+        return problems
+
+
+def _deleter(name: str, value: str) -> Callable[[Any], object]:
+    return lambda ops: ops.delete_record(None, "TXT", name, value)
+
+
+def updater(settings: DnsSettings) -> Rfc2136:
+    """The way to the zone these settings name: a lexicon provider, or RFC 2136."""
+    return Lexicon(settings) if settings.provider else Rfc2136(settings)

@@ -11,6 +11,7 @@ from ..certs import name_for_domain
 
 KEY_TYPES = ("ec256", "ec384", "rsa2048", "rsa3072", "rsa4096")
 CHALLENGES = ("http-01", "dns-01")
+NEEDS_DNS = "dns-01 needs the DNS server to update (host[:port]), or CERTPROXY_DNS_PROVIDER"
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
 LOCAL_CA_DIRECTORY = "certproxy-local-ca"  # the issuer the store's record names for the local CA
 
@@ -26,8 +27,9 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class DnsSettings:
-    server: str  # host or address of the primary
+    server: str | None = None  # RFC 2136: the primary to update; with a provider: the server to check
     port: int = 53
+    provider: str | None = None  # a dns-lexicon provider (its own LEXICON_* credentials)
     tsig_key: str | None = None
     tsig_secret: str | None = field(default=None, repr=False)  # base64; never shown
     tsig_algorithm: str = "hmac-sha256"
@@ -35,6 +37,10 @@ class DnsSettings:
 
     def check(self) -> str | None:
         """Why these settings cannot work (``setting: reason``), or None."""
+        if self.provider is None and self.server is None:
+            return (
+                "dns_server: dns-01 needs the DNS server to update (host[:port]), or CERTPROXY_DNS_PROVIDER"
+            )
         if bool(self.tsig_key) != bool(self.tsig_secret):
             return "dns_tsig_secret: a TSIG key needs both its name and its secret"
         if self.tsig_secret:
@@ -77,7 +83,10 @@ class AcmeSettings:
             )
         if self.challenge == "dns-01":
             if self.dns is None:
-                raise SettingsError("dns_server", "dns-01 needs the DNS server to update (host[:port])")
+                raise SettingsError(
+                    "dns_server",
+                    "dns-01 needs the DNS server to update (host[:port]), or CERTPROXY_DNS_PROVIDER",
+                )
             problem = self.dns.check()
             if problem:
                 setting, _, reason = problem.partition(": ")

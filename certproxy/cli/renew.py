@@ -133,7 +133,8 @@ async def renew(config: Config, force: bool) -> int:
         manager = CertManager(store, settings, LocalCAIssuer(store, settings), progress=say)
     elif config.challenge == "dns-01":
         assert settings.dns is not None
-        say(f"dns-01: TXT records through {settings.dns.server}:{settings.dns.port}")
+        through = settings.dns.provider or f"{settings.dns.server}:{settings.dns.port}"
+        say(f"dns-01: TXT records through {through}")
     elif port is None:
         say("no HTTP port configured: relying on whoever answers http-01 for the store")
     elif await asyncio.to_thread(_certproxy_answers, port):

@@ -93,6 +93,7 @@ class Config:
     dns_tsig_secret: str | None = field(default=None, repr=False)  # never shown
     dns_tsig_algorithm: str = "hmac-sha256"
     dns_zone: str | None = None  # found from the server's SOA when unset
+    dns_provider: str | None = None  # a dns-lexicon provider instead of RFC 2136
     local_ca: bool = False  # certificates from a CA of certproxy's own in STORE/ca, not ACME
     share_ports: bool = False  # replicas on one host network share the ports (SO_REUSEPORT)
     admin_socket: Path | None = None  # /healthz and /metrics of this process on a unix socket
@@ -172,11 +173,12 @@ class Config:
         )
 
     def _dns_settings(self) -> DnsSettings | None:
-        if self.dns_server is None:
+        if self.dns_server is None and self.dns_provider is None:
             return None
         return DnsSettings(
-            server=self.dns_server[0],
-            port=self.dns_server[1],
+            server=self.dns_server[0] if self.dns_server else None,
+            port=self.dns_server[1] if self.dns_server else 53,
+            provider=self.dns_provider,
             tsig_key=self.dns_tsig_key,
             tsig_secret=self.dns_tsig_secret,
             tsig_algorithm=self.dns_tsig_algorithm,
@@ -461,6 +463,7 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "dns_tsig_secret": _optional_text,
     "dns_tsig_algorithm": parse_choice(*TSIG_ALGORITHMS),
     "dns_zone": _optional_text,
+    "dns_provider": _optional_text,
     "local_ca": parse_bool,
     "share_ports": parse_bool,
     "admin_socket": _optional_path,
