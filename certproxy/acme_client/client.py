@@ -37,9 +37,11 @@ from josepy.jwk import JWKEC
 
 from .. import __version__
 from ..certs import FileStore
+from ..certs.alpn import validation_certificate
 from ..certs.keys import new_private_key
 from .errors import AcmeError, translate
 from .settings import AcmeSettings
+from .tlsalpn import TLSALPN01
 
 log = logging.getLogger("certproxy.acme")
 
@@ -262,6 +264,7 @@ class AcmeIssuer:
         csr_pem = crypto_util.make_csr(key_pem, list(domains))
         tokens: list[str] = []
         dns_updater = None
+        alpn_names: list[str] = []
         stage = "order"
         try:
             try:
@@ -276,7 +279,9 @@ class AcmeIssuer:
                 + (f" (replaces {replaces})" if replaces else "")
             )
             stage = "challenge"
-            kind = challenges.DNS01 if self.settings.challenge == "dns-01" else challenges.HTTP01
+            kind = {"dns-01": challenges.DNS01, "tls-alpn-01": TLSALPN01}.get(
+                self.settings.challenge, challenges.HTTP01
+            )
             answers = []
             for authzr in orderr.authorizations:
                 ident = authzr.body.identifier.value
@@ -301,6 +306,10 @@ class AcmeIssuer:
                     record = record_name(ident)
                     dns_updater.add(record, validation)
                     progress(f"challenge {ident}: TXT {record} added")
+                elif kind is TLSALPN01:
+                    pem = validation_certificate(ident, validation, dt.datetime.now(dt.UTC))
+                    self.store.write_alpn_challenge(ident, pem)
+                    alpn_names.append(ident)
                 else:
                     token = challb.chall.encode("token")
                     self.store.write_challenge(token, validation.encode())
@@ -322,6 +331,8 @@ class AcmeIssuer:
         finally:
             for token in tokens:
                 self.store.remove_challenge(token)
+            for name in alpn_names:
+                self.store.remove_alpn_challenge(name)
             if dns_updater is not None:
                 for problem in dns_updater.remove_all():
                     log.warning("%s", problem)

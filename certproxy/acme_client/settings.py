@@ -10,7 +10,7 @@ from pathlib import Path
 from ..certs import name_for_domain
 
 KEY_TYPES = ("ec256", "ec384", "rsa2048", "rsa3072", "rsa4096")
-CHALLENGES = ("http-01", "dns-01")
+CHALLENGES = ("http-01", "dns-01", "tls-alpn-01")
 NEEDS_DNS = "dns-01 needs the DNS server to update (host[:port]), or CERTPROXY_DNS_PROVIDER"
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
 LOCAL_CA_DIRECTORY = "certproxy-local-ca"  # the issuer the store's record names for the local CA

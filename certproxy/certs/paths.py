@@ -107,6 +107,10 @@ class StorePaths:
     def lock(self, name: str) -> Path:
         return self.locks / f"{check_name(name)}.lock"
 
+    def alpn_challenge(self, domain: str) -> Path:
+        """TLS-ALPN-01: the validation certificate and key for ``domain`` (one PEM)."""
+        return self.challenges / "tls-alpn-01" / f"{check_name(domain)}.pem"
+
     def challenge(self, token: str) -> Path:
         if not is_valid_token(token):
             raise InvalidName(f"invalid challenge token {token!r}")

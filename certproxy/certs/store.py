@@ -172,6 +172,12 @@ class FileStore:
     def remove_challenge(self, token: str) -> None:
         self.paths.challenge(token).unlink(missing_ok=True)
 
+    def write_alpn_challenge(self, domain: str, pem: bytes) -> None:
+        self.write_private(self.paths.alpn_challenge(domain), pem)
+
+    def remove_alpn_challenge(self, domain: str) -> None:
+        self.paths.alpn_challenge(domain).unlink(missing_ok=True)
+
     def read_private(self, path: Path) -> bytes | None:
         try:
             return path.read_bytes()

@@ -131,6 +131,8 @@ async def renew(config: Config, force: bool) -> int:
 
         say(f"certificates from the local CA in {store.paths.ca}")
         manager = CertManager(store, settings, LocalCAIssuer(store, settings), progress=say)
+    elif config.challenge == "tls-alpn-01":
+        say("tls-alpn-01: the running certproxy sharing this store answers the CA on its TLS port")
     elif config.challenge == "dns-01":
         assert settings.dns is not None
         through = settings.dns.provider or f"{settings.dns.server}:{settings.dns.port}"

@@ -457,7 +457,7 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "auth_htpasswd": _optional_path,
     "hsts_max_age": lambda raw, src: parse_hsts(raw, src),
     "workers": parse_workers,
-    "challenge": parse_choice("http-01", "dns-01"),
+    "challenge": parse_choice("http-01", "dns-01", "tls-alpn-01"),
     "dns_server": lambda raw, src: parse_hostport(raw, src, 53),
     "dns_tsig_key": _optional_text,
     "dns_tsig_secret": _optional_text,

@@ -25,10 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..certs import FileStore, StoreError, os_problem, utcnow
+from ..certs import FileStore, InvalidName, StoreError, os_problem, utcnow
 from ..certs.local_ca import ensure_ca
-from ..proxy.client import SWEEP_INTERVAL, Listener
+from ..proxy.client import SWEEP_INTERVAL, AlpnChallenge, Listener
 from ..proxy.headers import NO_STORE, Answer
+from ..proxy.hello import ACME_TLS_1
 from ..proxy.routes import ControlRoute, ProxyRoute, Request, Route
 from ..proxy.tls import TLSState, guard_listener
 from ..proxy.upstream import UpstreamPool
@@ -221,7 +222,12 @@ class Front:
             hsts_max_age=self.config.hsts_max_age,
             access_log=logs.access,
         )
-        await self._listen(proxy, self.config.bind, ctx, "CERTPROXY_ROUTES")
+        alpn = (
+            self._alpn_context
+            if self.config.acme_enabled and self.config.challenge == "tls-alpn-01"
+            else None
+        )
+        await self._listen(proxy, self.config.bind, ctx, "CERTPROXY_ROUTES", alpn_challenge=alpn)
         log.info(
             "route :%d -> %s (basic auth %s)", route.port, route.url, "on" if auth is not None else "off"
         )
@@ -234,17 +240,47 @@ class Front:
         setting: str,
         *,
         shared: bool = True,
+        alpn_challenge: AlpnChallenge | None = None,
     ) -> None:
         """Open one listener; a port that cannot be bound stops start-up naming ``setting``."""
         listener = Listener(route, self.config.limits())
         try:
-            await listener.start(bind, route.port, ctx, reuse_port=shared and self.worker.shares_ports)
+            await listener.start(
+                bind,
+                route.port,
+                ctx,
+                reuse_port=shared and self.worker.shares_ports,
+                alpn_challenge=alpn_challenge,
+            )
         except OSError as exc:
             raise listen_error(exc, setting, bind, route.port) from None
         self._listeners.append(listener)
         self.metrics.track_connections(listener.connections, str(route.port))
         kind = {"CERTPROXY_HTTP_PORT": "http", "CERTPROXY_ADMIN_PORT": "admin"}.get(setting, "tls")
         log.info("listening on %s:%d (%s)", bind, route.port, kind)
+
+    async def _alpn_context(self, server_name: str) -> ssl.SSLContext | None:
+        """TLS-ALPN-01: the validation certificate for ``server_name`` if one is pending in
+        the store (whichever replica ordered it), as a context that speaks only acme-tls/1."""
+
+        def load() -> ssl.SSLContext | None:
+            try:
+                path = self.store.paths.alpn_challenge(server_name)
+            except InvalidName:
+                return None
+            if not path.is_file():
+                return None
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.set_alpn_protocols([ACME_TLS_1])
+            ctx.load_cert_chain(path)
+            return ctx
+
+        try:
+            return await asyncio.to_thread(load)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("tls-alpn-01: cannot load the validation certificate for %s: %s", server_name, exc)
+            return None
 
     def admin_socket_path(self, base: Path) -> str:
         """Worker 0's admin socket is ``base``; worker N's is ``base.N``."""
