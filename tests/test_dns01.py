@@ -189,3 +189,23 @@ def test_wildcard_certificate_through_a_lexicon_provider_powerdns(registry: Regi
         stop_process(cp.proc)
         pebble.stop()
         pdns.stop()
+
+
+def test_records_are_removed_when_the_ca_cannot_validate(bind: Bind, registry: Registry, tmp_path: Path) -> None:
+    """Pebble resolving elsewhere (its own challtestsrv) never sees the TXT records: the
+    order fails, and the values certproxy added to BIND are removed all the same."""
+    blind = start_pebble(tmp_path, trustme.CA(), free_port())
+    cp = start_certproxy(tmp_path, {free_port(): registry.url}, tmp_path / "store",
+                         extra_env=dns_env(bind, blind))
+    try:
+        def failed() -> str | None:
+            renewals = healthz(cp)["renewals"]
+            return renewals[0].get("last_error") if renewals else None
+
+        wait_for(failed, 60, "the order failing", cp.proc, cp.log)
+        assert cp.output().count("TXT _acme-challenge.example.test. added") == 2
+        assert bind.txt("_acme-challenge.example.test") == []
+        assert healthz(cp)["certificates"][0]["kind"] == "bootstrap"  # nothing half-issued is served
+    finally:
+        stop_process(cp.proc)
+        blind.stop()
