@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
+from .keys import builder, private_pem
+
 ACME_IDENTIFIER = ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # id-pe-acmeIdentifier
 
 
@@ -26,19 +28,10 @@ def validation_certificate(domain: str, key_authorization: str, now: dt.datetime
     digest = hashlib.sha256(key_authorization.encode()).digest()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certproxy tls-alpn-01")])
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=7))
+        builder(name, name, key.public_key(), now, days=7)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
         # The extension's value is the DER OCTET STRING of the SHA-256 digest.
         .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER, b"\x04\x20" + digest), critical=True)
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM) + key_pem
+    return cert.public_bytes(serialization.Encoding.PEM) + private_pem(key)

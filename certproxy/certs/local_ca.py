@@ -30,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .atomic import KEY_MODE, _fsync_dir, write_pair_atomic
 from .errors import StoreError
+from .keys import builder, key_usage, private_pem
 from .pair import is_ip
 
 CA_DAYS = 3650
@@ -101,38 +102,16 @@ def make_ca(domains: tuple[str, ...], now: dt.datetime) -> tuple[bytes, bytes]:
     )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        builder(name, name, key.public_key(), now, CA_DAYS)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(signs_certificates=True), critical=True)
         .add_extension(
             x509.NameConstraints(permitted_subtrees=_subtrees(domains), excluded_subtrees=None), True
         )
         .add_extension(ski, critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+    return cert.public_bytes(serialization.Encoding.PEM), private_pem(key)
 
 
 def load_ca(folder: Path) -> LocalCA | None:
@@ -188,30 +167,13 @@ def issue_leaf(ca: LocalCA, domains: tuple[str, ...], key_pem: bytes, now: dt.da
     sans: list[x509.GeneralName] = [
         x509.IPAddress(ipaddress.ip_address(d)) if is_ip(d) else x509.DNSName(d) for d in domains
     ]
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0][:64])])
+    days = min(LEAF_DAYS, (ca.cert.not_valid_after_utc - now).days)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0][:64])]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(min(now + dt.timedelta(days=LEAF_DAYS), ca.cert.not_valid_after_utc))
+        builder(subject, ca.cert.subject, key.public_key(), now, days)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=isinstance(key, rsa.RSAPrivateKey),
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(key_encipherment=isinstance(key, rsa.RSAPrivateKey)), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
