@@ -10,6 +10,9 @@ import json
 import base64
 import datetime as dt
 import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from acme import messages
 from aiohttp import web
 from cryptography import x509
 from support.apps import AcmeStandIn
+from support.procs import free_port
 from support.pairs import issue, replace_atomic
 
 from certproxy.acme_client import AcmeError, AcmeIssuer, AcmeSettings, ari_cert_id, policy
@@ -378,3 +382,56 @@ async def test_a_store_change_wakes_the_maintenance_loop(no_blocking: None, tmp_
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+# -- the ACME client in a child process (certproxy serve) ----------------------------------
+
+
+def test_serving_process_never_imports_the_acme_stack() -> None:
+    """``certproxy serve`` reaches the ACME client only through ChildIssuer: acme, josepy,
+    requests and dnspython stay out of the serving process (about 9 MiB resident)."""
+    code = ("import sys, certproxy.service.server, certproxy.acme_client.child, certproxy.cli.serve; "
+            "print(sorted(m for m in ('acme', 'josepy', 'requests', 'dns', 'lexicon') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_child_issuer_reports_the_clients_error_in_one_line(tmp_path: Path) -> None:
+    from certproxy.acme_client.child import ChildIssuer
+
+    port = free_port()  # nothing listens there
+    settings = AcmeSettings(directory=f"https://127.0.0.1:{port}/dir", domains=("reg.example.com",))
+    issuer = ChildIssuer(FileStore(tmp_path / "store"), settings)
+    lines: list[str] = []
+    with pytest.raises(AcmeError) as err:
+        issuer.issue(("reg.example.com",), progress=lines.append)
+    assert str(err.value).startswith("account: cannot reach the ACME server") and "\n" not in str(err.value)
+    assert any(line.startswith("account: new ECDSA P-256 key") for line in lines)  # progress streamed
+
+
+def test_child_exits_when_the_server_goes_away(tmp_path: Path) -> None:
+    """An order in a child whose parent died (its standard input closes) is not finished."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts, never answers: the child waits on the directory
+    port = silent.getsockname()[1]
+    request = {"op": "issue", "args": {"domains": ["reg.example.com"], "replaces": None},
+               "store": str(tmp_path / "store"),
+               "settings": {"directory": f"https://127.0.0.1:{port}/dir", "domains": ["reg.example.com"],
+                            "email": None, "ca_bundle": None, "eab_kid": None, "eab_hmac_key": None,
+                            "key_type": "ec256", "profile": None, "retry_min": 60.0, "network_timeout": 30.0,
+                            "challenge": "http-01", "dns": None}}
+    child = subprocess.Popen([sys.executable, "-m", "certproxy.acme_client.child"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdin is not None
+        child.stdin.write(json.dumps(request) + "\n")
+        child.stdin.flush()
+        time.sleep(1.0)
+        assert child.poll() is None  # waiting on the silent directory
+        child.stdin.close()
+        assert child.wait(5) == 3
+    finally:
+        if child.poll() is None:
+            child.kill()
+        silent.close()

@@ -131,9 +131,11 @@ class Front:
 
                 issuer = LocalCAIssuer(self.store, settings)
             else:
-                from ..acme_client.client import AcmeIssuer  # the acme library only when ACME is on
+                # The ACME client runs in a child process per call: the acme library,
+                # requests and dnspython never load into the serving process.
+                from ..acme_client.child import ChildIssuer
 
-                issuer = AcmeIssuer(self.store, settings)
+                issuer = ChildIssuer(self.store, settings)
             self.acme = CertManager(self.store, settings, issuer)
             self.health.renewals.append(self.acme.status)
         # Watching the store before the first listener opens: a change made as
