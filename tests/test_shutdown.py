@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import signal
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -102,3 +103,33 @@ async def test_sigterm_does_not_wait_for_a_silent_client(
     took = loop.time() - started
     writer.transport.abort()
     assert took < 5, f"exit took {took:.1f} s with nothing in flight"
+
+
+async def test_a_handshake_under_way_at_sigterm_is_finished_and_its_request_served(
+        certproxy_factory: Callable[..., CertproxyProcess], registry: Registry, store: Path,
+        client_ssl: ssl.SSLContext) -> None:
+    """The connection was accepted (it sits in no accept queue any more) but its TLS
+    handshake had not begun when SIGTERM came: the handshake completes, its first request
+    is answered with Connection: close, then certproxy exits. A replica being replaced in
+    a rolling update sees exactly this for the connections of its last moment."""
+    port = free_port()
+    cp = await asyncio.to_thread(certproxy_factory, {port: registry.url}, store)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    await asyncio.sleep(0.3)  # accepted by certproxy; no ClientHello sent yet
+    cp.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(cp.wait_output, "stopping: draining", 10)
+    await asyncio.sleep(1.5)  # the listeners are closed; an idle process would be gone by now
+    assert cp.proc.poll() is None
+
+    def request() -> bytes:
+        with client_ssl.wrap_socket(raw, server_hostname="localhost") as conn:
+            conn.sendall(f"GET /v2/ HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+        return data
+
+    answer = await asyncio.to_thread(request)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+    assert await asyncio.to_thread(cp.proc.wait, 30) == 0

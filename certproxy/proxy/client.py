@@ -30,11 +30,13 @@ import asyncio
 import collections
 import contextlib
 import errno
+import gc
 import logging
 import os
 import socket
 import ssl
 import stat
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, cast
 
@@ -59,6 +61,9 @@ from .wire import (
 log = logging.getLogger("certproxy.proxy")
 
 SWEEP_INTERVAL = 0.25
+# A connection whose handshake completes after SIGTERM gets this long to send its first
+# request (served, then closed) before the drain counts it as done.
+FIRST_REQUEST_GRACE = 2.0
 
 
 class Flushable(Protocol):
@@ -90,6 +95,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.closing = False
         self.stopped = False
+        self.first_request_by = 0.0  # made while stopping: its first request is still awaited until then
         self.corked = False
         self.out: list[bytes] = []
         self.to_flush: list[Flushable] = []
@@ -114,7 +120,12 @@ class ClientConnection(asyncio.Protocol):
             self.client_ip_b = peer[0].encode()
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self.idle_since = self.clock()
+        listener.handshaking.pop(self, None)
         self.closing = listener.stopping
+        if listener.stopping:
+            # Its handshake began before the listener closed: the client is about to send
+            # its request, which is served (then the connection closes), not cut off.
+            self.first_request_by = self.idle_since + FIRST_REQUEST_GRACE
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self.transport is None:
@@ -172,6 +183,7 @@ class ClientConnection(asyncio.Protocol):
     # parser callbacks
     def on_message_begin(self) -> None:
         self.in_head = True
+        self.first_request_by = 0.0
         self.head_started = self.clock()
         self._url = b""
         self._headers = []
@@ -330,7 +342,7 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return False
-        if self.queue or self.in_head:
+        if self.queue or self.in_head or self.clock() < self.first_request_by:
             return True
         try:
             return transport.get_write_buffer_size() > 0
@@ -365,7 +377,9 @@ class ClientConnection(asyncio.Protocol):
                     limits.header_timeout,
                 )
                 self.abort()
-        elif now - self.idle_since > limits.keepalive_timeout or self.closing:
+        elif now - self.idle_since > limits.keepalive_timeout or (
+            self.closing and now >= self.first_request_by
+        ):
             self.close()
 
 
@@ -378,13 +392,24 @@ class Listener:
         self.limits = limits
         self.clock = clock or self.loop.time
         self.connections: set[ClientConnection] = set()
+        # TLS connections accepted whose handshake is under way (the event loop makes the
+        # protocol at accept time, and calls connection_made after the handshake): when
+        # each began. Weak: a failed handshake's protocol is simply dropped.
+        self.handshaking: weakref.WeakKeyDictionary[ClientConnection, float] = weakref.WeakKeyDictionary()
         self.server: asyncio.base_events.Server | None = None
         self.stopping = False
         # TLS-ALPN-01: a listener that peeks at each ClientHello (see hello.py)
         self._peeking: _Peeking | None = None
 
     def __call__(self) -> ClientConnection:
-        return ClientConnection(self)
+        conn = ClientConnection(self)
+        self.handshaking[conn] = self.clock()
+        return conn
+
+    def handshakes_under_way(self, now: float) -> bool:
+        """Handshakes begun within the handshake timeout (older ones the loop has ended)."""
+        horizon = now - self.limits.handshake_timeout
+        return any(started > horizon for started in list(self.handshaking.values()))
 
     def at_capacity(self) -> bool:
         cap = self.limits.max_connections
@@ -439,7 +464,15 @@ class Listener:
     async def drain(self, grace: float) -> None:
         """Let requests in flight finish within ``grace`` seconds, then cut the rest."""
         deadline = self.loop.time() + grace
-        while any(conn.owed() for conn in self.connections) and self.loop.time() < deadline:
+        collected = 0.0
+        while self.loop.time() < deadline:
+            if self.loop.time() - collected > 1.0:
+                # A connection whose handshake failed or was abandoned (a TCP probe) is
+                # freed only by the cycle collector; until then it would look under way.
+                gc.collect()
+                collected = self.loop.time()
+            if not (any(conn.owed() for conn in self.connections) or self.handshakes_under_way(self.clock())):
+                break
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.abort()
