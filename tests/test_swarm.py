@@ -37,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,8 @@ NEXT_IMAGE = "localhost/certproxy:next"  # the rolling update's "new version"
 STACK = "cps"
 SERVICE = f"{STACK}_certproxy"
 REGISTRY_PORT, UI_PORT = 5001, 8080  # the registry and the UI, published on the node
-VALIDITY = 40  # seconds: Pebble's certificates, renewed in their last half
+STORE_VOLUME = f"{STACK}-store-{os.getpid()}-{int(time.time())}"  # a new volume every run
+VALIDITY = 30  # seconds: Pebble's certificates, renewed in their last half
 
 
 def stack_for_this_engine(shipped: dict[str, Any], store: Path, pebble_ca: Path) -> dict[str, Any]:
@@ -77,7 +79,7 @@ def stack_for_this_engine(shipped: dict[str, Any], store: Path, pebble_ca: Path)
     })
     cp["volumes"].append(f"{pebble_ca}:/pebble:ro")
     cp["healthcheck"].update({"interval": "1s", "start_period": "5s"})
-    cp["deploy"]["update_config"].update({"delay": "1s", "monitor": "3s"})
+    cp["deploy"]["update_config"].update({"delay": "0s", "monitor": "2s"})
     reg = stack["services"]["registry"]
     for key in [k for k in reg["environment"] if k.startswith("REGISTRY_STORAGE")]:
         del reg["environment"][key]
@@ -89,7 +91,7 @@ def stack_for_this_engine(shipped: dict[str, Any], store: Path, pebble_ca: Path)
     ui["deploy"]["endpoint_mode"] = "dnsrr"
     ui["ports"] = [{"target": 80, "published": UI_PORT, "protocol": "tcp", "mode": "host"}]
     stack["volumes"]["certproxy-store"] = {  # named after the run: never a volume an earlier run left
-        "name": f"{STACK}-store-{store.parent.name}", "driver": "local",
+        "name": STORE_VOLUME, "driver": "local",
         "driver_opts": {"type": "none", "o": "bind", "device": str(store)}}
     stack["volumes"]["registry-data"] = {}
     stack["networks"] = {"hostnet": {"external": True, "name": "host"}}
@@ -203,9 +205,11 @@ def certproxy_tasks(engine: Engine) -> list[dict[str, Any]]:
     return [engine.inspect(i) for i in ids]
 
 
-def healthy_tasks(engine: Engine, image: str = IMAGE) -> int:
+def healthy_tasks(engine: Engine, image: str | None = None) -> int:
+    """Running certproxy tasks whose HEALTHCHECK says healthy (of ``image``, when given)."""
     return sum(1 for c in certproxy_tasks(engine)
-               if c["State"].get("Health", {}).get("Status") == "healthy" and c["Config"]["Image"] == image)
+               if c["State"].get("Health", {}).get("Status") == "healthy"
+               and image in (None, c["Config"]["Image"]))
 
 
 def task_logs(engine: Engine) -> dict[str, str]:
@@ -288,6 +292,7 @@ def swarm(tmp_path_factory: pytest.TempPathFactory, measure) -> Iterator[Swarm]:
         while engine.docker("ps", "-q", "--filter", f"label=com.docker.stack.namespace={STACK}",
                             check=False).stdout.strip() and time.monotonic() < deadline:
             time.sleep(0.5)
+        engine.docker("volume", "rm", "-f", STORE_VOLUME, check=False)  # it names this run's folder
         engine.docker("swarm", "leave", "--force", check=False, timeout=60)
         if pebble is not None:
             pebble.stop()
@@ -334,6 +339,23 @@ def test_three_replicas_one_order_each_time_and_all_serve_the_renewal_within_a_s
     by_task = challenge_answers(logs)
     assert sum(n for _, n in by_task.values()) >= issued, by_task
     elsewhere = sum(answered for ordered, answered in by_task.values() if not ordered)
+    # And deterministically: a challenge answer put into the shared store is served by every
+    # replica, not only by the one that wrote it (30 new connections reach all three).
+    token = "swarm-check-" + os.urandom(6).hex()
+    answer = swarm.store / "challenges" / token
+    answer.write_bytes(b"answer-from-the-store")
+    os.chown(answer, 10001, 10001)
+    for _ in range(30):
+        with urllib.request.urlopen(f"http://{engine.netns.addr}/.well-known/acme-challenge/{token}",
+                                    timeout=10) as r:
+            assert r.read() == b"answer-from-the-store"
+
+    def answered() -> set[str]:  # access lines reach the log within a quarter of a second
+        return {name for name, text in task_logs(engine).items() if f"/.well-known/acme-challenge/{token}" in text}
+
+    wait_until(lambda: len(answered()) == 3, 10, "every replica answering the challenge from the store",
+               explain=lambda: str(answered()))
+    answer.unlink()
     measure("swarm: 3 replicas, certificates issued / ACME orders (all replicas together)", f"{issued} / {orders}")
     measure("swarm: HTTP-01 requests of Pebble answered by a replica that had not ordered / in all",
             f"{elsewhere} / {sum(n for _, n in by_task.values())}")
@@ -354,32 +376,6 @@ def verifies(engine: Engine, roots: bytes) -> bool:
     except (OSError, ssl.SSLError):
         return False
     return True
-
-
-def test_scaled_to_five_new_replicas_serve_the_live_certificate_at_once(
-        swarm: Swarm, measure) -> None:  # type: ignore[no-untyped-def]
-    obs, engine = swarm.observer, swarm.engine
-    wait_until(lambda: verifies(engine, swarm.roots), 60, "a Pebble certificate served",
-               explain=lambda: explain(swarm))
-    before = obs.instances_since(time.time() - 5)
-    assert len(before) == 3, before
-    started = time.time()
-    engine.docker("service", "scale", f"{SERVICE}=5", timeout=180)
-    wait_until(lambda: healthy_tasks(engine) == 5, 60, "5 healthy certproxy tasks")
-    took = time.time() - started
-    new = wait_until(lambda: len(obs.instances_since(started) - before) == 2 and
-                     obs.instances_since(started) - before, 30, "both new replicas answering")
-    for instance in new:
-        firsts = [s for s in obs.samples if s.instance == instance]
-        assert firsts[0].serial in obs.live_at(firsts[0].t), (instance, firsts[0], obs.store_history)
-        assert not any(s.serial not in obs.live_at(s.t) for s in firsts), instance
-    # New TLS connections land on all five; every one presents a live certificate that verifies.
-    ctx = pebble_ctx(swarm.roots)
-    for _ in range(40):
-        now = time.time()
-        assert tls_serial(engine, ctx) in obs.live_at(now) | obs.live_at(time.time())
-    measure("swarm: `docker service scale` 3 -> 5, healthy after", f"{took:.1f} s; new replicas served the live "
-            "certificate from their first answer")
 
 
 def test_rolling_update_under_load_fails_no_request_and_every_task_is_healthy(
@@ -434,3 +430,36 @@ def test_rolling_update_under_load_fails_no_request_and_every_task_is_healthy(
     assert len(ps) == replicas and all(line.startswith(NEXT_IMAGE) and "Running" in line for line in ps), ps
     measure(f"swarm: start-first rolling update of {replicas} replicas under 2 request loops",
             f"{took:.1f} s, {results['ok']} requests, {len(failures)} failed")
+
+
+def test_scaled_to_five_new_replicas_serve_the_live_certificate_at_once(
+        swarm: Swarm, measure) -> None:  # type: ignore[no-untyped-def]
+    obs, engine = swarm.observer, swarm.engine
+    wait_until(lambda: verifies(engine, swarm.roots), 60, "a Pebble certificate served",
+               explain=lambda: explain(swarm))
+    # The three replicas in service now (a rolling update may have just replaced them).
+    def current() -> set[str] | None:
+        seen = obs.instances_since(time.time() - 2)
+        return seen if len(seen) == 3 else None
+
+    before = wait_until(current, 30, "three replicas answering")
+    started = time.time()
+    engine.docker("service", "scale", f"{SERVICE}=5", timeout=180)
+    wait_until(lambda: healthy_tasks(engine, NEXT_IMAGE) == 5, 60, "5 healthy certproxy tasks")
+    took = time.time() - started
+    new = wait_until(lambda: len(obs.instances_since(started) - before) == 2 and
+                     obs.instances_since(started) - before, 30, "both new replicas answering")
+    for instance in new:
+        firsts = [s for s in obs.samples if s.instance == instance]
+        assert firsts[0].serial in obs.live_at(firsts[0].t), (instance, firsts[0], obs.store_history)
+        assert not any(s.serial not in obs.live_at(s.t) for s in firsts), instance
+    # New TLS connections land on all five; every one presents a live certificate that verifies.
+    ctx = pebble_ctx(swarm.roots)
+    for _ in range(40):
+        now = time.time()
+        assert tls_serial(engine, ctx) in obs.live_at(now) | obs.live_at(time.time())
+    ps = engine.docker("service", "ps", "--filter", "desired-state=running", "--format",
+                       "{{.Image}} {{.CurrentState}}", SERVICE).stdout.splitlines()
+    assert len(ps) == 5 and all("Running" in line for line in ps), ps
+    measure("swarm: `docker service scale` 3 -> 5, healthy after", f"{took:.1f} s; new replicas served the live "
+            "certificate from their first answer")
