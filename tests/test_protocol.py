@@ -376,11 +376,32 @@ async def test_a_control_route_answers_by_itself_and_healthz_is_a_callable() -> 
 async def test_drain_stops_idle_connections_and_lets_the_one_in_flight_finish() -> None:
     plane = make_plane()
     idle_conn, idle = plane.connect_client()
+    idle_conn.data_received(GET)  # served once, then idle on keep-alive
+    await settle()
+    plane.upstream_protocol().data_received(OK)
+    await settle()
+    idle.take()
     busy_conn, busy = plane.connect_client()
     busy_conn.data_received(GET)
     await settle()
+    fresh_conn, fresh = plane.connect_client()  # accepted; its first request still on the wire
+    silent_conn, silent = plane.connect_client()
     plane.listener.stop_accepting()
     assert idle.closed and not busy.closed
+    assert not fresh.closed and not silent.closed and fresh_conn.owed() and silent_conn.owed()
     plane.upstream_protocol().data_received(OK)
     out = busy.take()
     assert b"Connection: close\r\n" in out and busy.closed
+    # The new connection's request comes: served, with Connection: close.
+    fresh_conn.data_received(GET)
+    await settle()
+    plane.upstream_protocol().data_received(OK)
+    out = fresh.take()
+    assert out.startswith(b"HTTP/1.1 200 ") and b"Connection: close\r\n" in out and fresh.closed
+    # One that sends nothing is closed once the grace has passed (the sweep).
+    plane.clock.now += 1
+    plane.listener.sweep(plane.clock.now)
+    assert not silent.closed
+    plane.clock.now += 1.5
+    plane.listener.sweep(plane.clock.now)
+    assert silent.closed and not silent_conn.owed()

@@ -61,7 +61,7 @@ STACK = "cps"
 SERVICE = f"{STACK}_certproxy"
 REGISTRY_PORT, UI_PORT = 5001, 8080  # the registry and the UI, published on the node
 STORE_VOLUME = f"{STACK}-store-{os.getpid()}-{int(time.time())}"  # a new volume every run
-VALIDITY = 30  # seconds: Pebble's certificates, renewed in their last half
+VALIDITY = 20  # seconds: Pebble's certificates, renewed in their last half
 
 
 def stack_for_this_engine(shipped: dict[str, Any], store: Path, pebble_ca: Path) -> dict[str, Any]:
@@ -289,8 +289,12 @@ def swarm(tmp_path_factory: pytest.TempPathFactory, measure) -> Iterator[Swarm]:
         subprocess.run(["/usr/bin/docker", "-H", engine.sock, "stack", "rm", STACK], capture_output=True,
                        timeout=60)
         deadline = time.monotonic() + 60  # stack rm returns before the tasks are gone
-        while engine.docker("ps", "-q", "--filter", f"label=com.docker.stack.namespace={STACK}",
-                            check=False).stdout.strip() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            left = engine.docker("ps", "-aq", "--filter", f"label=com.docker.stack.namespace={STACK}",
+                                 check=False).stdout.split()
+            if not left:
+                break
+            engine.docker("rm", "-f", *left, check=False)  # no need to wait for their drain here
             time.sleep(0.5)
         engine.docker("volume", "rm", "-f", STORE_VOLUME, check=False)  # it names this run's folder
         engine.docker("swarm", "leave", "--force", check=False, timeout=60)

@@ -74,12 +74,12 @@ class ChildIssuer:
     def offers_ari(self) -> bool:
         if self._ari is not None and time.monotonic() - self._ari[0] < DIRECTORY_TTL:
             return self._ari[1]
-        offers = bool(self._call("offers_ari", {}, log.debug)["offers"])
+        offers = bool(self._call("offers_ari", {}, log.info)["offers"])
         self._ari = (time.monotonic(), offers)
         return offers
 
     def renewal_info(self, cert_pem: bytes) -> tuple[dt.datetime | None, dt.datetime]:
-        result = self._call("renewal_info", {"cert": cert_pem.decode()}, log.debug)
+        result = self._call("renewal_info", {"cert": cert_pem.decode()}, log.info)
         when = dt.datetime.fromisoformat(result["when"]) if result["when"] else None
         return when, dt.datetime.fromisoformat(result["next_poll"])
 
@@ -162,18 +162,23 @@ def _watch_parent() -> None:
 def _run(request: dict[str, Any]) -> dict[str, Any]:
     from .client import AcmeIssuer
 
-    issuer = AcmeIssuer(FileStore(Path(request["store"])), _settings_from(request["settings"]))
+    def progress(text: str) -> None:
+        _emit({"progress": text})
+
+    def notable(text: str) -> None:  # a look at the directory: only what changed is said
+        if not text.startswith("account: reusing"):
+            progress(text)
+
+    issuer = AcmeIssuer(
+        FileStore(Path(request["store"])), _settings_from(request["settings"]), progress=notable
+    )
     op, args = request["op"], request["args"]
     if op == "issue":
-        chain, key = issuer.issue(
-            tuple(args["domains"]), replaces=args["replaces"], progress=lambda text: _emit({"progress": text})
-        )
+        chain, key = issuer.issue(tuple(args["domains"]), replaces=args["replaces"], progress=progress)
         return {"chain": chain.decode(), "key": key.decode(), "account_uri": issuer.account_uri}
     if op == "offers_ari":
-        issuer.progress = lambda text: None
         return {"offers": issuer.offers_ari()}
     if op == "renewal_info":
-        issuer.progress = lambda text: None
         when, next_poll = issuer.renewal_info(args["cert"].encode())
         return {"when": when.isoformat() if when else None, "next_poll": next_poll.isoformat()}
     raise ValueError(f"unknown operation {op!r}")

@@ -95,7 +95,8 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.closing = False
         self.stopped = False
-        self.first_request_by = 0.0  # made while stopping: its first request is still awaited until then
+        self.first_request_by = 0.0  # while stopping: its first request is still awaited until then
+        self.used = False  # a request has begun on it
         self.corked = False
         self.out: list[bytes] = []
         self.to_flush: list[Flushable] = []
@@ -183,6 +184,7 @@ class ClientConnection(asyncio.Protocol):
     # parser callbacks
     def on_message_begin(self) -> None:
         self.in_head = True
+        self.used = True
         self.first_request_by = 0.0
         self.head_started = self.clock()
         self._url = b""
@@ -330,10 +332,16 @@ class ClientConnection(asyncio.Protocol):
 
     # used by the listener
     def stop(self) -> None:
-        """Finish what is in flight, then close; close now if idle."""
+        """Finish what is in flight, then close; close now if idle. A connection that has
+        not carried a request yet is new: its first request may be on the wire already, so
+        it is awaited a moment (then served, and the connection closed)."""
         self.closing = True
-        if not self.queue and not self.in_head:
-            self.close()
+        if self.queue or self.in_head:
+            return
+        if not self.used:
+            self.first_request_by = max(self.first_request_by, self.clock() + FIRST_REQUEST_GRACE)
+            return
+        self.close()
 
     def owed(self) -> bool:
         """Still owes the client something: a request in flight or being read, or

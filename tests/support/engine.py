@@ -41,7 +41,10 @@ from pathlib import Path
 REGISTRY_NAME = "registry.certproxy.test"
 DOCKER = "/usr/bin/docker"  # Debian's client, matching the daemon; another docker may come first in PATH
 REPO = Path(__file__).resolve().parents[2]
-STATE = REPO / "build" / "engine"  # data root kept between runs: the stand-in images are cached there
+# The engine's data root, kept between runs and between clones on this machine: the stand-in
+# images and the image's dependency layers are cached there (a fresh clone, as CI makes,
+# would otherwise pay for debootstrap and every wheel again). Never two runs at once.
+STATE = Path(os.environ.get("CPT_ENGINE_CACHE", "/var/cache/certproxy-tests/engine"))
 
 
 # Repositories a run keeps: the stand-ins and the image under test (layer cache).

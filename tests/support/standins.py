@@ -15,7 +15,8 @@ compose files use, so both run unchanged.
 
 Each image carries a label with a hash of what made it; a run rebuilds only
 an image whose recipe changed (the engine's data root is kept in
-``build/engine``), so ``make test`` pays for ``debootstrap`` once per machine.
+``/var/cache/certproxy-tests/engine``, or ``CPT_ENGINE_CACHE``), so ``make test`` pays
+for ``debootstrap`` once per machine.
 """
 
 from __future__ import annotations
