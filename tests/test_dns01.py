@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import ssl
 import subprocess
 import sys
 import urllib.request
@@ -27,6 +25,7 @@ from support.pebble import Pebble, start_pebble
 from support.powerdns import start_powerdns
 from support.procs import CertproxyProcess, free_port, start_certproxy, stop_process, wait_for
 from support.registry import Registry
+from support.tlsprobe import peer_certificate, verifies
 
 pytestmark = pytest.mark.integration
 
@@ -55,23 +54,6 @@ def dns_env(bind: Bind, pebble: Pebble, secret: str | None = None, **extra: str)
             "CERTPROXY_DNS_TSIG_SECRET": secret or bind.secret, **extra}
 
 
-def served(port: int, host: str, roots: bytes | None = None) -> x509.Certificate:
-    ctx = ssl.create_default_context(cadata=roots.decode()) if roots else ssl._create_unverified_context()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname=host) as conn:
-        der = conn.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
-
-
-def verifies(port: int, host: str, roots: bytes) -> bool:
-    try:
-        served(port, host, roots)
-    except (OSError, ssl.SSLError):
-        return False
-    return True
-
-
 def healthz(cp: CertproxyProcess) -> dict:  # type: ignore[type-arg]
     with urllib.request.urlopen(cp.healthz, timeout=10) as r:
         return json.loads(r.read())  # type: ignore[no-any-return]
@@ -83,13 +65,13 @@ def test_wildcard_certificate_through_bind_then_a_wrong_secret_keeps_it(
     roots = pebble.roots_pem()
     cp = start_certproxy(tmp_path, {port: registry.url}, store, extra_env=dns_env(bind, pebble))
     try:
-        wait_for(lambda: verifies(port, "anything.example.test", roots), 60, "a wildcard certificate from Pebble",
+        wait_for(lambda: verifies(port, "anything.example.test", roots=roots), 60, "a wildcard certificate from Pebble",
                  cp.proc, cp.log)
-        cert = served(port, "anything.example.test", roots)
+        cert = peer_certificate(port, "anything.example.test", roots=roots)
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
             x509.DNSName)
         assert sorted(sans) == ["*.example.test", "example.test"]
-        assert verifies(port, "example.test", roots)
+        assert verifies(port, "example.test", roots=roots)
         # One record name for both authorizations (a wildcard's is its base name's), found in
         # the zone the server's SOA named; gone once the order is done.
         out = cp.output()
@@ -107,9 +89,9 @@ def test_wildcard_certificate_through_bind_then_a_wrong_secret_keeps_it(
                                text=True, timeout=120, env=cp.env)
         assert renew.returncode == 0, renew.stdout + renew.stderr
         assert "dns-01: TXT records through" in renew.stdout
-        wait_for(lambda: served(port, "anything.example.test", roots).serial_number != serial, 10,
+        wait_for(lambda: peer_certificate(port, "anything.example.test", roots=roots).serial_number != serial, 10,
                  "the renewed certificate served", cp.proc, cp.log)
-        serial = served(port, "anything.example.test", roots).serial_number
+        serial = peer_certificate(port, "anything.example.test", roots=roots).serial_number
         assert bind.txt("_acme-challenge.example.test") == []
     finally:
         stop_process(cp.proc)
@@ -130,7 +112,7 @@ def test_wildcard_certificate_through_bind_then_a_wrong_secret_keeps_it(
         assert "refused the TSIG signature of key 'certproxy-key'" in error and "CERTPROXY_DNS_TSIG_SECRET" in error
         assert any("refused the TSIG signature" in line for line in cp.output().splitlines() if "ERROR" in line)
         assert healthz(cp)["status"] == "degraded"
-        assert served(port, "anything.example.test", roots).serial_number == serial
+        assert peer_certificate(port, "anything.example.test", roots=roots).serial_number == serial
         assert wrong not in cp.output()
         assert bind.txt("_acme-challenge.example.test") == []
     finally:
@@ -176,9 +158,9 @@ def test_wildcard_certificate_through_a_lexicon_provider_powerdns(registry: Regi
     cp = start_certproxy(tmp_path, {port: registry.url}, tmp_path / "store", extra_env=env)
     try:
         roots = pebble.roots_pem()
-        wait_for(lambda: verifies(port, "anything.example.com", roots), 60, "a wildcard certificate via lexicon",
+        wait_for(lambda: verifies(port, "anything.example.com", roots=roots), 60, "a wildcard certificate via lexicon",
                  cp.proc, cp.log)
-        assert verifies(port, "example.com", roots)
+        assert verifies(port, "example.com", roots=roots)
         assert cp.output().count("TXT _acme-challenge.example.com. added") == 2
         assert cp.wait_output("written to")
         answer = dns.query.tcp(dns.message.make_query("_acme-challenge.example.com", "TXT"), "127.0.0.1",

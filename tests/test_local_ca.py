@@ -8,8 +8,6 @@ it is in ``test_container.py``.)"""
 from __future__ import annotations
 
 import os
-import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -27,6 +25,7 @@ from certproxy.certs.pair import serial_hex
 from support.oci import layer_digests, make_image
 from support.procs import CertproxyProcess, free_port, start_certproxy, stop_process, wait_for
 from support.registry import Registry
+from support.tlsprobe import peer_certificate, verifies
 
 pytestmark = pytest.mark.integration
 
@@ -45,24 +44,6 @@ def fetch_ca(http_port: int) -> bytes:
         return r.read()
 
 
-def served(port: int, cafile: Path, host: str = "localhost") -> x509.Certificate:
-    """The certificate served on ``port``, verified against ``cafile`` alone."""
-    ctx = ssl.create_default_context(cafile=str(cafile))
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname=host) as conn:
-        der = conn.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
-
-
-def verifies(port: int, cafile: Path, host: str = "localhost") -> bool:
-    try:
-        served(port, cafile, host)
-    except (OSError, ssl.SSLError):
-        return False
-    return True
-
-
 def skopeo(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["skopeo", "--insecure-policy", *args], capture_output=True, text=True, timeout=120)
 
@@ -75,10 +56,10 @@ def test_a_client_trusting_only_the_fetched_ca_pushes_and_pulls_and_it_all_survi
         certs = tmp_path / "certs.d"  # what /etc/containers/certs.d/HOST:PORT/ holds
         certs.mkdir()
         (certs / "ca.crt").write_bytes(fetch_ca(http_port))
-        wait_for(lambda: verifies(port, certs / "ca.crt"), 20, "a leaf of the local CA", cp.proc, cp.log)
+        wait_for(lambda: verifies(port, cafile=certs / "ca.crt"), 20, "a leaf of the local CA", cp.proc, cp.log)
         ca_cert = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
-        leaf = served(port, certs / "ca.crt")
-        assert verifies(port, certs / "ca.crt", host="127.0.0.1")  # the IP is in the leaf too
+        leaf = peer_certificate(port, cafile=certs / "ca.crt")
+        assert verifies(port, "127.0.0.1", cafile=certs / "ca.crt")  # the IP is in the leaf too
         # The CA vouches only for the configured names; its key is the owner's alone.
         nc = ca_cert.extensions.get_extension_for_class(x509.NameConstraints)
         assert nc.critical and {str(n.value) for n in nc.value.permitted_subtrees} == {"localhost", "127.0.0.1/32"}
@@ -112,17 +93,17 @@ def test_a_client_trusting_only_the_fetched_ca_pushes_and_pulls_and_it_all_survi
     # A restart keeps the CA and the leaf: same CA, same serial, nothing issued.
     cp = local_ca(tmp_path, store, registry, port, http_port)
     try:
-        wait_for(lambda: verifies(port, certs / "ca.crt"), 20, "the kept leaf", cp.proc, cp.log)
+        wait_for(lambda: verifies(port, cafile=certs / "ca.crt"), 20, "the kept leaf", cp.proc, cp.log)
         assert fetch_ca(http_port) == (certs / "ca.crt").read_bytes()
-        assert served(port, certs / "ca.crt").serial_number == leaf.serial_number
+        assert peer_certificate(port, cafile=certs / "ca.crt").serial_number == leaf.serial_number
         assert "ordering a certificate" not in cp.output()
         # certproxy renew issues a new leaf from the same CA; the running proxy serves it.
         renew = subprocess.run([sys.executable, "-m", "certproxy", "renew", "--force"], capture_output=True,
                                text=True, timeout=60, env=cp.env)
         assert renew.returncode == 0, renew.stdout + renew.stderr
-        wait_for(lambda: served(port, certs / "ca.crt").serial_number != leaf.serial_number, 10,
+        wait_for(lambda: peer_certificate(port, cafile=certs / "ca.crt").serial_number != leaf.serial_number, 10,
                  "the renewed leaf served", cp.proc, cp.log)
-        renewed = served(port, certs / "ca.crt")
+        renewed = peer_certificate(port, cafile=certs / "ca.crt")
         assert serial_hex(renewed.serial_number) in renew.stdout
         assert renewed.issuer == leaf.issuer and fetch_ca(http_port) == (certs / "ca.crt").read_bytes()
     finally:

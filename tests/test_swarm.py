@@ -52,6 +52,7 @@ from certproxy.certs.pair import serial_hex
 from support.engine import REGISTRY_NAME, REPO, Engine, EngineError, start_engine
 from support.pebble import Pebble, start_pebble
 from support.standins import build_image, ensure_standins
+from support.tlsprobe import peer_certificate, verifies
 
 pytestmark = [pytest.mark.integration, pytest.mark.container]
 
@@ -303,17 +304,15 @@ def swarm(tmp_path_factory: pytest.TempPathFactory, measure) -> Iterator[Swarm]:
         engine.stop()
 
 
-def tls_serial(engine: Engine, ctx: ssl.SSLContext, port: int = 5000) -> str:
-    with socket.create_connection((engine.netns.addr, port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname=REGISTRY_NAME) as conn:
-        der = conn.getpeercert(binary_form=True)
-    assert der is not None
-    return serial_hex(x509.load_der_x509_certificate(der).serial_number)
+def pebble_served(swarm: Swarm) -> bool:
+    """Whether a new connection to the registry port finds a certificate from Pebble."""
+    return verifies(5000, REGISTRY_NAME, roots=swarm.roots, address=swarm.engine.netns.addr)
 
 
-def pebble_ctx(roots: bytes) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cadata=roots.decode())
-    return ctx
+def tls_serial(engine: Engine, roots: bytes) -> str:
+    """The serial a new connection to the registry port finds, verified against ``roots``."""
+    cert = peer_certificate(5000, REGISTRY_NAME, roots=roots, address=engine.netns.addr)
+    return serial_hex(cert.serial_number)
 
 
 def test_three_replicas_one_order_each_time_and_all_serve_the_renewal_within_a_second(
@@ -339,7 +338,7 @@ def test_three_replicas_one_order_each_time_and_all_serve_the_renewal_within_a_s
     # Pebble's HTTP-01 requests landed on whichever replica the kernel chose, and each was
     # answered from the shared store: every validation succeeded (issued == orders), and
     # the logs say which task answered each and which ordered.
-    assert verifies(engine, swarm.roots)
+    assert pebble_served(swarm)
     by_task = challenge_answers(logs)
     assert sum(n for _, n in by_task.values()) >= issued, by_task
     elsewhere = sum(answered for ordered, answered in by_task.values() if not ordered)
@@ -374,22 +373,14 @@ def challenge_answers(logs: dict[str, str]) -> dict[str, tuple[bool, int]]:
             for name, text in logs.items()}
 
 
-def verifies(engine: Engine, roots: bytes) -> bool:
-    try:
-        tls_serial(engine, pebble_ctx(roots))
-    except (OSError, ssl.SSLError):
-        return False
-    return True
-
-
 def test_rolling_update_under_load_fails_no_request_and_every_task_is_healthy(
         swarm: Swarm, measure) -> None:  # type: ignore[no-untyped-def]
     engine = swarm.engine
-    wait_until(lambda: verifies(engine, swarm.roots), 60, "a Pebble certificate served",
+    wait_until(lambda: pebble_served(swarm), 60, "a Pebble certificate served",
                explain=lambda: explain(swarm))
     replicas = len(certproxy_tasks(engine))
     engine.docker("build", "-t", NEXT_IMAGE, "-", input=f"FROM {IMAGE}\nLABEL org.certproxy.test=next\n".encode())
-    ctx = pebble_ctx(swarm.roots)
+    ctx = ssl.create_default_context(cadata=swarm.roots.decode())
     done = threading.Event()
     results: dict[str, int] = {"ok": 0}
     failures: list[str] = []
@@ -439,7 +430,7 @@ def test_rolling_update_under_load_fails_no_request_and_every_task_is_healthy(
 def test_scaled_to_five_new_replicas_serve_the_live_certificate_at_once(
         swarm: Swarm, measure) -> None:  # type: ignore[no-untyped-def]
     obs, engine = swarm.observer, swarm.engine
-    wait_until(lambda: verifies(engine, swarm.roots), 60, "a Pebble certificate served",
+    wait_until(lambda: pebble_served(swarm), 60, "a Pebble certificate served",
                explain=lambda: explain(swarm))
     # The three replicas in service now (a rolling update may have just replaced them).
     def current() -> set[str] | None:
@@ -458,10 +449,9 @@ def test_scaled_to_five_new_replicas_serve_the_live_certificate_at_once(
         assert firsts[0].serial in obs.live_at(firsts[0].t), (instance, firsts[0], obs.store_history)
         assert not any(s.serial not in obs.live_at(s.t) for s in firsts), instance
     # New TLS connections land on all five; every one presents a live certificate that verifies.
-    ctx = pebble_ctx(swarm.roots)
     for _ in range(40):
         now = time.time()
-        assert tls_serial(engine, ctx) in obs.live_at(now) | obs.live_at(time.time())
+        assert tls_serial(engine, swarm.roots) in obs.live_at(now) | obs.live_at(time.time())
     ps = engine.docker("service", "ps", "--filter", "desired-state=running", "--format",
                        "{{.Image}} {{.CurrentState}}", SERVICE).stdout.splitlines()
     assert len(ps) == 5 and all("Running" in line for line in ps), ps

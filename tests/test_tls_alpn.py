@@ -13,30 +13,13 @@ from pathlib import Path
 
 import pytest
 import trustme
-from cryptography import x509
 
 from support.pebble import start_pebble
 from support.procs import free_port, start_certproxy, stop_process, tcp_open, wait_for
 from support.registry import Registry
+from support.tlsprobe import peer_certificate, verifies
 
 pytestmark = pytest.mark.integration
-
-
-def served(port: int, roots: bytes | None) -> x509.Certificate:
-    ctx = ssl.create_default_context(cadata=roots.decode()) if roots else ssl._create_unverified_context()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost") as conn:
-        der = conn.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
-
-
-def verifies(port: int, roots: bytes) -> bool:
-    try:
-        served(port, roots)
-    except (OSError, ssl.SSLError):
-        return False
-    return True
 
 
 def test_tls_alpn_01_issues_without_port_80_and_traffic_goes_on(registry: Registry, tmp_path: Path,
@@ -79,7 +62,7 @@ def test_tls_alpn_01_issues_without_port_80_and_traffic_goes_on(registry: Regist
         wait_for(lambda: tcp_open(port), 20, "the TLS listener", cp.proc, cp.log)
         started = time.monotonic()
         roots = pebble.roots_pem()
-        wait_for(lambda: verifies(port, roots), 60, "a certificate validated over tls-alpn-01", cp.proc, cp.log)
+        wait_for(lambda: verifies(port, roots=roots), 60, "a certificate validated over tls-alpn-01", cp.proc, cp.log)
         took = time.monotonic() - started
         assert cp.wait_output("challenge localhost: tls-alpn-01 answered")
         assert "listening on" in cp.output() and "(http)" not in cp.output()  # no plain listener at all
@@ -87,11 +70,12 @@ def test_tls_alpn_01_issues_without_port_80_and_traffic_goes_on(registry: Regist
         pending = store / "challenges" / "tls-alpn-01"
         assert not pending.exists() or not list(pending.iterdir())  # the validation certificate is gone
         # certproxy renew with tls-alpn-01: the running proxy answers for it.
-        serial = served(port, roots).serial_number
+        serial = peer_certificate(port, roots=roots).serial_number
         renew = subprocess.run([sys.executable, "-m", "certproxy", "renew", "--force"], capture_output=True,
                                text=True, timeout=120, env=cp.env)
         assert renew.returncode == 0, renew.stdout + renew.stderr
-        wait_for(lambda: served(port, roots).serial_number != serial, 10, "the renewed certificate", cp.proc, cp.log)
+        wait_for(lambda: peer_certificate(port, roots=roots).serial_number != serial, 10,
+                 "the renewed certificate", cp.proc, cp.log)
     finally:
         done.set()
         loop.join(30)

@@ -156,12 +156,15 @@ class Rfc2136:
             if pending:
                 time.sleep(0.5)
 
+    def _remove(self, zone: str, record: str, value: str) -> None:
+        self._update(zone, [("delete", record, value)], f"removing TXT {record}")
+
     def remove_all(self) -> list[str]:
         """Remove every value added; the problems met, as lines (never raises)."""
         problems = []
         for zone, record, value in self.added:
             try:
-                self._update(zone, [("delete", record, value)], f"removing TXT {record}")
+                self._remove(zone, record, value)
             except AcmeError as exc:
                 problems.append(str(exc))
         self.added.clear()
@@ -223,19 +226,8 @@ class Lexicon(Rfc2136):
                 "set CERTPROXY_DNS_SERVER"
             ) from None
 
-    def remove_all(self) -> list[str]:
-        problems = []
-        for _, record, value in self.added:
-            try:
-                self._call(record, "removing", _deleter(record.rstrip("."), value))
-            except AcmeError as exc:
-                problems.append(str(exc))
-        self.added.clear()
-        return problems
-
-
-def _deleter(name: str, value: str) -> Callable[[Any], object]:
-    return lambda ops: ops.delete_record(None, "TXT", name, value)
+    def _remove(self, zone: str, record: str, value: str) -> None:
+        self._call(record, "removing", lambda ops: ops.delete_record(None, "TXT", record.rstrip("."), value))
 
 
 def updater(settings: DnsSettings) -> Rfc2136:

@@ -39,14 +39,9 @@ class LocalCAIssuer:
             raise AcmeError(str(exc)) from None
         if made:
             progress(f"local CA: made {ca.folder} ({ca.cert.subject.rfc4514_string()})")
-        outside = ca.outside(domains)
-        if outside:
-            raise AcmeError(
-                f"the local CA in {ca.folder} may only vouch for the names it was made for "
-                f"({', '.join(sum(ca.permitted(), []))}), not {', '.join(outside)}: move {ca.folder} "
-                "away to make a new CA, and give clients its new ca.crt",
-                permanent=True,
-            )
+        refusal = ca.refusal(domains)
+        if refusal:
+            raise AcmeError(refusal, permanent=True)
         key_pem = new_private_key(self.settings.key_type)
         chain = issue_leaf(ca, domains, key_pem, now)
         progress(f"local CA: issued a certificate for {', '.join(domains)}")

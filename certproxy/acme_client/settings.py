@@ -38,9 +38,7 @@ class DnsSettings:
     def check(self) -> str | None:
         """Why these settings cannot work (``setting: reason``), or None."""
         if self.provider is None and self.server is None:
-            return (
-                "dns_server: dns-01 needs the DNS server to update (host[:port]), or CERTPROXY_DNS_PROVIDER"
-            )
+            return f"dns_server: {NEEDS_DNS}"
         if bool(self.tsig_key) != bool(self.tsig_secret):
             return "dns_tsig_secret: a TSIG key needs both its name and its secret"
         if self.tsig_secret:
@@ -83,10 +81,7 @@ class AcmeSettings:
             )
         if self.challenge == "dns-01":
             if self.dns is None:
-                raise SettingsError(
-                    "dns_server",
-                    "dns-01 needs the DNS server to update (host[:port]), or CERTPROXY_DNS_PROVIDER",
-                )
+                raise SettingsError("dns_server", NEEDS_DNS)
             problem = self.dns.check()
             if problem:
                 setting, _, reason = problem.partition(": ")

@@ -17,7 +17,7 @@ KEY_MODE = 0o600
 CERT_MODE = 0o644
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -52,7 +52,7 @@ def write_atomic(path: Path, data: bytes, mode: int = CERT_MODE) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def create_atomic(path: Path, data: bytes, mode: int = CERT_MODE) -> bool:
@@ -65,7 +65,7 @@ def create_atomic(path: Path, data: bytes, mode: int = CERT_MODE) -> bool:
         return False
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return True
 
 
@@ -88,4 +88,4 @@ def write_pair_atomic(folder: Path, files: dict[str, tuple[bytes, int]]) -> None
     finally:
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)
-    _fsync_dir(folder)
+    fsync_dir(folder)

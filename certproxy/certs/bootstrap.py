@@ -8,15 +8,13 @@ configured names, kept in ``bootstrap/`` so it can never pass for a real one.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .keys import builder, private_pem
-from .pair import is_ip
+from .keys import builder, private_pem, subject_alt_names
 
 BOOTSTRAP_DAYS = 90
 ISSUER_NAME = "certproxy bootstrap (self-signed)"
@@ -27,12 +25,6 @@ def make_self_signed(
 ) -> tuple[bytes, bytes]:
     """Return ``(certificate PEM, private key PEM)`` for ``domains``."""
     key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for d in domains:
-        if is_ip(d):
-            sans.append(x509.IPAddress(ipaddress.ip_address(d)))
-        else:
-            sans.append(x509.DNSName(d))
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, domains[0][:64]),
@@ -41,7 +33,7 @@ def make_self_signed(
     )
     cert = (
         builder(subject, subject, key.public_key(), now, days)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(subject_alt_names(domains), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+from .pair import is_ip
 
 
 def new_private_key(key_type: str) -> bytes:
@@ -38,6 +41,13 @@ def builder(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
+    )
+
+
+def subject_alt_names(domains: tuple[str, ...]) -> x509.SubjectAlternativeName:
+    """Every name of ``domains``: IP addresses as such, the rest as DNS names."""
+    return x509.SubjectAlternativeName(
+        [x509.IPAddress(ipaddress.ip_address(d)) if is_ip(d) else x509.DNSName(d) for d in domains]
     )
 
 

@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .atomic import KEY_MODE, _fsync_dir, write_pair_atomic
+from .atomic import KEY_MODE, fsync_dir, write_pair_atomic
 from .errors import StoreError
-from .keys import builder, key_usage, private_pem
+from .keys import builder, key_usage, private_pem, subject_alt_names
 from .pair import is_ip
 
 CA_DAYS = 3650
@@ -78,6 +78,18 @@ class LocalCA:
                 if dns and not any(base == d or base.endswith("." + d) for d in dns):
                     bad.append(name)
         return bad
+
+    def refusal(self, domains: tuple[str, ...]) -> str | None:
+        """Why this CA cannot issue for ``domains`` (names outside its constraints), or None."""
+        outside = self.outside(domains)
+        if not outside:
+            return None
+        permitted = ", ".join(sum(self.permitted(), []))
+        return (
+            f"{', '.join(outside)} is outside what the local CA in {self.folder} may vouch for "
+            f"({permitted}); move {self.folder} away to make a new CA "
+            "(clients must then trust its new ca.crt)"
+        )
 
 
 def _subtrees(domains: tuple[str, ...]) -> list[x509.GeneralName]:
@@ -150,7 +162,7 @@ def ensure_ca(folder: Path, domains: tuple[str, ...], now: dt.datetime) -> tuple
             if winner is None:
                 raise
             return winner, False
-        _fsync_dir(folder.parent)
+        fsync_dir(folder.parent)
     except OSError as exc:
         raise StoreError(f"{folder}: cannot make the local CA: {exc.strerror or exc}") from None
     finally:
@@ -164,14 +176,11 @@ def issue_leaf(ca: LocalCA, domains: tuple[str, ...], key_pem: bytes, now: dt.da
     """The chain PEM (leaf, then the CA) of a server certificate for ``domains``."""
     key = serialization.load_pem_private_key(key_pem, password=None)
     assert isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))
-    sans: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address(d)) if is_ip(d) else x509.DNSName(d) for d in domains
-    ]
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0][:64])])
     days = min(LEAF_DAYS, (ca.cert.not_valid_after_utc - now).days)
     cert = (
         builder(subject, ca.cert.subject, key.public_key(), now, days)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(subject_alt_names(domains), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(key_usage(key_encipherment=isinstance(key, rsa.RSAPrivateKey)), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -122,11 +122,10 @@ class ClientConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self.idle_since = self.clock()
         listener.handshaking.pop(self, None)
-        self.closing = listener.stopping
         if listener.stopping:
             # Its handshake began before the listener closed: the client is about to send
             # its request, which is served (then the connection closes), not cut off.
-            self.first_request_by = self.idle_since + FIRST_REQUEST_GRACE
+            self.stop()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self.transport is None:

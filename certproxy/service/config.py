@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..acme_client.settings import (
+    CHALLENGES,
     KEY_TYPES,
     LOCAL_CA_DIRECTORY,
     TSIG_ALGORITHMS,
@@ -87,7 +88,7 @@ class Config:
     auth_ports: tuple[int, ...] | None = None  # None: 443 when it is routed
     hsts_max_age: int = 31536000  # 0: no Strict-Transport-Security header
     workers: int = 1  # processes serving the same ports (SO_REUSEPORT); "auto": one per CPU
-    challenge: str = "http-01"  # how the ACME CA checks the names: http-01 or dns-01
+    challenge: str = "http-01"  # how the ACME CA checks the names: http-01, dns-01 or tls-alpn-01
     dns_server: tuple[str, int] | None = None  # dns-01: the RFC 2136 primary (host, port)
     dns_tsig_key: str | None = None
     dns_tsig_secret: str | None = field(default=None, repr=False)  # never shown
@@ -457,7 +458,7 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "auth_htpasswd": _optional_path,
     "hsts_max_age": lambda raw, src: parse_hsts(raw, src),
     "workers": parse_workers,
-    "challenge": parse_choice("http-01", "dns-01", "tls-alpn-01"),
+    "challenge": parse_choice(*CHALLENGES),
     "dns_server": lambda raw, src: parse_hostport(raw, src, 53),
     "dns_tsig_key": _optional_text,
     "dns_tsig_secret": _optional_text,

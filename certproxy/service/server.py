@@ -185,14 +185,9 @@ class Front:
             ca, made = await asyncio.to_thread(ensure_ca, self.store.paths.ca, cfg.cert_domains, utcnow())
         except StoreError as exc:
             raise StartupError("CERTPROXY_LOCAL_CA", str(exc)) from None
-        outside = ca.outside(cfg.cert_domains)
-        if outside:
-            raise StartupError(
-                "CERTPROXY_DOMAINS",
-                f"{', '.join(outside)} is outside what the local CA in {ca.folder} may vouch for "
-                f"({', '.join(sum(ca.permitted(), []))}); move {ca.folder} away to make a new CA "
-                "(clients must then trust its new ca.crt)",
-            )
+        refusal = ca.refusal(cfg.cert_domains)
+        if refusal:
+            raise StartupError("CERTPROXY_DOMAINS", refusal)
         log.info("local CA %s %s", "made in" if made else "kept in", ca.folder)
         for line in trust_recipe(ca, cfg):
             log.info("trust it: %s", line)
