@@ -1,9 +1,9 @@
 """certproxy leans on two private APIs; these tests fail loudly when a library changes them.
 
-- ``proxy/tls.py``'s ``GuardedSSLObject`` overrides CPython's private
-  ``ssl.SSLObject._create``, the constructor ``SSLContext.wrap_bio`` calls
-  through ``sslobject_class`` (how the event loop's TLS layer makes every
-  server-side connection object).
+- ``proxy/tlsconn.py`` wraps each accepted socket with CPython's private
+  ``SSLContext._wrap_socket`` (the C object behind ``ssl.SSLSocket``, driven
+  directly from the event loop's reader and writer callbacks), handing it an
+  ``owner`` whose ``context`` the SNI callback sets.
 - ``acme_client/client.py``'s ``_new_order`` (an order with RFC 9773's
   ``replaces``) calls ``acme``'s private ``ClientV2._post``, ``_post_as_get``
   and ``_authzr_from_response``; here it runs all three against a small ACME
@@ -13,11 +13,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trustme
 from acme import client as acme_client, crypto_util
 from aiohttp import web
@@ -25,60 +28,77 @@ from aiohttp import web
 from certproxy.acme_client.client import AcmeIssuer, new_private_key
 from certproxy.acme_client.settings import AcmeSettings
 from certproxy.certs import FileStore
-from certproxy.proxy.tls import CertificateSet, TLSState, guard_listener
+from certproxy.proxy.tls import CertificateSet, TLSState
 from support.apps import AcmeStandIn
 from support.pairs import issue
 
 
-def _handshake(server: ssl.SSLObject, client: ssl.SSLObject, s_in: ssl.MemoryBIO, s_out: ssl.MemoryBIO,
-               c_in: ssl.MemoryBIO, c_out: ssl.MemoryBIO) -> None:
-    for _ in range(10):
-        done = 0
-        for obj, src, dst in ((client, c_out, s_in), (server, s_out, c_in)):
-            try:
-                obj.do_handshake()
-                done += 1
-            except ssl.SSLWantReadError:
-                pass
-            dst.write(src.read())
-        if done == 2:
-            return
-    raise AssertionError("handshake did not finish")
+class _Owner:
+    """What the SNI callback is handed: TLSConnection's ``context`` property, alone."""
+
+    def __init__(self) -> None:
+        self.sslobj: Any = None
+        self.seen: list[str | None] = []
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self.sslobj.context  # type: ignore[no-any-return]
+
+    @context.setter
+    def context(self, ctx: ssl.SSLContext) -> None:
+        self.seen.append("set")
+        self.sslobj.context = ctx
 
 
-def test_sslobject_create_is_still_the_constructor_wrap_bio_calls(tmp_path: Path, ca: trustme.CA) -> None:
-    assert isinstance(inspect.getattr_static(ssl.SSLObject, "_create"), classmethod)
+def test_sslcontext_wrap_socket_is_still_the_constructor_the_tls_transport_uses(
+        tmp_path: Path, ca: trustme.CA) -> None:
+    """``_wrap_socket(sock, server_side, server_hostname, *, owner, session)`` returns the C
+    socket object whose read, write, do_handshake, pending and shutdown the transport calls,
+    and the SNI callback is handed ``owner`` (whose ``context`` it sets)."""
     store = FileStore(tmp_path)
-    pair = issue(ca, "localhost")
     store.ensure_layout()
-    store.write_live("localhost", pair.chain, pair.key)
-    inv = store.inventory(("localhost",))
-    ctx = TLSState(CertificateSet(inv.primary, inv.pairs)).listener_context()
-    failures: list[int] = []
-    guard_listener(ctx, 5000, lambda: failures.append(1))
-
-    s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    server = ctx.wrap_bio(s_in, s_out, server_side=True)
-    assert type(server).__name__ == "GuardedSSLObject"
-    assert server._cp_bios == (s_in, s_out)  # type: ignore[attr-defined]
+    for name in ("localhost", "other.test"):
+        pair = issue(ca, name)
+        store.write_live(name, pair.chain, pair.key)
+    inv = store.inventory(("localhost", "other.test"))
+    state = TLSState(CertificateSet(inv.primary, inv.pairs))
+    ctx = state.listener_context()
+    server_sock, client_sock = socket.socketpair()
+    server_sock.setblocking(False)
+    client_sock.setblocking(False)
+    owner = _Owner()
+    server = ctx._wrap_socket(server_sock, True, None, owner=owner, session=None)  # type: ignore[attr-defined]
+    owner.sslobj = server
+    assert type(server).__module__ == "_ssl" and type(server).__name__ == "_SSLSocket"
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
-    c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
-    _handshake(server, client, s_in, s_out, c_in, c_out)
-    assert failures == [] and server._cp_state == 2  # type: ignore[attr-defined]
-
-    # Plain HTTP on the TLS port: the readable 400 comes out of the outgoing BIO.
-    p_in, p_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    plain = ctx.wrap_bio(p_in, p_out, server_side=True)
-    p_in.write(b"GET /v2/ HTTP/1.1\r\nHost: reg.example.com:5000\r\n\r\n")
-    try:
-        plain.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    answer = p_out.read()
-    assert answer.startswith(b"HTTP/1.1 400 ") and b"use https://reg.example.com:5000/" in answer
-    assert failures == [1]
+    client = client_ctx.wrap_socket(client_sock, server_hostname="other.test", do_handshake_on_connect=False)
+    done: set[str] = set()
+    for _ in range(20):
+        for name, side in (("client", client), ("server", server)):
+            if name in done:
+                continue
+            try:
+                side.do_handshake()
+                done.add(name)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+        if len(done) == 2:
+            break
+    assert done == {"client", "server"}
+    assert owner.seen == ["set"]  # the SNI callback went through the owner
+    assert client.getpeercert()["subjectAltName"] == (("DNS", "other.test"),)
+    assert server.write(b"hello") == 5
+    assert client.recv(100) == b"hello"
+    client.send(b"x" * 20)
+    assert server.read(16384) == b"x" * 20 and server.pending() == 0
+    with pytest.raises(ssl.SSLWantReadError):
+        server.read(16384)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        server.shutdown()  # close_notify out; the peer's is not awaited
+    assert client.recv(100) == b""  # the client saw close_notify, a clean end
+    server_sock.close()
+    client.close()
 
 
 def test_acme_private_methods_keep_the_shape_new_order_relies_on() -> None:

@@ -33,19 +33,18 @@ import errno
 import gc
 import logging
 import os
-import socket
 import ssl
 import stat
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol, cast
+from collections.abc import Callable
+from typing import Protocol, cast
 
 import httptools
 
 from .exchange import Exchange
 from .headers import Headers
-from .hello import ACME_TLS_1, MAX_RECORD, Hello, NeedMore, parse_client_hello
 from .routes import AnyRoute, Limits
+from .tlsconn import AlpnChallenge, TLSServer, tls_server
 from .upstream import WRITE_BUFFER_HIGH
 from .wire import (
     MAX_FIELD_SIZE,
@@ -399,14 +398,14 @@ class Listener:
         self.limits = limits
         self.clock = clock or self.loop.time
         self.connections: set[ClientConnection] = set()
-        # TLS connections accepted whose handshake is under way (the event loop makes the
-        # protocol at accept time, and calls connection_made after the handshake): when
-        # each began. Weak: a failed handshake's protocol is simply dropped.
+        # TLS connections accepted whose handshake is under way (the TLS transport makes
+        # the protocol at accept time, and calls connection_made after the handshake): when
+        # each began. A failed handshake is removed by _handshake_failed; weak, so that a
+        # protocol the transport set aside (a TLS-ALPN-01 validation) goes as well.
         self.handshaking: weakref.WeakKeyDictionary[ClientConnection, float] = weakref.WeakKeyDictionary()
-        self.server: asyncio.base_events.Server | None = None
+        self.server: asyncio.base_events.Server | TLSServer | None = None
         self.stopping = False
-        # TLS-ALPN-01: a listener that peeks at each ClientHello (see hello.py)
-        self._peeking: _Peeking | None = None
+        self.on_handshake_failure: Callable[[], None] | None = None
 
     def __call__(self) -> ClientConnection:
         conn = ClientConnection(self)
@@ -430,25 +429,35 @@ class Listener:
         *,
         reuse_port: bool = False,
         alpn_challenge: AlpnChallenge | None = None,
+        on_handshake_failure: Callable[[], None] | None = None,
     ) -> None:
         """``reuse_port``: several processes listen on the port and the kernel spreads
-        new connections over them (``SO_REUSEPORT``). ``alpn_challenge``: the context for
-        a ClientHello that offers ``acme-tls/1`` for a name (None: no such challenge);
-        each ClientHello is then read before TLS begins (``hello.py``)."""
-        if alpn_challenge is not None and ssl_context is not None:
-            self._peeking = _Peeking(self, ssl_context, alpn_challenge)
-            await self._peeking.start(host, port, reuse_port)
+        new connections over them (``SO_REUSEPORT``). With ``ssl_context``, connections
+        run on certproxy's TLS transport (``tlsconn.py``); ``alpn_challenge``: the context
+        for a ClientHello that offers ``acme-tls/1`` for a name (None: no such challenge);
+        ``on_handshake_failure`` is called for each handshake that does not complete."""
+        if ssl_context is not None:
+            self.on_handshake_failure = on_handshake_failure
+            self.server = await tls_server(
+                host,
+                port,
+                ssl_context,
+                self,
+                reuse_port=reuse_port,
+                handshake_timeout=self.limits.handshake_timeout,
+                on_failure=self._handshake_failed,
+                alpn_challenge=alpn_challenge,
+            )
             return
         self.server = await self.loop.create_server(
-            self,
-            host,
-            port,
-            ssl=ssl_context,
-            backlog=1024,
-            reuse_address=True,
-            reuse_port=reuse_port or None,
-            ssl_handshake_timeout=self.limits.handshake_timeout if ssl_context else None,
+            self, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None
         )
+
+    def _handshake_failed(self, protocol: asyncio.Protocol) -> None:
+        if isinstance(protocol, ClientConnection):
+            self.handshaking.pop(protocol, None)
+        if self.on_handshake_failure is not None:
+            self.on_handshake_failure()
 
     async def start_unix(self, path: str) -> None:
         """Listen on a unix socket at ``path`` (one left by an earlier run is replaced)."""
@@ -463,8 +472,6 @@ class Listener:
         self.stopping = True
         if self.server is not None:
             self.server.close()
-        if self._peeking is not None:
-            self._peeking.close()
         for conn in list(self.connections):
             conn.stop()
 
@@ -489,113 +496,3 @@ class Listener:
             conn.sweep(now)
         if self.route.pool is not None:
             self.route.pool.sweep(now)
-
-
-AlpnChallenge = Callable[[str], Awaitable[ssl.SSLContext | None]]
-
-
-class _AnswerOnly(asyncio.Protocol):
-    """A TLS-ALPN-01 validation: the handshake is the answer; then close."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
-
-
-class _Peeking:
-    """Accepts connections itself, reads each ClientHello without consuming it, and starts
-    TLS with the validation context for ``acme-tls/1`` on a pending name, else the normal one."""
-
-    def __init__(self, listener: Listener, ssl_context: ssl.SSLContext, challenge: AlpnChallenge) -> None:
-        self.listener = listener
-        self.loop = listener.loop
-        self.ssl = ssl_context
-        self.challenge = challenge
-        self.sock: socket.socket | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self, host: str, port: int, reuse_port: bool) -> None:
-        infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(address)
-            sock.listen(1024)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-        self._spawn(self._accept())
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = self.loop.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    def close(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-    async def _accept(self) -> None:
-        assert self.sock is not None
-        while True:
-            try:
-                conn, _ = await self.loop.sock_accept(self.sock)
-            except OSError as exc:  # out of descriptors, a connection reset before accept
-                log.warning("accept failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            conn.setblocking(False)
-            self._spawn(self._start_tls(conn))
-
-    async def _start_tls(self, conn: socket.socket) -> None:
-        timeout = self.listener.limits.handshake_timeout
-        try:
-            ctx: ssl.SSLContext | None = self.ssl
-            factory: Callable[[], asyncio.Protocol] = self.listener
-            hello = await self._hello(conn, self.loop.time() + timeout)
-            if hello is not None and hello.server_name and ACME_TLS_1 in hello.alpn:
-                special = await self.challenge(hello.server_name)
-                if special is not None:
-                    ctx, factory = special, _AnswerOnly
-            await self.loop.connect_accepted_socket(factory, conn, ssl=ctx, ssl_handshake_timeout=timeout)
-        except (OSError, TimeoutError, ssl.SSLError):
-            conn.close()
-        except asyncio.CancelledError:
-            conn.close()
-            raise
-
-    async def _hello(self, conn: socket.socket, deadline: float) -> Hello | None:
-        """The ClientHello, peeked; None for anything else (TLS then fails as it would)."""
-        await self._readable(conn, deadline)
-        while True:
-            data = conn.recv(MAX_RECORD, socket.MSG_PEEK)
-            if not data:
-                raise ConnectionResetError("closed before its ClientHello")
-            try:
-                return parse_client_hello(data)
-            except NeedMore:
-                if len(data) >= MAX_RECORD or self.loop.time() > deadline:
-                    return None
-            # The rest is on its way; a peek sees the same bytes until it comes.
-            await asyncio.sleep(0.005)
-
-    async def _readable(self, conn: socket.socket, deadline: float) -> None:
-        ready = self.loop.create_future()
-        fd = conn.fileno()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        self.loop.add_reader(fd, wake)
-        try:
-            await asyncio.wait_for(ready, max(0.0, deadline - self.loop.time()))
-        finally:
-            self.loop.remove_reader(fd)

@@ -18,10 +18,9 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from ..certs import CertPair
-from .wire import plain_http_answer
 
 log = logging.getLogger("certproxy.tls")
 
@@ -134,69 +133,6 @@ class CertificateSet:
 
     def select(self, server_name: str | None) -> ssl.SSLContext:
         return self._contexts[id(self.select_pair(server_name))]
-
-
-def guard_listener(ctx: ssl.SSLContext, port: int, on_failure: Callable[[], None]) -> None:
-    """Handshake hooks for one listener's context, through its ``sslobject_class``
-    (the event loop's TLS layer drives every handshake through it):
-
-    - ``on_failure`` for every handshake that fails (wrong protocol, garbage, an
-      alert) or is abandoned (a client that does not trust the certificate hangs
-      up; counted when its connection object is freed);
-    - plain HTTP sent to the TLS port (``http://`` for ``https://``, a classic
-      ``docker login`` mistake) gets a readable plain-text 400 naming the right
-      URL instead of a TLS alert: OpenSSL reports it as ``HTTP_REQUEST``, the
-      answer goes out through the connection's outgoing buffer, and the next
-      handshake step fails the connection.
-    """
-
-    class GuardedSSLObject(ssl.SSLObject):
-        _cp_state = 0  # 0 not started, 1 under way, 2 done (completed or counted)
-        _cp_bios: tuple[ssl.MemoryBIO, ssl.MemoryBIO] | None = None
-        _cp_refused: ssl.SSLError | None = None
-
-        @classmethod
-        def _create(  # CPython's private constructor (see tests/test_private_apis.py)
-            cls,
-            incoming: ssl.MemoryBIO,
-            outgoing: ssl.MemoryBIO,
-            *args: object,
-            **kwargs: object,
-        ) -> GuardedSSLObject:
-            # typeshed does not know the private constructor; tests/test_private_apis.py does.
-            create = super()._create  # type: ignore[misc]
-            obj: GuardedSSLObject = create(incoming, outgoing, *args, **kwargs)
-            obj._cp_bios = (incoming, outgoing)
-            return obj
-
-        def do_handshake(self) -> None:
-            if self._cp_refused is not None:
-                raise self._cp_refused
-            self._cp_state = 1
-            try:
-                super().do_handshake()
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                raise
-            except ssl.SSLError as exc:
-                self._cp_state = 2
-                on_failure()
-                if exc.reason == "HTTP_REQUEST" and self._cp_bios is not None:
-                    incoming, outgoing = self._cp_bios
-                    outgoing.write(plain_http_answer(incoming.read(), port))
-                    self._cp_refused = exc
-                    raise ssl.SSLWantReadError("plain HTTP answered") from None
-                raise
-            except OSError:
-                self._cp_state = 2
-                on_failure()
-                raise
-            self._cp_state = 2
-
-        def __del__(self) -> None:
-            if self._cp_state == 1:
-                on_failure()
-
-    ctx.sslobject_class = GuardedSSLObject
 
 
 class TLSState:

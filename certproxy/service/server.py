@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING
 
 from ..certs import FileStore, InvalidName, StoreError, os_problem, utcnow
 from ..certs.local_ca import ensure_ca
-from ..proxy.client import SWEEP_INTERVAL, AlpnChallenge, Listener
+from ..proxy.client import SWEEP_INTERVAL, Listener
 from ..proxy.headers import NO_STORE, Answer
 from ..proxy.hello import ACME_TLS_1
 from ..proxy.routes import ControlRoute, ProxyRoute, Request, Route
-from ..proxy.tls import TLSState, guard_listener
+from ..proxy.tls import TLSState
+from ..proxy.tlsconn import AlpnChallenge
 from ..proxy.upstream import UpstreamPool
 from . import logs
 from .auth import BasicAuth, HtpasswdError
@@ -206,7 +207,6 @@ class Front:
         """One TLS listener on the data plane, with its own upstream pool."""
         assert self.tls is not None and self.health is not None
         ctx = self.tls.listener_context()
-        guard_listener(ctx, route.port, self.metrics.handshake_failures.labels(str(route.port)).inc)
         pool = UpstreamPool(route, self.config.pool_settings(), upstream_ssl)
         self._pools.append(pool)
         auth = self.auth if route.port in self.config.protected_ports else None
@@ -224,7 +224,14 @@ class Front:
             if self.config.acme_enabled and self.config.challenge == "tls-alpn-01"
             else None
         )
-        await self._listen(proxy, self.config.bind, ctx, "CERTPROXY_ROUTES", alpn_challenge=alpn)
+        await self._listen(
+            proxy,
+            self.config.bind,
+            ctx,
+            "CERTPROXY_ROUTES",
+            alpn_challenge=alpn,
+            on_handshake_failure=self.metrics.handshake_failures.labels(str(route.port)).inc,
+        )
         log.info(
             "route :%d -> %s (basic auth %s)", route.port, route.url, "on" if auth is not None else "off"
         )
@@ -238,6 +245,7 @@ class Front:
         *,
         shared: bool = True,
         alpn_challenge: AlpnChallenge | None = None,
+        on_handshake_failure: Callable[[], None] | None = None,
     ) -> None:
         """Open one listener; a port that cannot be bound stops start-up naming ``setting``."""
         listener = Listener(route, self.config.limits())
@@ -248,6 +256,7 @@ class Front:
                 ctx,
                 reuse_port=shared and self.worker.shares_ports,
                 alpn_challenge=alpn_challenge,
+                on_handshake_failure=on_handshake_failure,
             )
         except OSError as exc:
             raise listen_error(exc, setting, bind, route.port) from None

@@ -1,0 +1,254 @@
+"""certproxy's TLS transport (proxy/tlsconn.py) on its own, in-process, with real TLS
+over loopback: flow control both ways, records coalesced on reads, handshakes that
+fail or never start, the linger that keeps an early answer from being reset, and
+reading paused and resumed with a record already decrypted."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import ssl
+from collections.abc import Callable
+
+import pytest
+import trustme
+
+from certproxy.proxy import tlsconn
+from certproxy.proxy.tlsconn import READ_MAX, READ_SIZE, TLSServer, tls_server
+from support.procs import free_port
+
+
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(ctx)
+    return ctx
+
+
+class Recorder(asyncio.Protocol):
+    """Keeps what arrives; ``on_data`` may act on each piece."""
+
+    def __init__(self, on_data: Callable[[Recorder, bytes], None] | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.pieces: list[bytes] = []
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.on_data = on_data
+        self.lost = asyncio.get_running_loop().create_future()
+        self.paused_writing = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.pieces.append(data)
+        self.size += len(data)
+        self.digest.update(data)
+        if self.on_data is not None:
+            self.on_data(self, data)
+
+    def pause_writing(self) -> None:
+        self.paused_writing += 1
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+async def serve(ca: trustme.CA, factory: Callable[[], asyncio.Protocol], *, handshake_timeout: float = 5.0,
+                failures: list[asyncio.Protocol] | None = None) -> tuple[TLSServer, int]:
+    port = free_port()
+    server = await tls_server("127.0.0.1", port, server_context(ca), factory, reuse_port=False,
+                              handshake_timeout=handshake_timeout,
+                              on_failure=(failures if failures is not None else []).append)
+    return server, port
+
+
+async def test_a_big_answer_to_a_slow_reader_is_paused_and_arrives_whole(
+        ca: trustme.CA, client_ssl: ssl.SSLContext) -> None:
+    total = 16 * 1024 * 1024
+    payload = os.urandom(total)
+    peak = 0
+
+    class Sender(Recorder):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
+            self.offset = 0
+            self.resume_writing()
+
+        def resume_writing(self) -> None:
+            nonlocal peak
+            assert self.transport is not None
+            while self.offset < total and not self.transport.is_closing():
+                self.transport.write(payload[self.offset:self.offset + 65536])
+                self.offset += 65536
+                peak = max(peak, self.transport.get_write_buffer_size())
+                if self.transport.get_write_buffer_size() > 256 * 1024:
+                    return
+            self.transport.close()
+
+        def pause_writing(self) -> None:
+            self.paused_writing += 1
+
+    senders: list[Sender] = []
+    server, port = await serve(ca, lambda: senders.append(Sender()) or senders[-1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ssl, server_hostname="localhost")
+    await asyncio.sleep(0.5)  # the client reads nothing for a while: the server's buffer fills
+    received = hashlib.sha256()
+    size = 0
+    while chunk := await asyncio.wait_for(reader.read(1 << 20), 10):
+        received.update(chunk)
+        size += len(chunk)
+    assert size == total and received.digest() == hashlib.sha256(payload).digest()
+    assert senders[0].paused_writing >= 1
+    assert peak <= 256 * 1024 + 2 * 65536, f"buffered {peak} bytes past the high-water mark"
+    writer.close()
+    server.close()
+
+
+async def test_an_upload_arrives_whole_in_coalesced_reads(ca: trustme.CA, client_ssl: ssl.SSLContext) -> None:
+    total = 32 * 1024 * 1024
+    payload = os.urandom(total)
+    protocols: list[Recorder] = []
+    server, port = await serve(ca, lambda: protocols.append(Recorder()) or protocols[-1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ssl, server_hostname="localhost")
+    for start in range(0, total, 1 << 20):
+        writer.write(payload[start:start + (1 << 20)])
+        await writer.drain()
+    deadline = asyncio.get_running_loop().time() + 20
+    while protocols[0].size < total:
+        assert asyncio.get_running_loop().time() < deadline, f"{protocols[0].size} of {total} bytes arrived"
+        await asyncio.sleep(0.02)
+    rec = protocols[0]
+    assert rec.digest.digest() == hashlib.sha256(payload).digest()
+    assert max(map(len, rec.pieces)) <= READ_MAX
+    # Whole records waiting are handed over together: far fewer calls than records.
+    assert max(map(len, rec.pieces)) > READ_SIZE
+    assert len(rec.pieces) < total // READ_SIZE
+    writer.close()
+    await asyncio.wait_for(rec.lost, 5)
+    server.close()
+
+
+async def test_handshakes_that_fail_or_never_start_are_reported_once_and_closed(
+        ca: trustme.CA, client_ssl: ssl.SSLContext) -> None:
+    failures: list[asyncio.Protocol] = []
+    made: list[Recorder] = []
+    server, port = await serve(ca, lambda: made.append(Recorder()) or made[-1], handshake_timeout=0.5,
+                               failures=failures)
+    loop = asyncio.get_running_loop()
+    # A TCP probe: connects and closes.
+    _, w = await asyncio.open_connection("127.0.0.1", port)
+    w.close()
+    # A client that never starts its handshake: closed after the handshake timeout.
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    started = loop.time()
+    assert await asyncio.wait_for(r.read(), 5) == b""
+    assert 0.4 < loop.time() - started < 3
+    w.close()
+    # A client that does not trust the certificate: it sends an alert.
+    with pytest.raises(ssl.SSLError):
+        await asyncio.open_connection("127.0.0.1", port, ssl=ssl.create_default_context(),
+                                      server_hostname="localhost")
+    deadline = loop.time() + 5
+    while len(failures) < 3:
+        assert loop.time() < deadline, f"{len(failures)} failures reported"
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    assert len(failures) == 3 and len(made) == 3
+    assert all(rec.transport is None for rec in made)  # none reached connection_made
+    # The listener still serves.
+    r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client_ssl, server_hostname="localhost")
+    w.write(b"ping")
+    await w.drain()
+    deadline = loop.time() + 5
+    while not made[-1].pieces:
+        assert loop.time() < deadline
+        await asyncio.sleep(0.02)
+    assert made[-1].pieces == [b"ping"]
+    w.close()
+    server.close()
+
+
+async def test_an_early_answer_reaches_a_client_that_is_still_sending(
+        ca: trustme.CA, client_ssl: ssl.SSLContext) -> None:
+    """The server answers after the first bytes and closes while the client keeps sending:
+    the linger drops the rest instead of resetting the connection under the answer."""
+    answer = b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbig\n"
+
+    def refuse(rec: Recorder, _data: bytes) -> None:
+        assert rec.transport is not None
+        if not rec.transport.is_closing():
+            rec.transport.write(answer)
+            rec.transport.close()
+
+    server, port = await serve(ca, lambda: Recorder(refuse))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ssl, server_hostname="localhost")
+
+    async def keep_sending() -> None:
+        try:
+            for _ in range(64):
+                writer.write(os.urandom(256 * 1024))
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+
+    sending = asyncio.create_task(keep_sending())
+    got = b""
+    while chunk := await asyncio.wait_for(reader.read(65536), 10):
+        got += chunk
+    assert got == answer
+    sending.cancel()
+    writer.close()
+    server.close()
+
+
+async def test_reading_resumed_with_a_record_already_decrypted(
+        ca: trustme.CA, client_ssl: ssl.SSLContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read smaller than a record leaves the rest inside OpenSSL, where the socket's
+    readiness no longer shows it: resume_reading must deliver it without new bytes."""
+    monkeypatch.setattr(tlsconn, "READ_SIZE", 1000)
+    monkeypatch.setattr(tlsconn, "READ_MAX", 1000)
+
+    def pause_once(rec: Recorder, _data: bytes) -> None:
+        assert rec.transport is not None
+        if len(rec.pieces) == 1:
+            rec.transport.pause_reading()
+            asyncio.get_running_loop().call_later(0.2, rec.transport.resume_reading)
+
+    protocols: list[Recorder] = []
+    server, port = await serve(ca, lambda: protocols.append(Recorder(pause_once)) or protocols[-1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ssl, server_hostname="localhost")
+    writer.write(b"a" * 2500)  # one record; the first read takes 1000 bytes of it
+    await writer.drain()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not protocols or protocols[0].size < 2500:
+        assert loop.time() < deadline, "the rest of the record never arrived"
+        await asyncio.sleep(0.02)
+    assert b"".join(protocols[0].pieces) == b"a" * 2500
+    writer.close()
+    server.close()
+
+
+async def test_plain_http_gets_the_https_url_and_a_clean_close(ca: trustme.CA) -> None:
+    failures: list[asyncio.Protocol] = []
+    server, port = await serve(ca, Recorder, failures=failures)
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: reg.example.com\r\n\r\n")
+    sock.settimeout(5)
+
+    def read_all() -> bytes:
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        return data
+
+    data = await asyncio.to_thread(read_all)
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert b"use https://reg.example.com:%d/v2/" % port in data
+    assert len(failures) == 1
+    server.close()
