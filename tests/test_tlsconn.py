@@ -10,6 +10,7 @@ import hashlib
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable
 
 import pytest
@@ -62,6 +63,14 @@ async def serve(ca: trustme.CA, factory: Callable[[], asyncio.Protocol], *, hand
     server = await tls_server("127.0.0.1", port, server_context(ca), factory, reuse_port=False,
                               handshake_timeout=handshake_timeout,
                               on_failure=(failures if failures is not None else []).append)
+    loop = asyncio.get_running_loop()
+
+    def sweep() -> None:  # what the listener's sweep does in certproxy
+        if server.sock is not None:
+            server.sweep(loop.time())
+            loop.call_later(0.1, sweep)
+
+    sweep()
     return server, port
 
 
@@ -202,6 +211,39 @@ async def test_an_early_answer_reaches_a_client_that_is_still_sending(
     assert got == answer
     sending.cancel()
     writer.close()
+    server.close()
+
+
+async def test_an_answer_before_the_body_lingers_while_the_client_pauses_then_sends(
+        ca: trustme.CA, client_ssl: ssl.SSLContext) -> None:
+    """close_lingering (the data plane's close when a request body is not all in): nothing
+    is unread when the answer goes, the client sends more afterwards and only then reads.
+    After a plain close, those bytes would be answered with a reset (which on some client
+    systems also discards the unread answer); lingering drains them instead."""
+    answer = b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 5\r\n\r\nno!\r\n"
+
+    def refuse(rec: Recorder, _data: bytes) -> None:
+        assert rec.transport is not None
+        if not rec.transport.is_closing():
+            rec.transport.write(answer)
+            rec.transport.close_lingering()  # type: ignore[attr-defined]
+
+    server, port = await serve(ca, lambda: Recorder(refuse))
+
+    def client() -> bytes:  # a blocking client that sends its whole body before it reads
+        with client_ssl.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                    server_hostname="localhost") as sock:
+            sock.sendall(b"PUT /v2/x/blobs/uploads/1 HTTP/1.1\r\nContent-Length: 600000\r\n\r\n")
+            time.sleep(0.3)  # the answer is out and the server has closed its side
+            for _ in range(8):
+                sock.sendall(os.urandom(75000))  # no reset: the server drains what comes after its answer
+                time.sleep(0.05)
+            got = b""
+            while chunk := sock.recv(65536):
+                got += chunk
+            return got
+
+    assert await asyncio.to_thread(client) == answer
     server.close()
 
 

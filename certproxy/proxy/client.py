@@ -30,12 +30,10 @@ import asyncio
 import collections
 import contextlib
 import errno
-import gc
 import logging
 import os
 import ssl
 import stat
-import weakref
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -120,7 +118,6 @@ class ClientConnection(asyncio.Protocol):
             self.client_ip_b = peer[0].encode()
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self.idle_since = self.clock()
-        listener.handshaking.pop(self, None)
         if listener.stopping:
             # Its handshake began before the listener closed: the client is about to send
             # its request, which is served (then the connection closes), not cut off.
@@ -270,12 +267,17 @@ class ClientConnection(asyncio.Protocol):
         """``target.flush()`` once the current client read has been parsed."""
         self.to_flush.append(target)
 
-    def close(self) -> None:
-        """Close after everything written has gone out; nothing more is read."""
+    def close(self, lingering: bool = False) -> None:
+        """Close after everything written has gone out; nothing more is read.
+        ``lingering``: the client may still be sending a request (an answer before its
+        body was in, a refusal): its bytes are drained a moment rather than reset
+        (certproxy's TLS transport; other transports close as usual)."""
         self.stopped = True
         self.uncork()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            closer = getattr(transport, "close_lingering", None) if lingering else None
+            (closer or transport.close)()
 
     def abort(self) -> None:
         self.stopped = True
@@ -307,7 +309,7 @@ class ClientConnection(asyncio.Protocol):
             queue.popleft()
         self.paused_up = False
         if ex.close_after or (self.closing and not queue):
-            self.close()
+            self.close(lingering=not ex.req_done)
             return
         self.idle_since = self.clock()
         if queue:
@@ -326,7 +328,7 @@ class ClientConnection(asyncio.Protocol):
             self.closing = True
         else:
             self.write(own_response(status, error_body(status, reason), close=True))
-            self.close()
+            self.close(lingering=True)
 
     # used by the listener
     def stop(self) -> None:
@@ -398,24 +400,16 @@ class Listener:
         self.limits = limits
         self.clock = clock or self.loop.time
         self.connections: set[ClientConnection] = set()
-        # TLS connections accepted whose handshake is under way (the TLS transport makes
-        # the protocol at accept time, and calls connection_made after the handshake): when
-        # each began. A failed handshake is removed by _handshake_failed; weak, so that a
-        # protocol the transport set aside (a TLS-ALPN-01 validation) goes as well.
-        self.handshaking: weakref.WeakKeyDictionary[ClientConnection, float] = weakref.WeakKeyDictionary()
         self.server: asyncio.base_events.Server | TLSServer | None = None
         self.stopping = False
         self.on_handshake_failure: Callable[[], None] | None = None
 
     def __call__(self) -> ClientConnection:
-        conn = ClientConnection(self)
-        self.handshaking[conn] = self.clock()
-        return conn
+        return ClientConnection(self)
 
-    def handshakes_under_way(self, now: float) -> bool:
-        """Handshakes begun within the handshake timeout (older ones the loop has ended)."""
-        horizon = now - self.limits.handshake_timeout
-        return any(started > horizon for started in list(self.handshaking.values()))
+    def handshakes_under_way(self) -> bool:
+        """TLS handshakes under way (the sweep ends those past the handshake timeout)."""
+        return isinstance(self.server, TLSServer) and bool(self.server.handshaking)
 
     def at_capacity(self) -> bool:
         cap = self.limits.max_connections
@@ -453,9 +447,7 @@ class Listener:
             self, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None
         )
 
-    def _handshake_failed(self, protocol: asyncio.Protocol) -> None:
-        if isinstance(protocol, ClientConnection):
-            self.handshaking.pop(protocol, None)
+    def _handshake_failed(self, _protocol: asyncio.Protocol) -> None:
         if self.on_handshake_failure is not None:
             self.on_handshake_failure()
 
@@ -478,20 +470,16 @@ class Listener:
     async def drain(self, grace: float) -> None:
         """Let requests in flight finish within ``grace`` seconds, then cut the rest."""
         deadline = self.loop.time() + grace
-        collected = 0.0
         while self.loop.time() < deadline:
-            if self.loop.time() - collected > 1.0:
-                # A connection whose handshake failed or was abandoned (a TCP probe) is
-                # freed only by the cycle collector; until then it would look under way.
-                gc.collect()
-                collected = self.loop.time()
-            if not (any(conn.owed() for conn in self.connections) or self.handshakes_under_way(self.clock())):
+            if not (any(conn.owed() for conn in self.connections) or self.handshakes_under_way()):
                 break
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.abort()
 
     def sweep(self, now: float) -> None:
+        if isinstance(self.server, TLSServer):
+            self.server.sweep(self.loop.time())
         for conn in list(self.connections):
             conn.sweep(now)
         if self.route.pool is not None:

@@ -90,6 +90,9 @@ class TLSServer:
         self.handshake_timeout = handshake_timeout
         self.on_failure = on_failure
         self.alpn_challenge = alpn_challenge
+        # Connections whose handshake is under way: when each was accepted. The
+        # listener's sweep ends those older than handshake_timeout.
+        self.handshaking: dict[TLSConnection, float] = {}
         self._accept_failed_logged = False
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._accept)
@@ -123,6 +126,13 @@ class TLSServer:
             self._accept_failed_logged = False
             TLSConnection(self, conn, peer)
 
+    def sweep(self, now: float) -> None:
+        """End the handshakes that have taken longer than ``handshake_timeout``."""
+        horizon = now - self.handshake_timeout
+        expired = [conn for conn, started in self.handshaking.items() if started <= horizon]
+        for conn in expired:
+            conn.handshake_timed_out()
+
     def _resume_accepting(self) -> None:
         if self.sock is not None:
             self.loop.add_reader(self.sock.fileno(), self._accept)
@@ -147,7 +157,9 @@ class TLSConnection:
         self.protocol_paused = False
         self.reading = True
         self.lost_called = False
-        self.timer: asyncio.TimerHandle | None = loop.call_later(server.handshake_timeout, self._expired)
+        self.must_linger = False  # the client may still be sending: see close_lingering
+        self.timer: asyncio.TimerHandle | None = None  # while lingering
+        server.handshaking[self] = loop.time()
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -239,9 +251,7 @@ class TLSConnection:
             return
         loop = self.loop
         loop.remove_writer(self.fd)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.server.handshaking.pop(self, None)
         self.state = _OPEN
         loop.add_reader(self.fd, self._readable)
         try:
@@ -252,8 +262,7 @@ class TLSConnection:
         if self.state == _OPEN and self.reading:
             self._readable()  # the request may have come with the client's Finished
 
-    def _expired(self) -> None:
-        self.timer = None
+    def handshake_timed_out(self) -> None:
         if self.state == _HANDSHAKE:
             self._handshake_failed()
 
@@ -261,6 +270,7 @@ class TLSConnection:
         if self.state != _HANDSHAKE:
             return
         self.state = _CLOSED
+        self.server.handshaking.pop(self, None)
         if linger:
             self._linger()
         else:
@@ -447,6 +457,12 @@ class TLSConnection:
         if not self.out:
             self._finish_close()
 
+    def close_lingering(self) -> None:
+        """close(), for an answer sent before the request was whole (the client may
+        still be sending its body): the close lingers even if nothing is unread yet."""
+        self.must_linger = True
+        self.close()
+
     def _finish_close(self) -> None:
         self.state = _CLOSED
         with contextlib.suppress(ssl.SSLError, OSError, ValueError):
@@ -455,11 +471,20 @@ class TLSConnection:
         self._lost(None)
 
     def _linger(self) -> None:
-        """Stop sending; drop what the client still sends until it closes (at most LINGER s)."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        """Close; but while the client is still sending (bytes unread), stop sending and
+        drop what it sends until it closes (at most LINGER s): closing a socket with
+        unread bytes resets the connection, and a reset can destroy the answer."""
         self.loop.remove_writer(self.fd)
+        if not self.must_linger:
+            try:
+                pending = self.sock.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                pending = b""  # nothing unread, and the request was whole
+            except OSError:
+                pending = b""
+            if not pending:
+                self._release()
+                return
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -469,13 +494,17 @@ class TLSConnection:
         self.timer = self.loop.call_later(LINGER, self._release)
 
     def _linger_read(self) -> None:
-        try:
-            if self.sock.recv(65536):
-                return
-        except (BlockingIOError, InterruptedError):
+        recv = self.sock.recv
+        for _ in range(16):
+            try:
+                if not recv(65536):
+                    break  # the client's FIN
+            except (BlockingIOError, InterruptedError):
+                return  # all read; its FIN (or more) is still to come
+            except OSError:
+                break  # reset
+        else:
             return
-        except OSError:
-            pass
         self._release()
 
     def abort(self) -> None:
