@@ -1,9 +1,9 @@
 """certproxy leans on two private APIs; these tests fail loudly when a library changes them.
 
-- ``proxy/tlsconn.py`` wraps each accepted socket with CPython's private
-  ``SSLContext._wrap_socket`` (the C object behind ``ssl.SSLSocket``, driven
-  directly from the event loop's reader and writer callbacks), handing it an
-  ``owner`` whose ``context`` the SNI callback sets.
+- ``proxy/tlsconn.py`` makes each connection's TLS object with CPython's
+  private ``SSLContext._wrap_bio`` (the C object behind ``ssl.SSLObject``,
+  called directly, without the Python wrapper), handing it an ``owner`` whose
+  ``context`` the SNI callback sets.
 - ``acme_client/client.py``'s ``_new_order`` (an order with RFC 9773's
   ``replaces``) calls ``acme``'s private ``ClientV2._post``, ``_post_as_get``
   and ``_authzr_from_response``; here it runs all three against a small ACME
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -50,55 +49,55 @@ class _Owner:
         self.sslobj.context = ctx
 
 
-def test_sslcontext_wrap_socket_is_still_the_constructor_the_tls_transport_uses(
+def test_sslcontext_wrap_bio_is_still_the_constructor_the_tls_transport_uses(
         tmp_path: Path, ca: trustme.CA) -> None:
-    """``_wrap_socket(sock, server_side, server_hostname, *, owner, session)`` returns the C
-    socket object whose read, write, do_handshake, pending and shutdown the transport calls,
-    and the SNI callback is handed ``owner`` (whose ``context`` it sets)."""
+    """``_wrap_bio(incoming, outgoing, server_side, server_hostname, *, owner, session)``
+    returns the C object whose do_handshake, read, write, pending and shutdown the
+    transport calls, and the SNI callback is handed ``owner`` (whose ``context`` it sets)."""
     store = FileStore(tmp_path)
     store.ensure_layout()
     for name in ("localhost", "other.test"):
         pair = issue(ca, name)
         store.write_live(name, pair.chain, pair.key)
     inv = store.inventory(("localhost", "other.test"))
-    state = TLSState(CertificateSet(inv.primary, inv.pairs))
-    ctx = state.listener_context()
-    server_sock, client_sock = socket.socketpair()
-    server_sock.setblocking(False)
-    client_sock.setblocking(False)
+    ctx = TLSState(CertificateSet(inv.primary, inv.pairs)).listener_context()
+    s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
     owner = _Owner()
-    server = ctx._wrap_socket(server_sock, True, None, owner=owner, session=None)  # type: ignore[attr-defined]
+    server = ctx._wrap_bio(s_in, s_out, True, None, owner=owner, session=None)  # type: ignore[attr-defined]
     owner.sslobj = server
     assert type(server).__module__ == "_ssl" and type(server).__name__ == "_SSLSocket"
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
-    client = client_ctx.wrap_socket(client_sock, server_hostname="other.test", do_handshake_on_connect=False)
+    c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="other.test")
     done: set[str] = set()
-    for _ in range(20):
-        for name, side in (("client", client), ("server", server)):
-            if name in done:
-                continue
-            try:
-                side.do_handshake()
-                done.add(name)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                pass
+    for _ in range(10):
+        for name, side, src, dst in (("client", client, c_out, s_in), ("server", server, s_out, c_in)):
+            if name not in done:
+                try:
+                    side.do_handshake()
+                    done.add(name)
+                except ssl.SSLWantReadError:
+                    pass
+            dst.write(src.read())
         if len(done) == 2:
             break
     assert done == {"client", "server"}
     assert owner.seen == ["set"]  # the SNI callback went through the owner
     assert client.getpeercert()["subjectAltName"] == (("DNS", "other.test"),)
     assert server.write(b"hello") == 5
-    assert client.recv(100) == b"hello"
-    client.send(b"x" * 20)
-    assert server.read(16384) == b"x" * 20 and server.pending() == 0
+    c_in.write(s_out.read())
+    assert client.read(100) == b"hello"
+    client.write(b"x" * 20)
+    s_in.write(c_out.read())
+    assert s_in.pending > 0
+    assert server.read(16384) == b"x" * 20 and server.pending() == 0 and s_in.pending == 0
     with pytest.raises(ssl.SSLWantReadError):
         server.read(16384)
     with contextlib.suppress(ssl.SSLWantReadError):
         server.shutdown()  # close_notify out; the peer's is not awaited
-    assert client.recv(100) == b""  # the client saw close_notify, a clean end
-    server_sock.close()
-    client.close()
+    c_in.write(s_out.read())
+    assert client.read(100) == b""  # the client saw close_notify, a clean end
 
 
 def test_acme_private_methods_keep_the_shape_new_order_relies_on() -> None:

@@ -21,7 +21,7 @@ SERVE_FLAGS = tuple(SETTINGS)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..service.checks import raise_fd_limit
+    from ..service.checks import raise_fd_limit, tune_malloc
     from ..service.logs import setup_logging
     from ..service.workers import Worker, serve_workers
 
@@ -34,6 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warning = raise_fd_limit(cap * listeners * 2 + 256, needed=cap * 2 + 256)
     if warning:
         logging.getLogger("certproxy").warning("%s; connections past it are refused", warning)
+    tune_malloc()
     if config.workers == 1:
         return _serve(config, Worker(replicated=config.share_ports), lambda: None)
     return serve_workers(

@@ -48,18 +48,19 @@ from .wire import plain_http_answer
 log = logging.getLogger("certproxy.tls")
 
 READ_SIZE = 16384  # one TLS record's plaintext at most: SSL_read returns one record
-READ_MAX = 262144  # whole records taken in one callback before the protocol sees them
-WRITE_JOIN = 262144  # buffered writes are joined up to this size per SSL_write
+READ_MAX = 262144  # one recv takes at most this much
+WRITE_JOIN = 262144  # queued sends are joined up to this size
 LINGER = 5.0
 ACCEPT_BATCH = 64
 ACCEPT_RETRY = 0.1  # out of descriptors: accepting pauses this long
-HELLO_RETRY = 0.005  # a ClientHello split over segments: peeked again after this
 
 # An AlpnChallenge: the validation context for a server name with a pending
 # TLS-ALPN-01 challenge, or None.
 AlpnChallenge = Callable[[str], Awaitable[ssl.SSLContext | None]]
 
 _HANDSHAKE, _OPEN, _CLOSING, _CLOSED = range(4)
+# Every recv lands here first (the loop runs one callback at a time): no buffer per connection.
+_RECV = memoryview(bytearray(READ_MAX))
 
 
 class TLSServer:
@@ -149,8 +150,11 @@ class TLSConnection:
         self.peer = peer
         self.protocol: asyncio.Protocol = server.factory()
         self.state = _HANDSHAKE
-        self.ssl: Any = None  # the C-level SSL socket (_ssl._SSLSocket)
-        self.out: list[bytes] = []  # out[0] may be a write OpenSSL has begun: retried as is
+        self.ssl: Any = None  # the C-level SSL object (_ssl._SSLSocket) on the two BIOs
+        self.incoming: ssl.MemoryBIO | None = None
+        self.outgoing: ssl.MemoryBIO | None = None
+        self.hello = b""  # TLS-ALPN-01: the ClientHello read so far
+        self.out: list[bytes] = []  # encrypted bytes the socket has not taken yet
         self.out_size = 0
         self.high = 65536
         self.low = 16384
@@ -174,44 +178,46 @@ class TLSConnection:
     def context(self, ctx: ssl.SSLContext) -> None:
         self.ssl.context = ctx
 
+    def _recv(self) -> bytes | None:
+        """What the socket has (at most READ_MAX bytes); None when it has nothing yet;
+        b"" at the client's FIN or a reset."""
+        try:
+            n = self.sock.recv_into(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return b""
+        return _RECV[:n].tobytes() if n else b""
+
     # handshake
     def _first_bytes(self) -> None:
-        server = self.server
-        want = MAX_RECORD if server.alpn_challenge is not None else 5
-        try:
-            data = self.sock.recv(want, socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._handshake_failed()
+        data = self._recv()
+        if data is None:
             return
         if not data:
             self._handshake_failed()  # a TCP probe, or a client that gave up
             return
         if 65 <= data[0] <= 90:  # an ASCII capital: a request method, so plain HTTP
-            self._answer_plain_http()
+            self._answer_plain_http(data)
             return
-        ctx = server.context
-        if server.alpn_challenge is not None and data[0] == 22:
-            try:
-                hello = parse_client_hello(data)
-            except NeedMore:
-                if len(data) < MAX_RECORD:
-                    # The rest of the ClientHello is on its way; a peek sees the same bytes until then.
-                    self.loop.remove_reader(self.fd)
-                    self.loop.call_later(HELLO_RETRY, self._peek_again)
-                    return
-                hello = None
-            if hello is not None and hello.server_name and ACME_TLS_1 in hello.alpn:
-                self.loop.remove_reader(self.fd)
-                task = self.loop.create_task(self._challenge(hello.server_name))
-                task.add_done_callback(_consume)
-                return
-        self._start_tls(ctx)
-
-    def _peek_again(self) -> None:
-        if self.state == _HANDSHAKE and self.ssl is None and self.sock.fileno() >= 0:
-            self.loop.add_reader(self.fd, self._first_bytes)
+        server = self.server
+        if server.alpn_challenge is None or data[0] != 22:
+            self._start_tls(server.context, data)
+            return
+        # TLS-ALPN-01: the whole ClientHello decides the context.
+        self.hello += data
+        try:
+            hello = parse_client_hello(self.hello)
+        except NeedMore:
+            if len(self.hello) < MAX_RECORD:
+                return  # the rest is on its way
+            hello = None
+        if hello is not None and hello.server_name and ACME_TLS_1 in hello.alpn:
+            self.loop.remove_reader(self.fd)
+            task = self.loop.create_task(self._challenge(hello.server_name))
+            task.add_done_callback(_consume)
+            return
+        self._start_tls(server.context, self.hello)
 
     async def _challenge(self, name: str) -> None:
         assert self.server.alpn_challenge is not None
@@ -224,43 +230,39 @@ class TLSConnection:
             return
         if special is not None:
             self.protocol = _AnswerOnly()
-            self._start_tls(special)
-        else:
-            self._start_tls(self.server.context)
+        self._start_tls(special or self.server.context, self.hello)
 
-    def _start_tls(self, ctx: ssl.SSLContext) -> None:
-        # CPython's private constructor behind SSLContext.wrap_socket (tests/test_private_apis.py).
-        self.ssl = ctx._wrap_socket(self.sock, True, None, owner=self, session=None)  # type: ignore[attr-defined]
-        self.loop.add_reader(self.fd, self._handshake)
+    def _start_tls(self, ctx: ssl.SSLContext, first: bytes) -> None:
+        self.hello = b""
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        # CPython's private constructor behind SSLContext.wrap_bio (tests/test_private_apis.py).
+        self.ssl = ctx._wrap_bio(  # type: ignore[attr-defined]
+            self.incoming, self.outgoing, True, None, owner=self, session=None
+        )
+        self.incoming.write(first)
+        self.loop.add_reader(self.fd, self._readable)
         self._handshake()
 
     def _handshake(self) -> None:
         try:
             self.ssl.do_handshake()
         except ssl.SSLWantReadError:
-            self.loop.remove_writer(self.fd)
-            return
-        except ssl.SSLWantWriteError:
-            self.loop.add_writer(self.fd, self._handshake)
+            self._flush()
             return
         except ssl.SSLError:
-            self._handshake_failed(linger=True)  # OpenSSL's alert is out; unread bytes must not reset it
+            self._flush()  # OpenSSL's alert
+            self._handshake_failed(linger=True)  # unread bytes must not reset the alert
             return
-        except OSError:
-            self._handshake_failed()
-            return
-        loop = self.loop
-        loop.remove_writer(self.fd)
+        self._flush()  # the server's last handshake messages and session tickets
         self.server.handshaking.pop(self, None)
         self.state = _OPEN
-        loop.add_reader(self.fd, self._readable)
         try:
             self.protocol.connection_made(self)  # type: ignore[arg-type]
         except Exception as exc:
             self._protocol_error(exc, "connection_made")
             return
-        if self.state == _OPEN and self.reading:
-            self._readable()  # the request may have come with the client's Finished
+        if self.state == _OPEN and self.reading and self.incoming.pending:  # type: ignore[union-attr]
+            self._decrypt()  # the request came with the client's Finished
 
     def handshake_timed_out(self) -> None:
         if self.state == _HANDSHAKE:
@@ -277,10 +279,9 @@ class TLSConnection:
             self._release()
         self.server.on_failure(self.protocol)
 
-    def _answer_plain_http(self) -> None:
+    def _answer_plain_http(self, head: bytes) -> None:
         """``http://`` sent to an ``https://`` port: a readable 400, then close."""
         try:
-            head = self.sock.recv(MAX_RECORD)
             self.sock.send(plain_http_answer(head, self.server.port))
         except OSError:
             self._handshake_failed()
@@ -289,49 +290,54 @@ class TLSConnection:
 
     # reading
     def _readable(self) -> None:
+        try:
+            n = self.sock.recv_into(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = 0
+        if not n:
+            if self.state == _HANDSHAKE:
+                self._handshake_failed()
+            else:
+                self._eof()
+            return
+        self.incoming.write(_RECV[:n])  # type: ignore[union-attr]
+        if self.state == _HANDSHAKE:
+            self._handshake()
+        elif self.state == _OPEN:
+            self._decrypt()
+
+    def _decrypt(self) -> None:
+        """Hand the protocol what the records received so far hold, in one piece."""
         read = self.ssl.read
-        try:
-            data = read(READ_SIZE)
-        except ssl.SSLWantReadError:
-            return
-        except ssl.SSLWantWriteError:
-            return  # a key update's answer waits for the socket; the writer side retries
-        except (ssl.SSLError, OSError):
-            self._eof()
-            return
-        if not data:
-            self._eof()
-            return
+        pending = self.ssl.pending
+        incoming = self.incoming
+        assert incoming is not None
+        chunks: list[bytes] = []
         ended = False
-        if len(data) == READ_SIZE:
-            # A full record: more may be waiting. Take whole records up to READ_MAX.
-            chunks = [data]
-            size = READ_SIZE
-            while size < READ_MAX:
-                try:
-                    more = read(READ_SIZE)
-                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                    break
-                except (ssl.SSLError, OSError):
-                    more = b""
-                if not more:
-                    ended = True
-                    break
-                chunks.append(more)
-                size += len(more)
-                if len(more) < READ_SIZE:
-                    break
-            data = b"".join(chunks)
-        try:
-            self.protocol.data_received(data)
-        except Exception as exc:
-            self._protocol_error(exc, "data_received")
-            return
+        while incoming.pending or pending():
+            try:
+                piece = read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break  # the rest of a record is still on its way
+            except ssl.SSLError:
+                ended = True  # close_notify, or a broken record
+                break
+            if not piece:
+                ended = True
+                break
+            chunks.append(piece)
+        if self.outgoing is not None and self.outgoing.pending:
+            self._flush()  # an answer to a key update
+        if chunks:
+            try:
+                self.protocol.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            except Exception as exc:
+                self._protocol_error(exc, "data_received")
+                return
         if ended:
             self._eof()
-        elif self.reading and self.ssl.pending():
-            # Decrypted bytes left inside OpenSSL: the socket will not signal them.
-            self.loop.call_soon(self._readable_if_open)
 
     def _eof(self) -> None:
         if self.state != _OPEN:
@@ -356,12 +362,12 @@ class TLSConnection:
         if not self.reading and self.state == _OPEN:
             self.reading = True
             self.loop.add_reader(self.fd, self._readable)
-            if self.ssl.pending():
-                self.loop.call_soon(self._readable_if_open)
+            if self.incoming is not None and self.incoming.pending:
+                self.loop.call_soon(self._decrypt_if_open)
 
-    def _readable_if_open(self) -> None:
+    def _decrypt_if_open(self) -> None:
         if self.state == _OPEN and self.reading:
-            self._readable()
+            self._decrypt()
 
     def is_reading(self) -> bool:
         return self.reading and self.state == _OPEN
@@ -370,26 +376,43 @@ class TLSConnection:
     def write(self, data: bytes) -> None:
         if self.state != _OPEN or not data:
             return
+        try:
+            self.ssl.write(data)
+        except ssl.SSLError:
+            self.abort()
+            return
+        self._flush()
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def _flush(self) -> None:
+        """Send what OpenSSL has encrypted; queue what the socket does not take."""
+        outgoing = self.outgoing
+        if outgoing is None or not outgoing.pending:
+            return
+        data = outgoing.read()
         if self.out:
             self.out.append(data)
             self.out_size += len(data)
             self._check_high()
             return
         try:
-            self.ssl.write(data)
-        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            self.out.append(data)
-            self.out_size += len(data)
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.abort()
+            return
+        if sent < len(data):
+            rest = data[sent:]
+            self.out.append(rest)
+            self.out_size += len(rest)
             self.loop.add_writer(self.fd, self._writable)
             self._check_high()
-        except (ssl.SSLError, OSError):
-            self.abort()
-
-    def writelines(self, data: list[bytes]) -> None:
-        self.write(b"".join(data))
 
     def _check_high(self) -> None:
-        if not self.protocol_paused and self.out_size > self.high:
+        if not self.protocol_paused and self.out_size > self.high and self.state == _OPEN:
             self.protocol_paused = True
             try:
                 self.protocol.pause_writing()
@@ -398,26 +421,27 @@ class TLSConnection:
 
     def _writable(self) -> None:
         out = self.out
-        write = self.ssl.write
         while out:
-            first = out[0]
-            try:
-                write(first)
-            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                return
-            except (ssl.SSLError, OSError):
-                self.abort()
-                return
-            self.out_size -= len(first)
-            del out[0]
             if len(out) > 1 and len(out[0]) < WRITE_JOIN:
-                # Join what was buffered since (at most WRITE_JOIN bytes): fewer records and sends.
                 size, n = 0, 0
                 while n < len(out) and size + len(out[n]) <= WRITE_JOIN:
                     size += len(out[n])
                     n += 1
                 if n > 1:
                     out[:n] = [b"".join(out[:n])]
+            first = out[0]
+            try:
+                sent = self.sock.send(first)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.abort()
+                return
+            self.out_size -= sent
+            if sent < len(first):
+                out[0] = first[sent:]
+                return
+            del out[0]
         self.loop.remove_writer(self.fd)
         if self.protocol_paused and self.out_size <= self.low:
             self.protocol_paused = False
@@ -447,13 +471,12 @@ class TLSConnection:
         return self.state != _OPEN
 
     def close(self) -> None:
-        """Send what is buffered, then close_notify; linger a moment; then close."""
+        """Send what is buffered, then close_notify; linger if need be; then close."""
         if self.state != _OPEN:
             return
         self.state = _CLOSING
-        if self.reading:
-            self.reading = False
-            self.loop.remove_reader(self.fd)
+        self.reading = False
+        self.loop.add_reader(self.fd, self._linger_read)  # nothing more is decrypted
         if not self.out:
             self._finish_close()
 
@@ -465,8 +488,11 @@ class TLSConnection:
 
     def _finish_close(self) -> None:
         self.state = _CLOSED
-        with contextlib.suppress(ssl.SSLError, OSError, ValueError):
-            self.ssl.shutdown()  # sends close_notify; the peer's is not awaited
+        with contextlib.suppress(ssl.SSLError, ValueError):
+            self.ssl.shutdown()  # close_notify; the client's is not awaited
+        if self.outgoing is not None and self.outgoing.pending:
+            with contextlib.suppress(OSError):
+                self.sock.send(self.outgoing.read())
         self._linger()
         self._lost(None)
 
@@ -474,14 +500,13 @@ class TLSConnection:
         """Close; but while the client is still sending (bytes unread), stop sending and
         drop what it sends until it closes (at most LINGER s): closing a socket with
         unread bytes resets the connection, and a reset can destroy the answer."""
-        self.loop.remove_writer(self.fd)
+        if self.out:
+            self.loop.remove_writer(self.fd)
         if not self.must_linger:
             try:
                 pending = self.sock.recv(1, socket.MSG_PEEK)
-            except (BlockingIOError, InterruptedError):
-                pending = b""  # nothing unread, and the request was whole
             except OSError:
-                pending = b""
+                pending = b""  # nothing unread (or a reset): nothing to wait for
             if not pending:
                 self._release()
                 return
@@ -494,10 +519,10 @@ class TLSConnection:
         self.timer = self.loop.call_later(LINGER, self._release)
 
     def _linger_read(self) -> None:
-        recv = self.sock.recv
+        recv = self.sock.recv_into
         for _ in range(16):
             try:
-                if not recv(65536):
+                if not recv(_RECV):
                     break  # the client's FIN
             except (BlockingIOError, InterruptedError):
                 return  # all read; its FIN (or more) is still to come
@@ -505,7 +530,10 @@ class TLSConnection:
                 break  # reset
         else:
             return
-        self._release()
+        if self.state == _CLOSING:
+            self.abort()  # gone before the answer was all out
+        else:
+            self._release()
 
     def abort(self) -> None:
         if self.state == _HANDSHAKE:
@@ -518,16 +546,18 @@ class TLSConnection:
             self._lost(None)
 
     def _release(self) -> None:
-        """Give the socket back: no more callbacks, descriptor closed."""
+        """Give the socket back: no more callbacks, descriptor closed, TLS state freed."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         if self.sock.fileno() >= 0:
             self.loop.remove_reader(self.fd)
-            self.loop.remove_writer(self.fd)
+            if self.out:
+                self.loop.remove_writer(self.fd)
             self.sock.close()
         self.out = []
         self.out_size = 0
+        self.ssl = self.incoming = self.outgoing = None
 
     def _lost(self, exc: Exception | None) -> None:
         if self.lost_called:
@@ -604,6 +634,8 @@ async def tls_server(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:  # as the event loop's listeners do: IPv6 only
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
         sock.listen(backlog)
     except OSError:

