@@ -21,7 +21,10 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
+import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -43,6 +46,7 @@ from support.procs import free_port, tcp_open, wait_for  # noqa: E402
 from support.registry import start_registry  # noqa: E402
 
 BLOB_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
+IDLE_CONNECTIONS = 3000
 MB = 1e6
 
 
@@ -87,14 +91,26 @@ def rss_mib(pid: int) -> float:
 
 
 class Sampler(threading.Thread):
-    def __init__(self, pid: int) -> None:
+    """The peak RSS of the tree's largest process (``tree=False``: of ``pid`` alone)."""
+
+    def __init__(self, pid: int, tree: bool = True) -> None:
         super().__init__(daemon=True)
-        self.pid, self.peak, self.stop = pid, 0.0, threading.Event()
+        self.pid, self.peak, self.stop, self.tree = pid, 0.0, threading.Event(), tree
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.peak = max(self.peak, rss_mib(self.pid))
+            self.peak = max(self.peak, rss_mib(self.pid) if self.tree else own_rss_mib(self.pid))
             time.sleep(0.05)
+
+
+def own_rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def measured(front: Front, fn, *args):  # type: ignore[no-untyped-def]
@@ -152,7 +168,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.work = Path(tempfile.mkdtemp(prefix="certproxy-bench-"))
-        ca = trustme.CA()
+        ca = self.ca = trustme.CA()
         leaf = ca.issue_cert("localhost", "127.0.0.1")  # ECDSA P-256 (trustme's default)
         self.cert, self.key = self.work / "cert.pem", self.work / "key.pem"
         self.cert.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
@@ -281,11 +297,13 @@ class Bench:
                     print(f"round {rnd + 1}/{self.rounds}: {name}", flush=True)
                     results[name] = self.one_front(name, rnd)
                 rounds.append(results)
+            report = self.report(rounds, names)
+            if not self.args.no_extras:
+                report += "\n" + self.extras(names)
         finally:
             self.registry.proc.terminate()
             if self.trivial.proc:
                 self.trivial.proc.terminate()
-        report = self.report(rounds, names)
         out = ROOT / "bench" / "results"
         out.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -294,6 +312,78 @@ class Bench:
         print(report)
         shutil.rmtree(self.work, ignore_errors=True)
         return 0
+
+    def extras(self, names: list[str]) -> str:
+        """Figures taken once per run: resident memory per idle TLS connection for each
+        front (``idle.py``), and certproxy's peak RSS with ACME on."""
+        from idle import measure as idle_kib  # idle.py imports this module
+
+        lines = []
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        shutil.copy(self.cafile, self.work / "ca.pem")
+        idle: dict[str, float] = {}
+        for name in [n for n in names if n != "certproxy-2w"]:
+            print(f"idle connections: {name}", flush=True)
+            idle[name] = idle_kib(name, self.work, self.cert, self.key, self.trivial_port, IDLE_CONNECTIONS)
+        cells = [f"{idle[n]:.1f}" + (f" ({idle[n] / idle['nginx']:.2f}x)" if n != "nginx" else "")
+                 for n in idle]
+        lines += [f"{IDLE_CONNECTIONS:,} idle keep-alive TLS connections (one request each), "
+                  "KiB resident per connection:", "",
+                  "| front | " + " | ".join(idle) + " |", "|---|" + "---:|" * len(idle) + "",
+                  "| KiB per idle connection | " + " | ".join(cells) + " |", ""]
+        print("certproxy with ACME on", flush=True)
+        peak, cpu_us = self.acme_on()
+        lines += [f"certproxy with ACME on (empty store, a certificate from Pebble, then wrk keep-alive "
+                  f"{self.seconds} s): peak RSS {peak:.1f} MiB, {cpu_us:.1f} µs CPU per request", ""]
+        return "\n".join(lines)
+
+    def acme_on(self) -> tuple[float, float]:
+        """certproxy serving with ACME on: the serving process's peak RSS while it gets a
+        certificate from Pebble and then serves a wrk run (the ACME client's child
+        process is not the serving process and is not counted)."""
+        from support.pebble import start_pebble
+
+        http_port, tls_port = free_port(), free_port()
+        pebble = start_pebble(self.work, self.ca, http_port)
+        store = self.work / "acme-store"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CERTPROXY_")}
+        env.update({
+            "CERTPROXY_STORE": str(store), "CERTPROXY_BIND": "127.0.0.1", "CERTPROXY_HTTP_PORT": str(http_port),
+            "CERTPROXY_ROUTES": f"{tls_port}=http://127.0.0.1:{self.trivial_port}",
+            "CERTPROXY_DOMAINS": "localhost", "CERTPROXY_EMAIL": "ops@certproxy.test",
+            "CERTPROXY_ACME_DIRECTORY": pebble.directory, "CERTPROXY_ACME_CA_BUNDLE": str(pebble.ca_bundle),
+        })
+        log = (self.work / "acme-on.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "certproxy", "serve"], env=env, cwd=self.work,
+                                stdout=log, stderr=subprocess.STDOUT)
+        sampler = Sampler(proc.pid, tree=False)
+        sampler.start()
+        try:
+            roots = self.work / "pebble-roots.pem"
+            roots.write_bytes(pebble.roots_pem())
+
+            def pebble_served() -> bool:
+                ctx = ssl.create_default_context(cafile=str(roots))
+                try:
+                    with socket.create_connection(("127.0.0.1", tls_port), timeout=5) as raw, \
+                            ctx.wrap_socket(raw, server_hostname="localhost"):
+                        return True
+                except OSError:
+                    return False
+
+            wait_for(pebble_served, 60, "a Pebble certificate served with ACME on", proc,
+                     self.work / "acme-on.log")
+            before = cpu_seconds(proc.pid)
+            _, total = wrk(f"https://localhost:{tls_port}/", self.seconds)
+            cpu = cpu_seconds(proc.pid) - before
+        finally:
+            sampler.stop.set()
+            sampler.join()
+            proc.terminate()
+            proc.wait(30)
+            pebble.stop()
+        return sampler.peak, cpu / total * 1e6
 
     def report(self, rounds: list[dict[str, dict[str, float]]], names: list[str]) -> str:
         metrics = list(rounds[0][names[0]])
@@ -321,6 +411,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--layer-mib", type=int, default=1024)
     parser.add_argument("--fronts", default="nginx,haproxy,caddy,certproxy,certproxy-2w")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="skip the once-per-run figures (idle connections, ACME on)")
     args = parser.parse_args()
     args.fronts = args.fronts.split(",")
     if "nginx" not in args.fronts:
