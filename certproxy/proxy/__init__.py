@@ -4,7 +4,9 @@
 and its response) -> ``upstream`` (pooled upstream connections, seen by the
 exchange's ``ResponseSink`` side only); ``routes`` holds what a listener
 shares, ``wire`` certproxy's own bytes, ``headers`` the header rules,
-``tls`` the contexts and certificate selection. Imports ``certs`` and
+``tls`` the contexts and certificate selection, ``tlsconn`` the TLS
+transport (accept, handshake, records, close), ``hello`` the ClientHello
+read for TLS-ALPN-01. Imports ``certs`` and
 nothing above it: the running program (``service``) hands in what it needs
 as callables and small interfaces.
 """

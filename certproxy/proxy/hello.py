@@ -4,9 +4,8 @@ Python's ``ssl`` chooses the certificate before it shows the offered ALPN
 protocols, and TLS-ALPN-01 (RFC 8737) needs the choice to depend on them: a
 ClientHello offering ``acme-tls/1`` for a name with a pending challenge gets
 the validation certificate, every other one the normal certificate. So a
-listener that answers the challenge peeks at the first TLS record with
-``MSG_PEEK`` (nothing is consumed: OpenSSL then reads the same bytes), picks
-the context, and only then starts TLS on the socket.
+listener that answers the challenge reads the first TLS record itself
+(``tlsconn.py``), picks the context, and only then hands the bytes to OpenSSL.
 """
 
 from __future__ import annotations
