@@ -298,18 +298,20 @@ class Bench:
                     results[name] = self.one_front(name, rnd)
                 rounds.append(results)
             report = self.report(rounds, names)
+            out = ROOT / "bench" / "results"
+            out.mkdir(exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            (out / f"bench-{stamp}.json").write_text(json.dumps(rounds, indent=2))
+            (out / f"bench-{stamp}.md").write_text(report)
+            print(report, flush=True)
             if not self.args.no_extras:
-                report += "\n" + self.extras(names)
+                extras = self.extras(names)
+                (out / f"bench-{stamp}.md").write_text(report + "\n" + extras)
+                print(extras)
         finally:
             self.registry.proc.terminate()
             if self.trivial.proc:
                 self.trivial.proc.terminate()
-        out = ROOT / "bench" / "results"
-        out.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        (out / f"bench-{stamp}.md").write_text(report)
-        (out / f"bench-{stamp}.json").write_text(json.dumps(rounds, indent=2))
-        print(report)
         shutil.rmtree(self.work, ignore_errors=True)
         return 0
 
@@ -346,7 +348,8 @@ class Bench:
 
         http_port, tls_port = free_port(), free_port()
         pebble = start_pebble(self.work, self.ca, http_port)
-        store = self.work / "acme-store"
+        store = self.work / "acme-on" / "store"
+        store.parent.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CERTPROXY_")}
         env.update({
             "CERTPROXY_STORE": str(store), "CERTPROXY_BIND": "127.0.0.1", "CERTPROXY_HTTP_PORT": str(http_port),
@@ -355,7 +358,8 @@ class Bench:
             "CERTPROXY_ACME_DIRECTORY": pebble.directory, "CERTPROXY_ACME_CA_BUNDLE": str(pebble.ca_bundle),
         })
         log = (self.work / "acme-on.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "certproxy", "serve"], env=env, cwd=self.work,
+        # Not cwd=self.work: a front's folder there is named certproxy, and `-m` would import it.
+        proc = subprocess.Popen([sys.executable, "-m", "certproxy", "serve"], env=env, cwd=store.parent,
                                 stdout=log, stderr=subprocess.STDOUT)
         sampler = Sampler(proc.pid, tree=False)
         sampler.start()
