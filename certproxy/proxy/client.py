@@ -402,7 +402,6 @@ class Listener:
         self.connections: set[ClientConnection] = set()
         self.server: asyncio.base_events.Server | TLSServer | None = None
         self.stopping = False
-        self.on_handshake_failure: Callable[[], None] | None = None
 
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)
@@ -431,7 +430,6 @@ class Listener:
         for a ClientHello that offers ``acme-tls/1`` for a name (None: no such challenge);
         ``on_handshake_failure`` is called for each handshake that does not complete."""
         if ssl_context is not None:
-            self.on_handshake_failure = on_handshake_failure
             self.server = await tls_server(
                 host,
                 port,
@@ -439,17 +437,13 @@ class Listener:
                 self,
                 reuse_port=reuse_port,
                 handshake_timeout=self.limits.handshake_timeout,
-                on_failure=self._handshake_failed,
+                on_failure=on_handshake_failure or _nothing,
                 alpn_challenge=alpn_challenge,
             )
             return
         self.server = await self.loop.create_server(
             self, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None
         )
-
-    def _handshake_failed(self, _protocol: asyncio.Protocol) -> None:
-        if self.on_handshake_failure is not None:
-            self.on_handshake_failure()
 
     async def start_unix(self, path: str) -> None:
         """Listen on a unix socket at ``path`` (one left by an earlier run is replaced)."""
@@ -484,3 +478,7 @@ class Listener:
             conn.sweep(now)
         if self.route.pool is not None:
             self.route.pool.sweep(now)
+
+
+def _nothing() -> None:
+    pass

@@ -65,8 +65,8 @@ class TLSServer:
     """A listening socket whose connections run on ``TLSConnection``.
 
     ``protocol_factory`` is called at accept time (the protocol exists while
-    its handshake is under way); ``on_failure(protocol)`` for each handshake
-    that does not complete; ``alpn_challenge`` when the listener answers
+    its handshake is under way); ``on_failure()`` for each handshake that does
+    not complete; ``alpn_challenge`` when the listener answers
     TLS-ALPN-01.
     """
 
@@ -78,7 +78,7 @@ class TLSServer:
         *,
         port: int,
         handshake_timeout: float,
-        on_failure: Callable[[asyncio.Protocol], None],
+        on_failure: Callable[[], None],
         alpn_challenge: AlpnChallenge | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
@@ -176,25 +176,25 @@ class TLSConnection:
     def context(self, ctx: ssl.SSLContext) -> None:
         self.ssl.context = ctx
 
-    def _recv(self) -> bytes | None:
-        """What the socket has (at most READ_MAX bytes); None when it has nothing yet;
-        b"" at the client's FIN or a reset."""
+    def _recv(self) -> int | None:
+        """Read what the socket has into ``_RECV`` (at most READ_MAX bytes): how many
+        bytes; None when it has nothing yet; 0 at the client's FIN or a reset."""
         try:
-            n = self.sock.recv_into(_RECV)
+            return self.sock.recv_into(_RECV)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:
-            return b""
-        return _RECV[:n].tobytes() if n else b""
+            return 0
 
     # handshake
     def _first_bytes(self) -> None:
-        data = self._recv()
-        if data is None:
+        n = self._recv()
+        if n is None:
             return
-        if not data:
+        if not n:
             self._handshake_failed()  # a TCP probe, or a client that gave up
             return
+        data = _RECV[:n].tobytes()
         if 65 <= data[0] <= 90:  # an ASCII capital: a request method, so plain HTTP
             self._answer_plain_http(data)
             return
@@ -275,7 +275,7 @@ class TLSConnection:
             self._linger()
         else:
             self._release()
-        self.server.on_failure(self.protocol)
+        self.server.on_failure()
 
     def _answer_plain_http(self, head: bytes) -> None:
         """``http://`` sent to an ``https://`` port: a readable 400, then close."""
@@ -288,12 +288,9 @@ class TLSConnection:
 
     # reading
     def _readable(self) -> None:
-        try:
-            n = self.sock.recv_into(_RECV)
-        except (BlockingIOError, InterruptedError):
+        n = self._recv()
+        if n is None:
             return
-        except OSError:
-            n = 0
         if not n:
             if self.state == _HANDSHAKE:
                 self._handshake_failed()
@@ -367,9 +364,6 @@ class TLSConnection:
         if self.state == _OPEN and self.reading:
             self._decrypt()
 
-    def is_reading(self) -> bool:
-        return self.reading and self.state == _OPEN
-
     # writing
     def write(self, data: bytes) -> None:
         if self.state != _OPEN or not data:
@@ -380,9 +374,6 @@ class TLSConnection:
             self.abort()
             return
         self._flush()
-
-    def writelines(self, data: list[bytes]) -> None:
-        self.write(b"".join(data))
 
     def _flush(self) -> None:
         """Send what OpenSSL has encrypted; queue what the socket does not take."""
@@ -454,15 +445,9 @@ class TLSConnection:
     def get_write_buffer_size(self) -> int:
         return self.out_size
 
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self.low, self.high
-
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self.high = 65536 if high is None else high
         self.low = self.high // 4 if low is None else low
-
-    def can_write_eof(self) -> bool:
-        return False
 
     # closing
     def is_closing(self) -> bool:
@@ -492,7 +477,7 @@ class TLSConnection:
             with contextlib.suppress(OSError):
                 self.sock.send(self.outgoing.read())
         self._linger()
-        self._lost(None)
+        self._lost()
 
     def _linger(self) -> None:
         """Close; but while the client is still sending (bytes unread), stop sending and
@@ -541,7 +526,7 @@ class TLSConnection:
         self.state = _CLOSED
         self._release()
         if was_open:
-            self._lost(None)
+            self._lost()
 
     def _release(self) -> None:
         """Give the socket back: no more callbacks, descriptor closed, TLS state freed."""
@@ -557,11 +542,11 @@ class TLSConnection:
         self.out_size = 0
         self.ssl = self.incoming = self.outgoing = None
 
-    def _lost(self, exc: Exception | None) -> None:
+    def _lost(self) -> None:
         if self.lost_called:
             return
         self.lost_called = True
-        self.loop.call_soon(self.protocol.connection_lost, exc)
+        self.loop.call_soon(self.protocol.connection_lost, None)
 
     def _protocol_error(self, exc: BaseException, where: str) -> None:
         self.loop.call_exception_handler(
@@ -573,30 +558,8 @@ class TLSConnection:
         )
         self.abort()
 
-    # the rest of asyncio.Transport that callers may ask for
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "peername":
-            return self.peer
-        if name == "sockname":
-            try:
-                return self.sock.getsockname()
-            except OSError:
-                return default
-        if name == "socket":
-            return self.sock
-        if name == "ssl_object":
-            return self.ssl
-        if name == "sslcontext":
-            return self.ssl.context if self.ssl is not None else default
-        if name == "peercert":
-            return self.ssl.getpeercert() if self.ssl is not None else default
-        return default
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self.protocol
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.protocol = protocol  # type: ignore[assignment]
+        return self.peer if name == "peername" else default
 
 
 class _AnswerOnly(asyncio.Protocol):
@@ -619,7 +582,7 @@ async def tls_server(
     *,
     reuse_port: bool,
     handshake_timeout: float,
-    on_failure: Callable[[asyncio.Protocol], None],
+    on_failure: Callable[[], None],
     alpn_challenge: AlpnChallenge | None = None,
     backlog: int = 1024,
 ) -> TLSServer:
