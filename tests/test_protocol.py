@@ -138,6 +138,72 @@ async def test_interim_100_continue_then_the_answer_and_the_connection_goes_on()
     assert [r[0] for r in responses(client.take())] == [201, 200]  # type: ignore[attr-defined]
 
 
+async def test_a_long_body_read_past_llhttp_arrives_whole_and_the_next_requests_parse_anew() -> None:
+    """Bodies of 64 KiB and more go past llhttp once their head is parsed; the request
+    after one starts on a new parser. Every way of cutting the stream into reads and
+    records gives the upstream the same bytes, and the one after it is still refused."""
+    body = bytes(range(256)) * 280  # 71,680 bytes
+    stream = (b"PUT /v2/r/blobs/uploads/u HTTP/1.1\r\nHost: reg\r\nContent-Length: %d\r\n\r\n" % len(body)
+              + body + b"GET /v2/ HTTP/1.1\r\nHost: reg\r\n\r\n")
+    head_end = stream.index(b"\r\n\r\n") + 4
+    body_end = head_end + len(body)
+    cuts = sorted({1, head_end - 2, head_end, head_end + 1, head_end + 16384, body_end - 1, body_end,
+                   body_end + 1, body_end + 5, len(stream) - 1})
+    for cut in cuts:
+        for second in (cut + 1, body_end, len(stream) - 1):
+            if not cut < second < len(stream):
+                continue
+            plane = make_plane()
+            conn, client = plane.connect_client()
+            # three pieces: the first two in one read (two records), the third in the next
+            conn.parts_received([stream[:cut], stream[cut:second]])
+            await settle()
+            conn.parts_received([stream[second:]])
+            await settle()
+            sent = plane.upstreams[0].take()
+            assert sent.split(b"\r\n\r\n", 1)[1] == body, (cut, second)
+            up = plane.upstream_protocol()
+            up.data_received(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+            await settle()
+            assert plane.upstreams[0].take().startswith(b"GET /v2/ HTTP/1.1\r\n"), (cut, second)
+            up.data_received(OK)
+            assert [r[0] for r in responses(client.take())] == [201, 200]
+            conn.data_received(b"GET /v2/ HTTP/1.1\r\nHost: reg\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+            assert responses(client.take())[0][0] == 400 and client.closed  # the new parser is as strict
+
+
+async def test_a_head_in_two_reads_with_a_long_body_after_it_is_not_too_large() -> None:
+    """The head's size counts the head, not the body that came in the read that ended it
+    (a Go client writes a head of more than 4 KiB in two pieces, then the body)."""
+    plane = make_plane()
+    conn, client = plane.connect_client()
+    head = b"PUT /u HTTP/1.1\r\nHost: reg\r\nAuthorization: Bearer " + b"t" * 6000 + b"\r\nContent-Length: 200000\r\n\r\n"
+    conn.data_received(head[:4096])
+    conn.data_received(head[4096:] + b"x" * 200000)
+    await settle()
+    assert plane.upstreams[0].take().endswith(b"x" * 200000) and not client.take()
+    plane.upstream_protocol().data_received(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+    assert [r[0] for r in responses(client.take())] == [201]
+    # a head that keeps coming past 64 KiB is still refused, whatever its fields
+    conn, client = plane.connect_client()
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: reg\r\n")
+    for _ in range(40):
+        conn.data_received(b"X-A: " + b"a" * 2000 + b"\r\n")
+    assert responses(client.take())[0][0] == 431 and client.closed
+
+
+async def test_a_long_body_past_llhttp_goes_upstream_in_one_write_per_read() -> None:
+    plane = make_plane()
+    conn, client, sent = await proxied(
+        plane, b"PUT /u HTTP/1.1\r\nHost: reg\r\nContent-Length: 100000\r\n\r\n" + b"a" * 10)
+    assert conn.body_left == 100000 - 10  # type: ignore[attr-defined]
+    writes = plane.upstreams[0].writes
+    conn.parts_received([b"b" * 16384] * 6)  # type: ignore[attr-defined]
+    assert plane.upstreams[0].writes == writes + 1 and plane.upstreams[0].take() == b"b" * 16384 * 6
+    conn.parts_received([b"c" * 16384, b"d" * (100000 - 10 - 16384 * 7)])  # type: ignore[attr-defined]
+    assert conn.body_left == 0 and plane.upstream_protocol().waiting  # type: ignore[attr-defined]
+
+
 # -- pipelining and back-pressure ---------------------------------------------
 
 async def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:

@@ -12,7 +12,12 @@ Invariants:
 - every request gets exactly one answer, or the connection closes
   (answers never outnumber requests, and an open connection answered every
   request that arrived whole);
-- no exception escapes a protocol callback, and nothing is logged as a defect.
+- no exception escapes a protocol callback, and nothing is logged as a defect;
+- clean input, however split, reaches the upstream with every body whole.
+
+It runs twice: with bodies through llhttp, and with every Content-Length body
+read past llhttp once its head is parsed (what certproxy does from 64 KiB on),
+the pieces handed over two a read as certproxy's TLS transport does.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ import h11
 import httptools
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import pytest
+
+from certproxy.proxy import client as client_module
 from certproxy.proxy.client import ClientConnection
 from support.inproc import MockTransport, make_plane, settle
 
@@ -49,8 +57,8 @@ SMUGGLING = [
 
 
 @st.composite
-def one_request(draw: st.DrawFn) -> tuple[bytes, bool]:
-    """A request, and whether it is clean (no smuggling-shaped headers)."""
+def one_request(draw: st.DrawFn) -> tuple[bytes, bool, bytes]:
+    """A request, whether it is clean (no smuggling-shaped headers), and its body."""
     method = draw(st.sampled_from([b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"]))
     headers = [(b"Host", b"reg.example.com")]
     # Other end-to-end headers; the names that change framing or the connection are the
@@ -68,12 +76,12 @@ def one_request(draw: st.DrawFn) -> tuple[bytes, bool]:
         pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)]) if body[a:b]]
         encoded = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
     else:
-        encoded = b""
+        encoded = body = b""
     clean = draw(st.integers(0, 9)) != 0
     if not clean:
         headers += draw(st.sampled_from(SMUGGLING))
     head = b"%s %s HTTP/1.1\r\n" % (method, draw(PATH).encode())
-    return head + b"".join(b"%s: %s\r\n" % h for h in headers) + b"\r\n" + encoded, clean
+    return head + b"".join(b"%s: %s\r\n" % h for h in headers) + b"\r\n" + encoded, clean, body
 
 
 @st.composite
@@ -94,16 +102,16 @@ def mutated(draw: st.DrawFn, data: bytes) -> bytes:
 
 
 @st.composite
-def client_input(draw: st.DrawFn) -> tuple[list[bytes], int | None]:
-    """Pieces of a client's byte stream, and how many requests it holds when it is clean."""
+def client_input(draw: st.DrawFn) -> tuple[list[bytes], list[bytes] | None]:
+    """Pieces of a client's byte stream, and the bodies of its requests when it is clean."""
     requests = draw(st.lists(one_request(), min_size=1, max_size=3))
-    stream = b"".join(r for r, _ in requests)
-    clean = all(c for _, c in requests) and draw(st.booleans())
+    stream = b"".join(r for r, _, _ in requests)
+    clean = all(c for _, c, _ in requests) and draw(st.booleans())
     if not clean:
         stream = draw(mutated(stream))
     cuts = sorted(set(draw(st.lists(st.integers(0, len(stream)), max_size=6))))
     pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)]) if stream[a:b]]
-    return pieces, len(requests) if clean else None
+    return pieces, [b for _, _, b in requests] if clean else None
 
 
 class CountingConnection(ClientConnection):
@@ -126,6 +134,8 @@ class StrictUpstream:
         self.transport = transport
         self.h11 = h11.Connection(h11.SERVER)
         self.requests = 0
+        self.bodies: list[bytes] = []
+        self.body = b""
 
     def pump(self) -> None:
         data = self.transport.take()
@@ -140,7 +150,11 @@ class StrictUpstream:
                 assert len(framing) <= 1, event.headers
                 hosts = [v for n, v in event.headers if n == b"host"]
                 assert len(hosts) == 1, event.headers
+            if isinstance(event, h11.Data):
+                self.body += bytes(event.data)
             if isinstance(event, h11.EndOfMessage):
+                self.bodies.append(self.body)
+                self.body = b""
                 self.requests += 1
                 body = b"r%d" % self.requests
                 answer = b"".join([
@@ -174,7 +188,7 @@ class DefectLog(logging.Handler):
         self.records.append(record.getMessage())
 
 
-async def run_one(pieces: list[bytes]) -> tuple[int, int, int, bool, list[str]]:
+async def run_one(pieces: list[bytes], grouped: bool = False) -> tuple[int, int, int, bool, list[str], list[bytes]]:
     loop = asyncio.get_running_loop()
     errors: list[str] = []
     loop.set_exception_handler(lambda _loop, ctx: errors.append(str(ctx.get("exception") or ctx)))
@@ -182,10 +196,12 @@ async def run_one(pieces: list[bytes]) -> tuple[int, int, int, bool, list[str]]:
     conn, client = plane.connect_client(CountingConnection)
     upstreams: dict[int, StrictUpstream] = {}
     answered = bytearray()
-    for piece in pieces:
+    # grouped: two pieces a read, as certproxy's TLS transport hands over one piece per record
+    reads = [pieces[i:i + 2] for i in range(0, len(pieces), 2)] if grouped else [[p] for p in pieces]
+    for read in reads:
         if client.closed:
             break
-        conn.data_received(piece)  # an exception here fails the example
+        conn.parts_received(read)  # an exception here fails the example
         for _ in range(4):
             await settle()
             for i, transport in enumerate(plane.upstreams):
@@ -196,24 +212,35 @@ async def run_one(pieces: list[bytes]) -> tuple[int, int, int, bool, list[str]]:
         for i, transport in enumerate(plane.upstreams):
             upstreams.setdefault(i, StrictUpstream(transport)).pump()
     answered += client.take()
-    return conn.heads, conn.whole, count_responses(bytes(answered)), client.closed, errors  # type: ignore[attr-defined]
+    bodies = [b for i in sorted(upstreams) for b in upstreams[i].bodies]
+    return (conn.heads, conn.whole, count_responses(bytes(answered)), client.closed,  # type: ignore[attr-defined]
+            errors, bodies)
 
 
+@pytest.mark.parametrize("past_parser", [client_module.BODY_PAST_PARSER, 1],
+                         ids=["bodies-through-llhttp", "bodies-past-llhttp"])
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(client_input())
-def test_request_bytes_never_confuse_the_data_plane(case: tuple[list[bytes], int | None]) -> None:
-    pieces, clean_requests = case
+def test_request_bytes_never_confuse_the_data_plane(past_parser: int,
+                                                   case: tuple[list[bytes], list[bytes] | None]) -> None:
+    """With ``past_parser`` 1, every Content-Length body is read past llhttp once its head
+    is parsed (as bodies of 64 KiB and more are), with the pieces handed over two a read."""
+    pieces, clean_bodies = case
     defects = DefectLog()
     logger = logging.getLogger("certproxy")
     logger.addHandler(defects)
+    default = client_module.BODY_PAST_PARSER
+    client_module.BODY_PAST_PARSER = past_parser
     try:
-        heads, whole, answers, closed, errors = asyncio.run(run_one(pieces))
+        heads, whole, answers, closed, errors, bodies = asyncio.run(run_one(pieces, grouped=past_parser == 1))
     finally:
+        client_module.BODY_PAST_PARSER = default
         logger.removeHandler(defects)
     assert not errors, errors
     assert not defects.records, defects.records
     assert answers <= heads + 1  # +1: a refusal of a head that never completed
     if not closed:  # every whole request answered once; one still arriving is not answered yet
         assert answers == whole, (heads, whole, answers)
-    if clean_requests is not None:  # valid input, however split: all answered, connection open
-        assert not closed and answers == heads == whole == clean_requests
+    if clean_bodies is not None:  # valid input, however split: all answered, connection open,
+        assert not closed and answers == heads == whole == len(clean_bodies)
+        assert bodies == clean_bodies  # every body reached the upstream whole, in order

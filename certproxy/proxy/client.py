@@ -34,7 +34,7 @@ import logging
 import os
 import ssl
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
 import httptools
@@ -61,6 +61,8 @@ SWEEP_INTERVAL = 0.25
 # A connection whose handshake completes after SIGTERM gets this long to send its first
 # request (served, then closed) before the drain counts it as done.
 FIRST_REQUEST_GRACE = 2.0
+# Request bodies of at least this many bytes are read past llhttp once their head is parsed.
+BODY_PAST_PARSER = 65536
 
 
 class Flushable(Protocol):
@@ -82,7 +84,10 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip_b = b"-"
         self._url = b""
         self._headers: Headers = []
-        self._head_size = 0
+        self._head_size = 0  # bytes read since the head began, while it has not ended
+        self._fields_size = 0
+        self._length = 0  # the current request's Content-Length
+        self.body_left = 0  # body bytes of the current request still to come past the parser
         self.in_head = False
         self.head_started = 0.0
         self.idle_since = 0.0
@@ -147,11 +152,44 @@ class ClientConnection(asyncio.Protocol):
         if self.stopped:
             return
         self.last_data = self.clock()
+        try:
+            if self.body_left:
+                data = self._body_past_parser(data)
+                if data:
+                    self._feed(data)
+            else:
+                self._feed(data)
+        finally:
+            if self.to_flush:
+                pending, self.to_flush = self.to_flush, []
+                for target in pending:
+                    target.flush()
+
+    def parts_received(self, parts: Sequence[bytes]) -> None:
+        """What one read brought, in pieces (certproxy's TLS transport hands over one
+        piece per TLS record rather than joining them). Request bytes for the upstream
+        are flushed once, after the last piece."""
+        if self.stopped:
+            return
+        self.last_data = self.clock()
+        try:
+            for data in parts:
+                if self.body_left:
+                    data = self._body_past_parser(data)
+                    if not data:
+                        continue
+                if not self._feed(data):
+                    break
+        finally:
+            if self.to_flush:
+                pending, self.to_flush = self.to_flush, []
+                for target in pending:
+                    target.flush()
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse ``data``; False when the connection reads no more (refused, upgraded)."""
         if self.in_head:
             self._head_size += len(data)
-            if self._head_size > MAX_HEAD_SIZE:
-                self.refuse(431, "request header too large")
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -159,6 +197,7 @@ class ClientConnection(asyncio.Protocol):
             if not isinstance(refused, HeadRefused):
                 raise (refused or exc) from None  # a defect in certproxy, not in the request
             self.refuse(refused.status, str(refused))
+            return False
         except httptools.HttpParserUpgrade:
             # CONNECT or an Upgrade request: answered as a plain request; nothing
             # after it on this connection is HTTP/1.1 any more.
@@ -167,14 +206,41 @@ class ClientConnection(asyncio.Protocol):
                 self.stopped = True
             else:
                 self.close()
+            return False
         except httptools.HttpParserError as exc:
             reason = (str(exc) or "malformed request").splitlines()[0].rstrip(":")
             self.refuse(400, f"bad request: {reason}")
-        finally:
-            if self.to_flush:
-                pending, self.to_flush = self.to_flush, []
-                for target in pending:
-                    target.flush()
+            return False
+        if self.in_head and self._head_size > MAX_HEAD_SIZE:
+            # Counted after parsing: a read that ends a head may carry a long body too.
+            self.refuse(431, "request header too large")
+            return False
+        ex = self.parsing
+        if ex is not None and not self.in_head and self._length >= BODY_PAST_PARSER and ex.keep_alive:
+            # A long body of known length, partly in: llhttp took all of this read as body,
+            # so the rest of the body is exactly the next ``_length - bytes_in`` bytes.
+            # They go to the exchange as they come, without llhttp's copy of each piece.
+            self.body_left = self._length - ex.bytes_in
+        return not self.stopped
+
+    def _body_past_parser(self, data: bytes) -> bytes:
+        """Hand body bytes to the request being read; what follows its body is returned."""
+        ex = self.parsing
+        left = self.body_left
+        if ex is None:  # refused meanwhile
+            self.body_left = 0
+            return data
+        if len(data) < left:
+            self.body_left = left - len(data)
+            ex.body(data)
+            return b""
+        self.body_left = 0
+        ex.body(data if len(data) == left else data[:left])
+        # The body is complete. llhttp still counts it as owed, so the next request
+        # starts on a new parser (this request is keep-alive: nothing else carries over).
+        self.parser = httptools.HttpRequestParser(self)
+        self.on_message_complete()
+        return data[left:]
 
     # parser callbacks
     def on_message_begin(self) -> None:
@@ -185,6 +251,8 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_size = 0
+        self._fields_size = 0  # what the head's fields hold
+        self._length = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -192,7 +260,9 @@ class ClientConnection(asyncio.Protocol):
             raise HeadRefused(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > MAX_FIELD_SIZE:
+        size = len(name) + len(value)
+        self._fields_size += size
+        if size > MAX_FIELD_SIZE or self._fields_size > MAX_HEAD_SIZE:
             raise HeadRefused(431, "request header too large")
         headers = self._headers
         headers.append((name, value))
@@ -207,7 +277,8 @@ class ClientConnection(asyncio.Protocol):
             if len(name) == 17 and name.lower() == b"transfer-encoding":
                 chunked = True
             elif len(name) == 14 and name.lower() == b"content-length":
-                length = value.strip() != b"0"
+                self._length = int(value)  # llhttp has checked it: digits, one value
+                length = self._length > 0
         ex = Exchange(
             self,
             parser.get_method(),

@@ -18,7 +18,9 @@ How a connection goes:
    (``TLSServer.sweep``); a handshake that fails, times out or is abandoned is
    reported once (``on_failure``).
 3. ``connection_made``; what one ``recv`` brings (up to ``READ_MAX`` bytes) is
-   decrypted and goes to ``data_received`` in one piece; what the protocol
+   decrypted and goes to the protocol in one call (``parts_received`` with the
+   records' plaintexts where the protocol has it, else ``data_received``
+   with them joined); what the protocol
    writes is encrypted and sent in one ``send``, queued only when the socket
    is full (then ``pause_writing`` past the high-water mark).
 4. ``close()`` sends what is queued, then ``close_notify``. While the client may
@@ -304,7 +306,8 @@ class TLSConnection:
             self._decrypt()
 
     def _decrypt(self) -> None:
-        """Hand the protocol what the records received so far hold, in one piece."""
+        """Hand the protocol what the records received so far hold, in one call: as a list
+        of the records' plaintexts to a protocol with ``parts_received``, else joined."""
         read = self.ssl.read
         pending = self.ssl.pending
         incoming = self.incoming
@@ -327,7 +330,14 @@ class TLSConnection:
             self._flush()  # an answer to a key update
         if chunks:
             try:
-                self.protocol.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                if len(chunks) == 1:
+                    self.protocol.data_received(chunks[0])
+                else:
+                    parts = getattr(self.protocol, "parts_received", None)
+                    if parts is not None:
+                        parts(chunks)  # the records' plaintexts, not joined: one copy fewer
+                    else:
+                        self.protocol.data_received(b"".join(chunks))
             except Exception as exc:
                 self._protocol_error(exc, "data_received")
                 return
