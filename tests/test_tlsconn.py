@@ -180,6 +180,37 @@ async def test_handshakes_that_fail_or_never_start_are_reported_once_and_closed(
     server.close()
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_an_answer_with_the_close_ends_cleanly_and_the_session_resumes(
+        ca: trustme.CA, client_ssl: ssl.SSLContext, version: ssl.TLSVersion) -> None:
+    """``close(last)`` sends the answer and close_notify together; TLS 1.3 session
+    tickets wait for the first answer, TLS 1.2's last handshake flight does not (a
+    TLS 1.2 client waits for it before sending anything). Either way the client reads
+    the answer, then a clean TLS close, and its session resumes."""
+    client_ssl.minimum_version = client_ssl.maximum_version = version
+
+    def answer(rec: Recorder, _data: bytes) -> None:
+        assert rec.transport is not None
+        rec.transport.close(b"answer")  # type: ignore[call-arg]
+
+    server, port = await serve(ca, lambda: Recorder(answer))
+
+    def client(session: ssl.SSLSession | None) -> tuple[bytes, ssl.SSLSession | None, bool]:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                client_ssl.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+            tls.sendall(b"request")
+            got = b""
+            while chunk := tls.recv(4096):  # an EOF without close_notify raises SSLEOFError
+                got += chunk
+            return got, tls.session, tls.session_reused
+
+    got, session, _ = await asyncio.to_thread(client, None)
+    assert got == b"answer" and session is not None and session.has_ticket
+    got, _, reused = await asyncio.to_thread(client, session)
+    assert got == b"answer" and reused
+    server.close()
+
+
 async def test_an_early_answer_reaches_a_client_that_is_still_sending(
         ca: trustme.CA, client_ssl: ssl.SSLContext) -> None:
     """The server answers after the first bytes and closes while the client keeps sending:

@@ -42,7 +42,7 @@ import httptools
 from .exchange import Exchange
 from .headers import Headers
 from .routes import AnyRoute, Limits
-from .tlsconn import AlpnChallenge, TLSServer, tls_server
+from .tlsconn import AlpnChallenge, TLSConnection, TLSServer, tls_server
 from .upstream import WRITE_BUFFER_HIGH
 from .wire import (
     MAX_FIELD_SIZE,
@@ -342,13 +342,18 @@ class ClientConnection(asyncio.Protocol):
         """Close after everything written has gone out; nothing more is read.
         ``lingering``: the client may still be sending a request (an answer before its
         body was in, a refusal): its bytes are drained a moment rather than reset
-        (certproxy's TLS transport; other transports close as usual)."""
+        (certproxy's TLS transport, which also sends what is corked and the TLS close
+        together; other transports close as usual)."""
         self.stopped = True
+        tls: object = self.transport  # uvloop's and asyncio's transports are not TLSConnections
+        if isinstance(tls, TLSConnection):
+            out, self.out, self.corked = self.out, [], False
+            last = b"".join(out) if out else b""
+            (tls.close_lingering if lingering else tls.close)(last)
+            return
         self.uncork()
-        transport = self.transport
-        if transport is not None:
-            closer = getattr(transport, "close_lingering", None) if lingering else None
-            (closer or transport.close)()
+        if self.transport is not None:
+            self.transport.close()
 
     def abort(self) -> None:
         self.stopped = True

@@ -19,11 +19,12 @@ How a connection goes:
    reported once (``on_failure``).
 3. ``connection_made``; what one ``recv`` brings (up to ``READ_MAX`` bytes) is
    decrypted and goes to the protocol in one call (``parts_received`` with the
-   records' plaintexts where the protocol has it, else ``data_received``
-   with them joined); what the protocol
-   writes is encrypted and sent in one ``send``, queued only when the socket
-   is full (then ``pause_writing`` past the high-water mark).
-4. ``close()`` sends what is queued, then ``close_notify``. While the client may
+   records' plaintexts where the protocol has it, else ``data_received`` with
+   them joined); what the protocol writes is encrypted and sent in one
+   ``send``, queued only when the socket is full (then ``pause_writing`` past
+   the high-water mark). TLS 1.3 session tickets go out with the first answer.
+4. ``close(last)`` sends what is queued, then ``last``, then ``close_notify``:
+   an answer and the close in one ``send`` when the socket takes it. While the client may
    still be sending, the sending side is shut down and what arrives is dropped
    for up to ``LINGER`` seconds, so that an answer sent before a client finished
    its request is not destroyed by a reset. ``abort()`` closes at once.
@@ -253,7 +254,10 @@ class TLSConnection:
             self._flush()  # OpenSSL's alert
             self._handshake_failed(linger=True)  # unread bytes must not reset the alert
             return
-        self._flush()  # the server's last handshake messages and session tickets
+        if self.ssl.version() != "TLSv1.3":
+            self._flush()  # TLS 1.2: the server's Finished, which the client waits for
+        # TLS 1.3: all OpenSSL has to send now is its session tickets; they go out with
+        # the first answer (or the close), one send fewer per connection.
         self.server.handshaking.pop(self, None)
         self.state = _OPEN
         try:
@@ -326,8 +330,8 @@ class TLSConnection:
                 ended = True
                 break
             chunks.append(piece)
-        if self.outgoing is not None and self.outgoing.pending:
-            self._flush()  # an answer to a key update
+        # What OpenSSL wrote while reading (session tickets, an answer to a key update)
+        # goes out with the next write or the close: neither is awaited by the client.
         if chunks:
             try:
                 if len(chunks) == 1:
@@ -463,29 +467,33 @@ class TLSConnection:
     def is_closing(self) -> bool:
         return self.state != _OPEN
 
-    def close(self) -> None:
-        """Send what is buffered, then close_notify; linger if need be; then close."""
+    def close(self, last: bytes = b"") -> None:
+        """Send ``last`` after what is buffered, then close_notify: one send when the
+        socket takes it all (an answer and the close in one); linger if need be; close."""
         if self.state != _OPEN:
             return
         self.state = _CLOSING
         self.reading = False
-        self.loop.add_reader(self.fd, self._linger_read)  # nothing more is decrypted
-        if not self.out:
+        with contextlib.suppress(ssl.SSLError, ValueError):
+            if last:
+                self.ssl.write(last)
+            self.ssl.shutdown()  # close_notify; the client's is not awaited
+        self._flush()
+        if self.state != _CLOSING:
+            return  # the send failed: aborted
+        if self.out:  # the rest goes out as the socket takes it; nothing more is decrypted
+            self.loop.add_reader(self.fd, self._linger_read)
+        else:
             self._finish_close()
 
-    def close_lingering(self) -> None:
+    def close_lingering(self, last: bytes = b"") -> None:
         """close(), for an answer sent before the request was whole (the client may
         still be sending its body): the close lingers even if nothing is unread yet."""
         self.must_linger = True
-        self.close()
+        self.close(last)
 
     def _finish_close(self) -> None:
         self.state = _CLOSED
-        with contextlib.suppress(ssl.SSLError, ValueError):
-            self.ssl.shutdown()  # close_notify; the client's is not awaited
-        if self.outgoing is not None and self.outgoing.pending:
-            with contextlib.suppress(OSError):
-                self.sock.send(self.outgoing.read())
         self._linger()
         self._lost()
 
