@@ -161,9 +161,7 @@ class ClientConnection(asyncio.Protocol):
                 self._feed(data)
         finally:
             if self.to_flush:
-                pending, self.to_flush = self.to_flush, []
-                for target in pending:
-                    target.flush()
+                self._flush_targets()
 
     def parts_received(self, parts: Sequence[bytes]) -> None:
         """What one read brought, in pieces (certproxy's TLS transport hands over one
@@ -182,9 +180,12 @@ class ClientConnection(asyncio.Protocol):
                     break
         finally:
             if self.to_flush:
-                pending, self.to_flush = self.to_flush, []
-                for target in pending:
-                    target.flush()
+                self._flush_targets()
+
+    def _flush_targets(self) -> None:
+        pending, self.to_flush = self.to_flush, []
+        for target in pending:
+            target.flush()
 
     def _feed(self, data: bytes) -> bool:
         """Parse ``data``; False when the connection reads no more (refused, upgraded)."""
