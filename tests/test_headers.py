@@ -24,6 +24,22 @@ def test_hop_by_hop_headers_and_those_named_in_connection_are_dropped() -> None:
     ]
 
 
+def test_the_verdicts_remembered_per_name_are_bounded_and_stay_right() -> None:
+    """end_to_end remembers what it decided for each header name; a client sending
+    thousands of distinct or long names cannot make that memory grow past its bound,
+    and a remembered name gets the same verdict as a fresh one."""
+    from certproxy.proxy import headers as module
+
+    many = [(b"X-N%d" % i, b"v") for i in range(5000)] + [(b"X-" + b"l" * 5000, b"v")]
+    assert end_to_end(many) == many
+    assert all(len(memo) <= module._MEMO_MAX for memo in module._memo.values())
+    assert all(len(name) <= module._MEMO_NAME_MAX for memo in module._memo.values() for name in memo)
+    hop = [(b"Proxy-Foo", b"1"), (b"Connection", b"X-Hop"), (b"X-Hop", b"1"), (b"Accept", b"a")]
+    assert end_to_end(hop) == end_to_end(hop) == [(b"Accept", b"a")]
+    assert upstream_request_headers(hop, client_ip=b"192.0.2.1", host=None, listener_port=5000)[0] == \
+        (b"Accept", b"a")
+
+
 def test_repeated_headers_keep_their_order_and_case() -> None:
     headers = [(b"Accept", b"application/vnd.oci.image.manifest.v1+json"),
                (b"Authorization", b"Bearer t"),

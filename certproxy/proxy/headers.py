@@ -47,20 +47,44 @@ FORWARDING = frozenset(
 _REQUEST_DROP = HOP_BY_HOP | FORWARDING
 
 
+# What end_to_end does with a header name as it came off the wire, per drop set:
+# KEEP, DROP, or CONNECTION (dropped, and names more headers to drop). Registry
+# traffic repeats a few dozen names; what a client can make certproxy remember is
+# bounded (at most 1,024 names of at most 64 bytes per drop set).
+KEEP, DROP, CONNECTION = 0, 1, 2
+_MEMO_MAX = 1024
+_MEMO_NAME_MAX = 64
+_memo: dict[frozenset[bytes], dict[bytes, int]] = {}
+
+
+def _verdict(name: bytes, drop: frozenset[bytes]) -> int:
+    low = name.lower()
+    if low == b"connection":
+        return CONNECTION
+    return DROP if low in drop or low[:6] == b"proxy-" else KEEP
+
+
 def end_to_end(headers: Headers, drop: frozenset[bytes] = HOP_BY_HOP) -> Headers:
     """``headers`` without the hop-by-hop ones (and without any name in ``drop``,
     which holds ``HOP_BY_HOP``). One pass; a second only when ``Connection`` names
     headers, which may come before it."""
+    memo = _memo.get(drop)
+    if memo is None:
+        memo = _memo[drop] = {}
     out: Headers = []
     named: set[bytes] | None = None
-    for name, value in headers:
-        low = name.lower()
-        if low in drop or low[:6] == b"proxy-":
-            if low == b"connection":
-                tokens = {t.strip().lower() for t in value.split(b",")}
-                named = (named or set()) | tokens
-            continue
-        out.append((name, value))
+    for header in headers:
+        name = header[0]
+        verdict = memo.get(name)
+        if verdict is None:
+            verdict = _verdict(name, drop)
+            if len(memo) < _MEMO_MAX and len(name) <= _MEMO_NAME_MAX:
+                memo[name] = verdict
+        if verdict == KEEP:
+            out.append(header)
+        elif verdict == CONNECTION:
+            tokens = {t.strip().lower() for t in header[1].split(b",")}
+            named = (named or set()) | tokens
     if named:
         return [(n, v) for n, v in out if n.lower() not in named]
     return out
