@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from fronts import FRONTS, Front, Nginx  # noqa: E402
 from support.oci import make_image  # noqa: E402
-from support.procs import free_port, tcp_open, wait_for  # noqa: E402
+from support.procs import free_port, tcp_open, vmrss_kib, wait_for  # noqa: E402
 from support.registry import start_registry  # noqa: E402
 
 BLOB_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
@@ -82,9 +82,7 @@ def rss_mib(pid: int) -> float:
     best = 0
     for p in tree(pid):
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    best = max(best, int(line.split()[1]))
+            best = max(best, vmrss_kib(p) or 0)
         except OSError:
             continue
     return best / 1024
@@ -105,12 +103,9 @@ class Sampler(threading.Thread):
 
 def own_rss_mib(pid: int) -> float:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        return (vmrss_kib(pid) or 0) / 1024
     except OSError:
-        pass
-    return 0.0
+        return 0.0
 
 
 def measured(front: Front, fn, *args):  # type: ignore[no-untyped-def]

@@ -27,7 +27,7 @@ import trustme  # noqa: E402
 
 from bench import start_trivial_upstream, tree  # noqa: E402
 from fronts import FRONTS  # noqa: E402
-from support.procs import free_port, tcp_open, wait_for  # noqa: E402
+from support.procs import free_port, tcp_open, vmrss_kib, wait_for  # noqa: E402
 
 
 def tree_rss_kib(pid: int) -> int:
@@ -35,9 +35,8 @@ def tree_rss_kib(pid: int) -> int:
     total = 0
     for p in tree(pid):
         try:
-            total += next(int(line.split()[1]) for line in Path(f"/proc/{p}/status").read_text().splitlines()
-                          if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
+            total += vmrss_kib(p) or 0
+        except OSError:
             continue
     return total
 

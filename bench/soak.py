@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from support.pairs import issue, replace_atomic  # noqa: E402
-from support.procs import free_port, start_certproxy, stop_process  # noqa: E402
+from support.procs import free_port, start_certproxy, stop_process, vmrss_kib  # noqa: E402
 from support.registry import start_registry  # noqa: E402
 
 RSS_GROWTH_LIMIT_MIB = 15
@@ -52,10 +52,7 @@ class Tally:
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    return vmrss_kib(pid) or 0
 
 
 def fds(pid: int) -> int:

@@ -155,9 +155,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             if self.body_left:
                 data = self._body_past_parser(data)
-                if data:
-                    self._feed(data)
-            else:
+            if data:
                 self._feed(data)
         finally:
             if self.to_flush:
@@ -326,14 +324,16 @@ class ClientConnection(asyncio.Protocol):
     def cork(self) -> None:
         self.corked = True
 
+    def _take_corked(self) -> bytes:
+        """What was written while corked, in one piece; the connection is uncorked."""
+        out, self.out, self.corked = self.out, [], False
+        return out[0] if len(out) == 1 else b"".join(out)
+
     def uncork(self) -> None:
         """Send what was written while corked: one TLS record and one send for a small response."""
-        self.corked = False
-        out = self.out
-        if out:
-            self.out = []
-            if self.transport is not None:
-                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        data = self._take_corked()
+        if data and self.transport is not None:
+            self.transport.write(data)
 
     def flush_after_read(self, target: Flushable) -> None:
         """``target.flush()`` once the current client read has been parsed."""
@@ -348,9 +348,7 @@ class ClientConnection(asyncio.Protocol):
         self.stopped = True
         tls: object = self.transport  # uvloop's and asyncio's transports are not TLSConnections
         if isinstance(tls, TLSConnection):
-            out, self.out, self.corked = self.out, [], False
-            last = b"".join(out) if out else b""
-            (tls.close_lingering if lingering else tls.close)(last)
+            (tls.close_lingering if lingering else tls.close)(self._take_corked())
             return
         self.uncork()
         if self.transport is not None:

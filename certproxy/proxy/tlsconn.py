@@ -155,6 +155,7 @@ class TLSConnection:
         self.incoming: ssl.MemoryBIO | None = None
         self.outgoing: ssl.MemoryBIO | None = None
         self.hello = b""  # TLS-ALPN-01: the ClientHello read so far
+        self.parts_received: Callable[[list[bytes]], None] | None = None  # the protocol's, once open
         self.out: list[bytes] = []  # encrypted bytes the socket has not taken yet
         self.out_size = 0
         self.high = 65536
@@ -260,6 +261,7 @@ class TLSConnection:
         # the first answer (or the close), one send fewer per connection.
         self.server.handshaking.pop(self, None)
         self.state = _OPEN
+        self.parts_received = getattr(self.protocol, "parts_received", None)
         try:
             self.protocol.connection_made(self)  # type: ignore[arg-type]
         except Exception as exc:
@@ -336,12 +338,10 @@ class TLSConnection:
             try:
                 if len(chunks) == 1:
                     self.protocol.data_received(chunks[0])
+                elif self.parts_received is not None:
+                    self.parts_received(chunks)  # the records' plaintexts, not joined: one copy fewer
                 else:
-                    parts = getattr(self.protocol, "parts_received", None)
-                    if parts is not None:
-                        parts(chunks)  # the records' plaintexts, not joined: one copy fewer
-                    else:
-                        self.protocol.data_received(b"".join(chunks))
+                    self.protocol.data_received(b"".join(chunks))
             except Exception as exc:
                 self._protocol_error(exc, "data_received")
                 return

@@ -103,10 +103,18 @@ class CertproxyProcess:
         return True
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        kib = vmrss_kib(self.pid)
+        if kib is None:
+            raise RuntimeError("no VmRSS")
+        return kib
+
+
+def vmrss_kib(pid: int) -> int | None:
+    """A process's resident KiB (None for one without memory, a zombie); OSError once it is gone."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return None
 
 
 def start_certproxy(tmp: Path, routes: Mapping[int, str], store: Path, *,
