@@ -101,3 +101,20 @@ def test_redirect_keeps_path_and_query_and_names_non_default_ports() -> None:
 ))
 def test_the_fast_host_check_agrees_with_parse_host(value: str) -> None:
     assert valid_host(value.encode()) == (parse_host(value) is not None), value
+
+
+def test_connection_never_removes_what_frames_a_message_or_what_certproxy_sets() -> None:
+    from certproxy.proxy.headers import NominationRefused
+
+    response = [(b"Connection", b"Content-Length, Strict-Transport-Security, X-Hop"),
+                (b"Content-Length", b"5"), (b"Strict-Transport-Security", b"max-age=1"), (b"X-Hop", b"1")]
+    assert end_to_end(response) == [(b"Content-Length", b"5"), (b"Strict-Transport-Security", b"max-age=1")]
+    for named in (b"Content-Length", b"transfer-encoding", b"HOST"):
+        request = [(b"Host", b"reg"), (b"Connection", b"keep-alive, " + named), (b"Content-Length", b"5")]
+        with pytest.raises(NominationRefused) as refused:
+            upstream_request_headers(request, client_ip=b"192.0.2.1", host=b"reg", listener_port=5000)
+        assert refused.value.name == named.lower()
+    request = [(b"Host", b"reg"), (b"Connection", b"X-Forwarded-For, X-Real-IP, X-Hop"), (b"X-Hop", b"1")]
+    out = upstream_request_headers(request, client_ip=b"192.0.2.1", host=b"reg", listener_port=5000)
+    assert (b"X-Forwarded-For", b"192.0.2.1") in out and (b"X-Real-IP", b"192.0.2.1") in out
+    assert (b"X-Hop", b"1") not in out

@@ -31,6 +31,17 @@ SMUGGLING = {
     "NUL in a header": "GET / HTTP/1.1\r\n{H}X-A: a\x00b\r\n\r\n",
     "invalid chunk size": "POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
     "whitespace before the colon": "GET / HTTP/1.1\r\n{H}X-A : a\r\n\r\n",
+    # Connection never removes what frames the request (the body would become a request)
+    "connection names content-length": "POST /v2/a HTTP/1.1\r\n{H}Connection: Content-Length\r\n"
+                                       "Content-Length: 43\r\n\r\nGET /SMUGGLED HTTP/1.1\r\nHost: x\r\n"
+                                       "X-A: 1\r\n\r\n",
+    "connection names the start of a request": "POST /v2/a HTTP/1.1\r\n{H}Connection: keep-alive, content-length"
+                                               "\r\nContent-Length: 27\r\n\r\nGET /SMUGGLED HTTP/1.1\r\nX: ",
+    "connection names host": "GET /v2/ HTTP/1.1\r\n{H}Connection: keep-alive, Host\r\n\r\n",
+    "connection names transfer-encoding": "POST / HTTP/1.1\r\n{H}Connection: Transfer-Encoding\r\n"
+                                          "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "upgrade with a body": "POST / HTTP/1.1\r\n{H}Connection: Upgrade\r\nUpgrade: h2c\r\n"
+                           "Content-Length: 5\r\n\r\nhello",
 }
 
 

@@ -65,6 +65,10 @@ FIRST_REQUEST_GRACE = 2.0
 BODY_PAST_PARSER = 65536
 
 
+class _Closed(Exception):
+    """Stops the parser at a request that follows the connection's last answer."""
+
+
 class Flushable(Protocol):
     def flush(self) -> None: ...
 
@@ -193,6 +197,8 @@ class ClientConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             refused = exc.__context__
+            if isinstance(refused, _Closed):
+                return False
             if not isinstance(refused, HeadRefused):
                 raise (refused or exc) from None  # a defect in certproxy, not in the request
             self.refuse(refused.status, str(refused))
@@ -243,6 +249,8 @@ class ClientConnection(asyncio.Protocol):
 
     # parser callbacks
     def on_message_begin(self) -> None:
+        if self.stopped:  # an answer closed the connection while this read was parsed
+            raise _Closed
         self.in_head = True
         self.used = True
         self.first_request_by = 0.0
@@ -287,6 +295,7 @@ class ClientConnection(asyncio.Protocol):
             parser.get_http_version() == "1.0",
             chunked,
             chunked or length,
+            parser.should_upgrade(),
         )
         self.parsing = ex
         self.queue.append(ex)
@@ -308,6 +317,11 @@ class ClientConnection(asyncio.Protocol):
     def is_current(self, ex: Exchange) -> bool:
         """Whether ``ex`` is the request being answered now."""
         return bool(self.queue) and self.queue[0] is ex
+
+    def last_answer(self, ex: Exchange) -> bool:
+        """Whether ``ex``'s answer is the connection's last: it is closing, and ``ex`` is
+        the last request in flight (the ones queued before the close are answered)."""
+        return self.closing and bool(self.queue) and self.queue[-1] is ex
 
     def write(self, data: bytes) -> None:
         if self.corked:

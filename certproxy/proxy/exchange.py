@@ -34,7 +34,13 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from .headers import Answer, Headers, client_response_headers, upstream_request_headers
+from .headers import (
+    Answer,
+    Headers,
+    NominationRefused,
+    client_response_headers,
+    upstream_request_headers,
+)
 from .hostname import origin, parse_host
 from .routes import AnyRoute, Responder
 from .upstream import UpstreamConnection, describe_os_error
@@ -106,6 +112,7 @@ class Exchange:
         http10: bool,
         chunked_in: bool,
         expects_body: bool,
+        upgrade: bool = False,
     ) -> None:
         self.conn = conn
         self.route: AnyRoute = conn.route
@@ -132,14 +139,22 @@ class Exchange:
         self.check_auth = False  # credentials not seen recently: bcrypt in a thread first
         self.creds: bytes | None = None
         self.sent_at = 0.0
-        self.prepare()
+        self.prepare(upgrade)
 
     # deciding what to do with the request
-    def prepare(self) -> None:
+    def prepare(self, upgrade: bool) -> None:
+        """``upgrade``: the request asks for another protocol (``Upgrade`` named in
+        ``Connection``). certproxy never switches: it is a plain request, answered, and
+        the connection closes after it. llhttp does not read the body of such a request,
+        so one that announces a body is refused rather than forwarded without it."""
         route = self.route
         method, target = self.method, self.target
         if method in REFUSED_METHODS:
             self.own_error(405, f"{method.decode('latin-1')} is not allowed", [(b"Allow", ALLOWED)])
+            return
+        if upgrade and self.expects_body:
+            self.close_after = True
+            self.own_error(400, "a request asking for an upgrade must not carry a body")
             return
         if route.answer is not None:
             self.answer = route.answer
@@ -180,9 +195,14 @@ class Exchange:
             self.check_auth = not route.auth.known(self.creds)
             # Forwarded once checked, as nginx's auth_basic does: the UI passes it on
             # to the registry, which checks the same htpasswd (one login for both).
-        out = upstream_request_headers(
-            headers, client_ip=self.conn.client_ip_b, host=host, listener_port=route.port
-        )
+        try:
+            out = upstream_request_headers(
+                headers, client_ip=self.conn.client_ip_b, host=host, listener_port=route.port
+            )
+        except NominationRefused as exc:  # a smuggling attempt: nothing more from this client
+            self.close_after = True
+            self.own_error(400, str(exc))
+            return
         if authority:  # absolute-form: its authority is the Host (RFC 9112, 3.2.2)
             out = [(n, authority if n.lower() == b"host" else v) for n, v in out]
         parts = [b"%s %s HTTP/1.1\r\n" % (method, path)]
@@ -211,7 +231,7 @@ class Exchange:
 
     def send_own(self, status: int, body: bytes, headers: Headers, content_type: bytes = TEXT) -> None:
         # A request body still on its way is not read: the connection closes after the answer.
-        if self.close_after or self.conn.closing or (self.expects_body and not self.req_done):
+        if self.close_after or self.conn.last_answer(self) or (self.expects_body and not self.req_done):
             self.close_after = True
         head_only = self.method == b"HEAD"
         self.status = status
@@ -406,7 +426,7 @@ class Exchange:
             else:
                 self.chunk_out = True
                 parts.append(b"Transfer-Encoding: chunked\r\n")
-        if (self.expects_body and not self.req_done) or self.conn.closing:
+        if (self.expects_body and not self.req_done) or self.conn.last_answer(self):
             self.close_after = True
         if self.close_after:
             parts.append(b"Connection: close\r\n")

@@ -2,7 +2,12 @@
 
 - Hop-by-hop headers (RFC 9110 section 7.6.1) never cross the proxy, in
   either direction: the fixed set below, every ``Proxy-*`` header, and every
-  header that ``Connection`` names.
+  header that ``Connection`` names, except the ones certproxy frames or sets
+  itself (``OWNED``): a peer naming those never makes certproxy drop them.
+  A request whose ``Connection`` names ``Host``, ``Content-Length`` or
+  ``Transfer-Encoding`` is refused (``NominationRefused``): a sender must not
+  name them (RFC 9110 7.6.1), and dropping one would let the bytes certproxy
+  relays frame the message differently for the upstream (request smuggling).
 - End-to-end headers pass unchanged, in order, repeated ones repeated.
 - ``X-Forwarded-*``, ``X-Real-IP`` and ``Forwarded`` from the client are
   dropped: certproxy sets them from the connection itself.
@@ -45,6 +50,18 @@ FORWARDING = frozenset(
 )
 # Dropped from requests: hop-by-hop and the client's own forwarding claims.
 _REQUEST_DROP = HOP_BY_HOP | FORWARDING
+# Fields that frame a message or that certproxy writes itself: never dropped because a
+# peer named them in Connection. In a request, naming the first three is refused.
+REFUSED_NOMINATIONS = frozenset({b"host", b"content-length", b"transfer-encoding"})
+OWNED = REFUSED_NOMINATIONS | FORWARDING | frozenset({b"strict-transport-security"})
+
+
+class NominationRefused(ValueError):
+    """A request's ``Connection`` names a field that frames it (``name``, lower case)."""
+
+    def __init__(self, name: bytes) -> None:
+        super().__init__(f"Connection must not name {name.decode('latin-1')}")
+        self.name = name
 
 
 # What end_to_end does with a header name as it came off the wire, per drop set:
@@ -64,10 +81,9 @@ def _verdict(name: bytes, drop: frozenset[bytes]) -> int:
     return DROP if low in drop or low[:6] == b"proxy-" else KEEP
 
 
-def end_to_end(headers: Headers, drop: frozenset[bytes] = HOP_BY_HOP) -> Headers:
-    """``headers`` without the hop-by-hop ones (and without any name in ``drop``,
-    which holds ``HOP_BY_HOP``). One pass; a second only when ``Connection`` names
-    headers, which may come before it."""
+def _split(headers: Headers, drop: frozenset[bytes]) -> tuple[Headers, set[bytes] | None]:
+    """``headers`` without the names in ``drop`` (and ``Proxy-*``, ``Connection``), and
+    the lower-case names that ``Connection`` lists (None when it lists none)."""
     memo = _memo.get(drop)
     if memo is None:
         memo = _memo[drop] = {}
@@ -85,16 +101,36 @@ def end_to_end(headers: Headers, drop: frozenset[bytes] = HOP_BY_HOP) -> Headers
         elif verdict == CONNECTION:
             tokens = {t.strip().lower() for t in header[1].split(b",")}
             named = (named or set()) | tokens
-    if named:
-        return [(n, v) for n, v in out if n.lower() not in named]
-    return out
+    return out, named
+
+
+def _without(headers: Headers, named: set[bytes]) -> Headers:
+    """``headers`` without those ``Connection`` named, certproxy's own (``OWNED``) kept."""
+    named = named - OWNED
+    if not named:
+        return headers
+    return [(n, v) for n, v in headers if n.lower() not in named]
+
+
+def end_to_end(headers: Headers, drop: frozenset[bytes] = HOP_BY_HOP) -> Headers:
+    """``headers`` without the hop-by-hop ones (and without any name in ``drop``,
+    which holds ``HOP_BY_HOP``). One pass; a second only when ``Connection`` names
+    headers, which may come before it."""
+    out, named = _split(headers, drop)
+    return _without(out, named) if named else out
 
 
 def upstream_request_headers(
     headers: Headers, *, client_ip: bytes, host: bytes | None, listener_port: int
 ) -> Headers:
-    """The headers certproxy sends upstream for a client request."""
-    out = end_to_end(headers, _REQUEST_DROP)
+    """The headers certproxy sends upstream for a client request; ``NominationRefused``
+    when its ``Connection`` names a field that frames it."""
+    out, named = _split(headers, _REQUEST_DROP)
+    if named:
+        refused = named & REFUSED_NOMINATIONS
+        if refused:
+            raise NominationRefused(min(refused))
+        out = _without(out, named)
     out.append((b"X-Forwarded-For", client_ip))
     out.append((b"X-Real-IP", client_ip))
     out.append((b"X-Forwarded-Proto", b"https"))
