@@ -153,6 +153,26 @@ async def test_silent_upstream_gives_504(
     await up.close()
 
 
+async def test_a_slow_finalize_is_waited_for_within_the_read_timeout(
+        certproxy_factory: Factory, store: Path, client_ssl: ssl.SSLContext) -> None:
+    """The final PUT of a layer: the registry answers only once it has moved and verified
+    the blob. Scaled down (1 s for the old 300 s default, 6 s for the new 900 s), an upstream
+    silent for 2.5 s gets its answer through; with the old bound it was a 504."""
+    async def finalize(rec: Recorded, w: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(2.5)
+        w.write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+
+    up = await RawUpstream(finalize).start()
+    put = b"PUT /v2/r/blobs/uploads/u?digest=sha256:00 HTTP/1.1\r\nHost: localhost:%d\r\nContent-Length: 4\r\n\r\nlast"
+    for timeout, status in (("6", 201), ("1", 504)):
+        cp, port = await start(certproxy_factory, up.url, store,
+                               extra_env={"CERTPROXY_UPSTREAM_READ_TIMEOUT": timeout})
+        resp = await exchange(port, put % port, client_ssl)
+        assert resp.status == status, (timeout, resp.body)
+    assert [r.body for r in up.forwarded] == [b"last", b"last"]
+    await up.close()
+
+
 async def test_client_gone_mid_upload_aborts_the_upstream_request(
         certproxy_factory: Factory, store: Path, client_ssl: ssl.SSLContext) -> None:
     up = await RawUpstream().start()

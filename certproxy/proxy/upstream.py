@@ -16,11 +16,19 @@ whether the body needs framing towards the client (no ``Content-Length``),
 and ends a body delimited by the upstream's close itself. Bytes past the end
 of a response (an upstream that sends more than it announced) are never
 parsed as another response: the connection is not reused.
+
+A malformed or unexpected answer (llhttp's errors, a head over
+``MAX_HEAD_SIZE``, more than ``MAX_INTERIM`` interim answers, a ``101`` that
+nothing asked for: certproxy never switches protocols) ends the connection
+and is reported to the sink as a failure that is never retried: the request
+reached the upstream, and sending it again would repeat it. No exception
+leaves ``data_received``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import ssl
@@ -32,14 +40,21 @@ import httptools
 
 from .headers import Headers
 from .routes import Route
+from .wire import MAX_HEAD_SIZE
+
+log = logging.getLogger("certproxy.proxy")
 
 WRITE_BUFFER_HIGH = 1 << 19
+# Interim (1xx) answers relayed for one request at most; more is a malformed answer.
+MAX_INTERIM = 10
 
 
 @dataclass(frozen=True)
 class PoolSettings:
     connect_timeout: float = 10.0
-    read_timeout: float = 300.0  # an upstream silent while it owes an answer
+    # An upstream silent while it owes an answer. A registry may be silent for minutes
+    # before it answers the final PUT of a large layer (it moves and verifies the blob).
+    read_timeout: float = 900.0
     keepalive: float = 30.0  # an idle pooled connection is closed after this
 
 
@@ -73,6 +88,10 @@ class _HeadDone(Exception):
 
 class _Extra(Exception):
     """Stops the upstream parser at bytes past the end of a response."""
+
+
+class _Malformed(Exception):
+    """Stops the upstream parser at an answer certproxy does not relay (why: the message)."""
 
 
 _RESOLVER_ERRORS = {
@@ -110,6 +129,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.until_eof = False
         self.waiting = False
         self.reading_paused = False
+        self.head_size = 0  # bytes of the fields of the head being parsed
+        self.before_head = 0  # bytes received before the final head (interim answers included)
+        self.interims = 0
         self.served = 0
         self.reused = False
         self.last = 0.0
@@ -152,6 +174,13 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.abort()
             return
         self.last = self.pool.clock()
+        if not self.head_seen:
+            # llhttp keeps a field's pieces until the field ends: a head that never ends
+            # is bounded by what has come in, not only by the fields that ended.
+            self.before_head += len(data)
+            if self.before_head > MAX_HEAD_SIZE + len(data):
+                self._malformed(sink, f"head larger than {MAX_HEAD_SIZE} bytes")
+                return
         sink.batch(True)
         try:
             self.parser.feed_data(data)
@@ -162,39 +191,65 @@ class UpstreamConnection(asyncio.Protocol):
                 self.extra = not data.endswith(b"\r\n\r\n")
             elif isinstance(stop, _Extra):
                 self.extra = True
-            else:
-                raise (stop or exc) from None  # a defect in certproxy, not in the upstream
-        except httptools.HttpParserError as exc:
+            elif isinstance(stop, _Malformed):
+                self._malformed(sink, str(stop))
+            else:  # a defect in certproxy, not in the upstream: logged, and the request fails
+                log.error("relaying an upstream answer failed", exc_info=stop or exc)
+                self._malformed(sink, "certproxy could not relay it")
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             if not self.complete:
-                reason = str(exc) or type(exc).__name__
-                self.sink = None
-                sink.batch(False)
-                sink.upstream_failed(f"sent a malformed response: {reason}")
-                return
-            self.extra = True
+                self._malformed(sink, (str(exc) or type(exc).__name__).splitlines()[0])
+            else:
+                self.extra = True
         finally:
             if self.complete and self.sink is sink:
                 self.sink = None
                 sink.response_complete(self.keep_alive and not self.extra)
             sink.batch(False)
 
+    def _malformed(self, sink: ResponseSink, reason: str) -> None:
+        """The answer cannot be relayed: the request fails (never retried) and the
+        connection ends."""
+        self.complete = False
+        if self.sink is not sink:
+            return
+        self.sink = None
+        sink.batch(False)
+        sink.upstream_failed(f"sent a malformed response: {reason}")
+        if self.transport is not None:
+            self.transport.abort()
+
     # parser callbacks
     def on_message_begin(self) -> None:
         if self.complete:  # bytes past the end of the response: never a second answer
             raise _Extra
         self.headers = []
+        self.reason = b""
+        self.head_size = 0
 
     def on_status(self, reason: bytes) -> None:
-        self.reason = reason
+        self.reason += reason
+        self._count(len(reason))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        self._count(len(name) + len(value) + 4)
+
+    def _count(self, size: int) -> None:
+        self.head_size += size
+        if self.head_size > MAX_HEAD_SIZE:
+            raise _Malformed(f"head larger than {MAX_HEAD_SIZE} bytes")
 
     def on_headers_complete(self) -> None:
         parser, sink = self.parser, self.sink
         assert parser is not None and sink is not None
         status = parser.get_status_code()
+        if status == 101:  # certproxy forwards no Upgrade: nothing asked to switch protocols
+            raise _Malformed("101 Switching Protocols, which nothing asked for")
         if 100 <= status < 200:
+            self.interims += 1
+            if self.interims > MAX_INTERIM:
+                raise _Malformed(f"more than {MAX_INTERIM} interim (1xx) answers")
             self.interim = True
             sink.interim_response(status, self.reason, self.headers)
             return
@@ -232,6 +287,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.waiting = False
         self.head_only = head_only
         self.reason = b""
+        self.interims = self.before_head = 0
         self.reused = self.served > 0
         self.served += 1
 

@@ -72,7 +72,8 @@ class Config:
     http_port: int | None = 80  # None: no plain-HTTP listener
     routes: tuple[Route, ...] = field(default_factory=lambda: parse_routes(DEFAULT_ROUTES, "default"))
     upstream_connect_timeout: float = 10.0
-    upstream_read_timeout: float = 300.0
+    # distribution's own proxy recipe: the final PUT of a large layer can be silent for minutes
+    upstream_read_timeout: float = 900.0
     upstream_keepalive: float = 30.0
     keepalive_timeout: float = 75.0
     header_timeout: float = 30.0  # first byte of a request head to its end (slowloris)
