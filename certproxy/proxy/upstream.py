@@ -39,7 +39,6 @@ from typing import Protocol, cast
 import httptools
 
 from .headers import Headers
-from .routes import Route
 from .wire import MAX_HEAD_SIZE
 
 log = logging.getLogger("certproxy.proxy")
@@ -362,7 +361,8 @@ class UpstreamPool:
 
     def __init__(
         self,
-        route: Route,
+        host: str,
+        port: int,
         settings: PoolSettings,
         ssl_context: ssl.SSLContext | None,
         *,
@@ -370,8 +370,8 @@ class UpstreamPool:
         clock: Callable[[], float] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
-        self.host = route.host
-        self.port = route.upstream_port
+        self.host = host
+        self.port = port
         self.ssl = ssl_context
         self.settings = settings
         self.clock = clock or loop.time

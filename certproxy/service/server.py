@@ -207,7 +207,7 @@ class Front:
         """One TLS listener on the data plane, with its own upstream pool."""
         assert self.tls is not None and self.health is not None
         ctx = self.tls.listener_context()
-        pool = UpstreamPool(route, self.config.pool_settings(), upstream_ssl)
+        pool = UpstreamPool(route.host, route.upstream_port, self.config.pool_settings(), upstream_ssl)
         self._pools.append(pool)
         auth = self.auth if route.port in self.config.protected_ports else None
         proxy = ProxyRoute(

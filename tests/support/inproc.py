@@ -132,7 +132,7 @@ def make_plane(*, limits: Limits | None = None, settings: PoolSettings | None = 
         plane.upstreams.append(transport)
         return transport, proto
 
-    pool = UpstreamPool(ROUTE, settings or PoolSettings(), None, connector=connector, clock=clock)
+    pool = UpstreamPool(ROUTE.host, ROUTE.upstream_port, settings or PoolSettings(), None, connector=connector, clock=clock)
     route = ProxyRoute(ROUTE, pool, healthz=healthz, auth=auth, hsts_max_age=hsts_max_age, stats=stats,
                        access_log=access_log)
     listener = Listener(route, limits or Limits(), clock=clock)
@@ -143,7 +143,7 @@ def make_plane(*, limits: Limits | None = None, settings: PoolSettings | None = 
 def make_control_plane(answer: Callable[[Request], Any]) -> Plane:
     clock = Clock()
     listener = Listener(ControlRoute(8080, answer), Limits(), clock=clock)
-    pool = UpstreamPool(ROUTE, PoolSettings(), None, clock=clock)
+    pool = UpstreamPool(ROUTE.host, ROUTE.upstream_port, PoolSettings(), None, clock=clock)
     return Plane(clock, listener, pool)
 
 
