@@ -40,7 +40,7 @@ from typing import Protocol, cast
 import httptools
 
 from .exchange import Exchange
-from .headers import Headers
+from .headers import Headers, framing
 from .routes import AnyRoute, Limits
 from .tlsconn import AlpnChallenge, TLSConnection, TLSServer, tls_server
 from .upstream import WRITE_BUFFER_HIGH
@@ -279,13 +279,8 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         parser = self.parser
-        chunked = length = False
-        for name, value in self._headers:
-            if len(name) == 17 and name.lower() == b"transfer-encoding":
-                chunked = True
-            elif len(name) == 14 and name.lower() == b"content-length":
-                self._length = int(value)  # llhttp has checked it: digits, one value
-                length = self._length > 0
+        length, chunked = framing(self._headers)
+        self._length = int(length) if length else 0  # llhttp has checked it: digits, one value
         ex = Exchange(
             self,
             parser.get_method(),
@@ -294,7 +289,7 @@ class ClientConnection(asyncio.Protocol):
             parser.should_keep_alive(),
             parser.get_http_version() == "1.0",
             chunked,
-            chunked or length,
+            chunked or self._length > 0,
             parser.should_upgrade(),
         )
         self.parsing = ex

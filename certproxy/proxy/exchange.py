@@ -34,29 +34,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from .headers import (
-    Answer,
-    Headers,
-    NominationRefused,
-    client_response_headers,
-    upstream_request_headers,
-)
+from .headers import Answer, Headers, first, values
 from .hostname import origin, parse_host
+from .messages import Forward, Refusal, forward, refusal, response_head
 from .routes import AnyRoute, Responder
 from .upstream import UpstreamConnection, describe_os_error
-from .wire import (
-    ALLOWED,
-    HTML,
-    IDEMPOTENT,
-    REFUSED_METHODS,
-    TEXT,
-    error_body,
-    error_headers,
-    error_page,
-    origin_form,
-    own_response,
-    wants_html,
-)
+from .wire import HTML, IDEMPOTENT, TEXT, error_body, error_headers, error_page, own_response, wants_html
 
 if TYPE_CHECKING:
     from .client import ClientConnection
@@ -143,76 +126,38 @@ class Exchange:
 
     # deciding what to do with the request
     def prepare(self, upgrade: bool) -> None:
-        """``upgrade``: the request asks for another protocol (``Upgrade`` named in
-        ``Connection``). certproxy never switches: it is a plain request, answered, and
-        the connection closes after it. llhttp does not read the body of such a request,
-        so one that announces a body is refused rather than forwarded without it."""
+        """Who answers: certproxy itself (a refusal, a control listener, /healthz), or
+        the upstream, with the head ``messages.forward`` makes."""
         route = self.route
-        method, target = self.method, self.target
-        if method in REFUSED_METHODS:
-            self.own_error(405, f"{method.decode('latin-1')} is not allowed", [(b"Allow", ALLOWED)])
+        decided: Forward | Refusal | None = refusal(
+            self.method, upgrade=upgrade, expects_body=self.expects_body
+        )
+        if decided is None:
+            if route.answer is not None:
+                self.answer = route.answer
+                return
+            if self.target == b"/healthz" and route.healthz is not None:
+                self.answer = route.healthz
+                return
+            decided = forward(
+                route,
+                self.method,
+                self.target,
+                self.headers,
+                http10=self.http10,
+                chunked=self.chunked_in,
+                client_ip=self.conn.client_ip_b,
+            )
+        if isinstance(decided, Refusal):
+            self.close_after = self.close_after or decided.close
+            self.own_error(decided.status, decided.reason, decided.headers)
             return
-        if upgrade and self.expects_body:
-            self.close_after = True
-            self.own_error(400, "a request asking for an upgrade must not carry a body")
-            return
-        if route.answer is not None:
-            self.answer = route.answer
-            return
-        if target == b"/healthz" and route.healthz is not None:
-            self.answer = route.healthz
-            return
-        parsed = origin_form(target)
-        if parsed is None:
-            self.own_error(400, "request target must be a path")
-            return
-        path, authority = parsed
-        if authority is not None and b"@" in authority:  # RFC 9110, 4.2.4: never forwarded
-            self.own_error(400, "credentials in the request target are not accepted")
-            return
-        headers = self.headers
-        hosts = [v for n, v in headers if len(n) == 4 and n.lower() == b"host"]
-        # RFC 9112, 3.2: one valid Host, and in HTTP/1.1 always one; never guess which of two.
-        if len(hosts) > 1:
-            self.own_error(400, "more than one Host header")
-            return
-        if hosts and not route.host_ok(hosts[0]):
-            self.own_error(400, "invalid Host header")
-            return
-        if authority is not None and not route.host_ok(authority):  # it becomes the upstream's Host
-            self.own_error(400, "invalid authority in the request target")
-            return
-        if not hosts and not self.http10:
-            self.own_error(400, "missing Host header")
-            return
-        host = authority or (hosts[0] if hosts else None)
-        self.host = host
+        self.head, self.host = decided
         if route.auth is not None:
-            for name, value in headers:
-                if name.lower() == b"authorization":
-                    self.creds = value
-                    break
-            self.check_auth = not route.auth.known(self.creds)
             # Forwarded once checked, as nginx's auth_basic does: the UI passes it on
             # to the registry, which checks the same htpasswd (one login for both).
-        try:
-            out = upstream_request_headers(
-                headers, client_ip=self.conn.client_ip_b, host=host, listener_port=route.port
-            )
-        except NominationRefused as exc:  # a smuggling attempt: nothing more from this client
-            self.close_after = True
-            self.own_error(400, str(exc))
-            return
-        if authority:  # absolute-form: its authority is the Host (RFC 9112, 3.2.2)
-            out = [(n, authority if n.lower() == b"host" else v) for n, v in out]
-        parts = [b"%s %s HTTP/1.1\r\n" % (method, path)]
-        if host is None:
-            parts.append(b"Host: %s\r\n" % route.upstream_host)
-        parts.extend([b"%s: %s\r\n" % h for h in out])
-        if self.chunked_in:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        parts.append(b"\r\n")
-        self.head = b"".join(parts)
+            self.creds = first(self.headers, b"authorization")
+            self.check_auth = not route.auth.known(self.creds)
 
     def own_error(self, status: int, reason: str, extra: Headers | None = None) -> None:
         """Answer with certproxy's own error (now, or when this exchange's turn comes).
@@ -391,14 +336,9 @@ class Exchange:
 
     # the response, from the upstream connection (ResponseSink)
     def interim_response(self, status: int, reason: bytes, headers: Headers) -> None:
-        if status == 101 or self.http10:
+        if self.http10:
             return
-        out = client_response_headers(
-            headers, upstream_url=self.route.base_b, public_origin=self.public_origin
-        )
-        self.conn.write(
-            b"".join([b"HTTP/1.1 %d %s\r\n" % (status, reason), *[b"%s: %s\r\n" % h for h in out], b"\r\n"])
-        )
+        self.conn.write(response_head(self.route, status, reason, headers, self.public_origin, final=False))
 
     def public_origin(self) -> bytes | None:
         parsed = parse_host(self.host.decode("latin-1")) if self.host else None
@@ -409,32 +349,26 @@ class Exchange:
         if self.sent_at and route.stats is not None:
             route.stats.upstream_response(time.monotonic() - self.sent_at)
         self.status = status
-        out = client_response_headers(headers, upstream_url=route.base_b, public_origin=self.public_origin)
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        parts.extend([b"%s: %s\r\n" % h for h in out])
-        hsts = route.hsts
-        if hsts is not None:
-            for name, _ in headers:
-                if len(name) == 25 and name.lower() == b"strict-transport-security":
-                    hsts = None  # the upstream's own policy wins
-                    break
-            if hsts is not None:
-                parts.append(b"Strict-Transport-Security: %s\r\n" % hsts)
         if needs_framing:
             if self.http10:
                 self.close_after = True
             else:
                 self.chunk_out = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
         if (self.expects_body and not self.req_done) or self.conn.last_answer(self):
             self.close_after = True
-        if self.close_after:
-            parts.append(b"Connection: close\r\n")
-        elif self.http10:
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
         self.resp_started = True
-        self.conn.write(b"".join(parts))
+        self.conn.write(
+            response_head(
+                route,
+                status,
+                reason,
+                headers,
+                self.public_origin,
+                chunked=self.chunk_out,
+                close=self.close_after,
+                keep_alive_10=self.http10,
+            )
+        )
 
     def response_body(self, chunk: bytes) -> None:
         self.bytes_out += len(chunk)
@@ -518,7 +452,7 @@ class Exchange:
 
     def header(self, name: bytes) -> list[bytes]:
         """The values of one request header (``name`` in lower case)."""
-        return [v for n, v in self.headers if n.lower() == name]
+        return values(self.headers, name)
 
     @property
     def client_ip(self) -> str:

@@ -18,9 +18,10 @@ wire: nothing is decoded on the way through.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 Headers = list[tuple[bytes, bytes]]
+Fields = Sequence[tuple[bytes, bytes]]  # what the lookups below read
 # An answer certproxy makes itself: status, headers, body, content type.
 Answer = tuple[int, Headers, bytes, bytes]
 NO_STORE: Headers = [(b"Cache-Control", b"no-store")]
@@ -118,6 +119,40 @@ def end_to_end(headers: Headers, drop: frozenset[bytes] = HOP_BY_HOP) -> Headers
     headers, which may come before it."""
     out, named = _split(headers, drop)
     return _without(out, named) if named else out
+
+
+def values(headers: Fields, name: bytes) -> list[bytes]:
+    """The values of the fields called ``name`` (lower case), in order."""
+    size = len(name)
+    return [v for n, v in headers if len(n) == size and n.lower() == name]
+
+
+def first(headers: Fields, name: bytes) -> bytes | None:
+    """The value of the first field called ``name`` (lower case), or None."""
+    size = len(name)
+    for n, v in headers:
+        if len(n) == size and n.lower() == name:
+            return v
+    return None
+
+
+def with_value(headers: Headers, name: bytes, value: bytes) -> Headers:
+    """``headers`` with every field called ``name`` (lower case) set to ``value``."""
+    size = len(name)
+    return [(n, value if len(n) == size and n.lower() == name else v) for n, v in headers]
+
+
+def framing(headers: Fields) -> tuple[bytes | None, bool]:
+    """``(Content-Length value, chunked)`` of a head llhttp has accepted (so at most one
+    framing, and a length made of digits); the last value when a field repeats."""
+    length: bytes | None = None
+    chunked = False
+    for name, value in headers:
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            chunked = True
+        elif len(name) == 14 and name.lower() == b"content-length":
+            length = value
+    return length, chunked
 
 
 def upstream_request_headers(

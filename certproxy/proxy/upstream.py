@@ -38,7 +38,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from .headers import Headers
+from .headers import Headers, framing
 from .wire import MAX_HEAD_SIZE
 
 log = logging.getLogger("certproxy.proxy")
@@ -254,15 +254,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.head_seen = True
         self.keep_alive = parser.should_keep_alive()
-        length = chunked = False
-        for name, _ in self.headers:
-            if len(name) == 14 and name.lower() == b"content-length":
-                length = True
-            elif len(name) == 17 and name.lower() == b"transfer-encoding":
-                chunked = True
+        length, chunked = framing(self.headers)
         has_body = not self.head_only and status not in (204, 304)
-        needs_framing = has_body and (chunked or not length)
-        self.until_eof = has_body and not chunked and not length
+        needs_framing = has_body and (chunked or length is None)
+        self.until_eof = has_body and not chunked and length is None
         sink.response_head(status, self.reason, self.headers, needs_framing)
         if self.head_only:
             raise _HeadDone

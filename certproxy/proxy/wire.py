@@ -12,7 +12,7 @@ import http
 import re
 from collections.abc import Sequence
 
-from .headers import Headers
+from .headers import Headers, values
 
 # Request heads larger than these are refused (414/431); registry bearer
 # tokens fit with room to spare.
@@ -82,7 +82,7 @@ def error_page(status: int, reason: str) -> bytes:
 
 def wants_html(headers: Sequence[tuple[bytes, bytes]]) -> bool:
     """A browser asking (``Accept: text/html``); registry clients never do."""
-    return any(n.lower() == b"accept" and b"text/html" in v for n, v in headers)
+    return any(b"text/html" in v for v in values(headers, b"accept"))
 
 
 def error_headers(target: bytes) -> Headers:
