@@ -1,5 +1,5 @@
 """How clients come to trust the local CA (``CERTPROXY_LOCAL_CA=1``): one line each,
-for the start-up log, ``certproxy status`` and the README's examples alike."""
+for the start-up log, ``certproxy status`` and the examples in docs/certificates.md alike."""
 
 from __future__ import annotations
 
