@@ -60,6 +60,24 @@ def test_the_upstream_side_knows_neither_the_exchange_nor_the_client() -> None:
     assert "proxy.client" not in {m for m in _imports(PKG / "proxy" / "routes.py")}
 
 
+def test_no_import_circle_inside_the_data_plane() -> None:
+    """Type-checking imports included: each module of proxy/ sees the ones it uses
+    through their interfaces, never both ways (client -> exchange -> upstream, routes)."""
+    modules = {p.stem: p for p in (PKG / "proxy").glob("*.py") if p.stem != "__init__"}
+    graph = {name: {m.split(".")[1] for m in _imports(path) if m.startswith("proxy.") and m.count(".") >= 1}
+             & set(modules) for name, path in modules.items()}
+    assert {"client", "exchange", "upstream", "routes", "flow", "phases", "messages"} <= set(graph)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph[start] - seen:
+            if nxt == goal or reaches(nxt, goal, seen | {nxt}):
+                return True
+        return False
+
+    circles = sorted(name for name in graph if reaches(name, name, set()))
+    assert not circles, {name: sorted(graph[name]) for name in circles}
+
+
 def test_the_resolver_sees_relative_imports() -> None:
     """The checker itself: a relative import of a higher layer is found."""
     probe = PKG / "certs" / "_layer_probe.py"

@@ -7,10 +7,11 @@ leave in request order (pipelining). While a request waits for its upstream
 connection, or a later request waits its turn, the connection stops reading,
 so a client cannot make certproxy buffer more than one read.
 
-Back-pressure: when the upstream connection's write buffer fills, this
-connection stops reading (``pause_for_upstream``); when the client's own
-write buffer fills, the upstream connection stops reading. A multi-GB layer
-moves at the pace of the slower side with flat memory.
+Back-pressure is ``flow.py``'s: each connection has a ``FlowControl`` that
+pauses this connection's reading while its request's upstream connection
+cannot take more (or a request waits), and the upstream's while this
+connection cannot take more. A multi-GB layer moves at the pace of the slower
+side with flat memory.
 
 What one read produces goes out in as few writes as possible: towards the
 upstream, request bytes are buffered in the upstream connection and flushed
@@ -35,12 +36,14 @@ import os
 import ssl
 import stat
 from collections.abc import Callable, Sequence
-from typing import Protocol, cast
+from typing import cast
 
 import httptools
 
-from .exchange import Exchange
+from .exchange import Exchange, Flushable
+from .flow import FlowControl
 from .headers import Headers, framing
+from .phases import RequestPhase
 from .routes import AnyRoute, Limits
 from .tlsconn import AlpnChallenge, TLSConnection, TLSServer, tls_server
 from .upstream import WRITE_BUFFER_HIGH
@@ -69,10 +72,6 @@ class _Closed(Exception):
     """Stops the parser at a request that follows the connection's last answer."""
 
 
-class Flushable(Protocol):
-    def flush(self) -> None: ...
-
-
 class ClientConnection(asyncio.Protocol):
     """One client connection of a listener."""
 
@@ -96,9 +95,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_started = 0.0
         self.idle_since = 0.0
         self.last_data = 0.0
-        self.paused_up = False
-        self.reading_paused = False
-        self.write_paused = False
+        self.flow = FlowControl(self._waiting)
         self.closing = False
         self.stopped = False
         self.first_request_by = 0.0  # while stopping: its first request is still awaited until then
@@ -126,6 +123,7 @@ class ClientConnection(asyncio.Protocol):
             self.client_ip = peer[0]
             self.client_ip_b = peer[0].encode()
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self.flow.transport = transport
         self.idle_since = self.clock()
         if listener.stopping:
             # Its handshake began before the listener closed: the client is about to send
@@ -143,14 +141,10 @@ class ClientConnection(asyncio.Protocol):
             ex.client_lost()
 
     def pause_writing(self) -> None:
-        self.write_paused = True
-        if self.queue and self.queue[0].upstream is not None:
-            self.queue[0].upstream.pause_reading(True)
+        self.flow.client_writable(False)
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.queue and self.queue[0].upstream is not None:
-            self.queue[0].upstream.pause_reading(False)
+        self.flow.client_writable(True)
 
     def data_received(self, data: bytes) -> None:
         if self.stopped:
@@ -297,7 +291,7 @@ class ClientConnection(asyncio.Protocol):
         if len(self.queue) == 1:
             ex.begin()
         else:
-            self.update_reading()
+            self.flow.update()
 
     def on_body(self, body: bytes) -> None:
         if self.parsing is not None:
@@ -368,37 +362,22 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def pause_for_upstream(self, paused: bool) -> None:
-        if paused != self.paused_up:
-            self.paused_up = paused
-            self.update_reading()
-
-    def update_reading(self) -> None:
+    def _waiting(self) -> bool:
+        """A request waits: for an upstream connection to take its body, or its turn."""
         queue = self.queue
-        want = (
-            self.paused_up
-            or len(queue) > 1
-            or (bool(queue) and queue[0].upstream is None and not queue[0].discard and not queue[0].req_done)
-        )
-        if want != self.reading_paused and self.transport is not None:
-            self.reading_paused = want
-            if want:
-                self.transport.pause_reading()
-            else:
-                self.transport.resume_reading()
+        return len(queue) > 1 or (bool(queue) and queue[0].waiting_for_upstream())
 
     def exchange_finished(self, ex: Exchange) -> None:
         queue = self.queue
         if queue and queue[0] is ex:
             queue.popleft()
-        self.paused_up = False
         if ex.close_after or (self.closing and not queue):
-            self.close(lingering=not ex.req_done)
+            self.close(lingering=ex.request is not RequestPhase.COMPLETE)
             return
         self.idle_since = self.clock()
         if queue:
             queue[0].begin()
-        self.update_reading()
+        self.flow.update()
 
     def refuse(self, status: int, reason: str) -> None:
         """A malformed or over-large request: one line, then the connection closes."""
@@ -448,9 +427,8 @@ class ClientConnection(asyncio.Protocol):
         if self.queue:
             ex = self.queue[0]
             if (
-                not ex.req_done
-                and not ex.discard
-                and not self.reading_paused
+                ex.request is RequestPhase.BODY
+                and not self.flow.reading_paused
                 and now - self.last_data > limits.body_timeout
             ):
                 log.info(

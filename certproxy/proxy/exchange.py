@@ -11,17 +11,16 @@ response comes back through ``ResponseSink``, the interface the upstream
 connection sees, and is written to the client as it arrives. Nothing here
 decodes a header value or makes a task or timer on the fast path.
 
-The state, all owned here (other objects only read it):
-
-- request side: ``req_done`` (the whole body is in), ``body_started`` (body
-  bytes went upstream, so no retry), ``discard`` (the rest of the body is not
-  wanted: certproxy answered, or the upstream answered early);
-- response side: ``resp_started`` (the head reached the client; a failure
-  after it cuts the connection, so a short body never looks whole),
-  ``resp_done``, ``chunk_out`` (re-chunked towards the client);
-- ``close_after`` (the connection closes after this answer), ``retried``
-  (one resend on a fresh connection was used), ``done`` (finished or the
-  client is gone: nothing more is written).
+The state, all owned here: the phase of each side (``phases.py``: the request
+``BODY`` / ``DISCARD`` / ``COMPLETE``, the response ``WAITING`` / ``STREAMING``
+/ ``COMPLETE``), moved only through ``phases.advance``; and facts that are not
+phases: ``body_sent`` (body bytes went upstream, so no resend), ``chunk_out``
+(re-chunked towards the client), ``close_after`` (the connection closes after
+this answer), ``retried`` (the one resend on a fresh connection was used),
+``done`` (finished or the client is gone: nothing more is written). The client
+connection reads the phases; the exchange sees the client only through
+``ClientSide``, and pauses nothing itself: it tells the connection's
+``FlowControl`` which upstream connection it uses.
 
 A failure before the response head reaches the client becomes certproxy's
 own one-line answer (502 refused or broken upstream, 504 silent upstream).
@@ -32,19 +31,55 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from .flow import FlowControl
 from .headers import Answer, Headers, first, values
 from .hostname import origin, parse_host
 from .messages import Forward, Refusal, forward, refusal, response_head
+from .phases import RequestPhase, ResponsePhase, advance
 from .routes import AnyRoute, Responder
 from .upstream import UpstreamConnection, describe_os_error
 from .wire import HTML, IDEMPOTENT, TEXT, error_body, error_headers, error_page, own_response, wants_html
 
-if TYPE_CHECKING:
-    from .client import ClientConnection
-
 log = logging.getLogger("certproxy.proxy")
+
+BODY, DISCARD, COMPLETE = RequestPhase.BODY, RequestPhase.DISCARD, RequestPhase.COMPLETE
+WAITING, STREAMING, DONE = ResponsePhase.WAITING, ResponsePhase.STREAMING, ResponsePhase.COMPLETE
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+class ClientSide(Protocol):
+    """What an exchange sees of its client connection (``client.ClientConnection``)."""
+
+    route: AnyRoute
+    client_ip: str
+    client_ip_b: bytes
+    flow: FlowControl
+
+    def is_current(self, ex: Exchange) -> bool:
+        """Whether ``ex`` is the request being answered now."""
+
+    def last_answer(self, ex: Exchange) -> bool:
+        """Whether ``ex``'s answer is the connection's last."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def writelines(self, data: tuple[bytes, ...]) -> None: ...
+
+    def cork(self) -> None: ...
+
+    def uncork(self) -> None: ...
+
+    def flush_after_read(self, target: Flushable) -> None:
+        """``target.flush()`` once the current client read has been parsed."""
+
+    def exchange_finished(self, ex: Exchange) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class Exchange:
@@ -65,14 +100,13 @@ class Exchange:
         "upstream",
         "head",
         "pending",
-        "req_done",
-        "resp_started",
-        "resp_done",
+        "request",
+        "response",
         "chunked_in",
         "chunk_out",
         "close_after",
         "own",
-        "body_started",
+        "body_sent",
         "retried",
         "done",
         "task",
@@ -81,13 +115,12 @@ class Exchange:
         "check_auth",
         "creds",
         "sent_at",
-        "discard",
         "expects_body",
     )
 
     def __init__(
         self,
-        conn: ClientConnection,
+        conn: ClientSide,
         method: bytes,
         target: bytes,
         headers: Headers,
@@ -111,8 +144,9 @@ class Exchange:
         self.upstream: UpstreamConnection | None = None
         self.head = b""
         self.pending: list[bytes] = []
-        self.req_done = self.resp_started = self.resp_done = self.chunk_out = False
-        self.body_started = self.retried = self.done = self.discard = False
+        self.request = BODY
+        self.response = WAITING
+        self.chunk_out = self.body_sent = self.retried = self.done = False
         self.close_after = not keep_alive
         self.own: tuple[int, bytes, Headers, bytes] | None = None
         self.task: asyncio.Future[None] | None = None
@@ -176,11 +210,17 @@ class Exchange:
 
     def send_own(self, status: int, body: bytes, headers: Headers, content_type: bytes = TEXT) -> None:
         # A request body still on its way is not read: the connection closes after the answer.
-        if self.close_after or self.conn.last_answer(self) or (self.expects_body and not self.req_done):
+        if (
+            self.close_after
+            or self.conn.last_answer(self)
+            or (self.expects_body and self.request is not COMPLETE)
+        ):
             self.close_after = True
         head_only = self.method == b"HEAD"
         self.status = status
-        self.resp_started = self.resp_done = self.discard = True
+        self.response = advance(self.response, DONE)
+        if self.request is BODY:
+            self.request = advance(BODY, DISCARD)
         self.bytes_out = 0 if head_only else len(body)
         if self.route.hsts is not None:
             headers = [*headers, (b"Strict-Transport-Security", self.route.hsts)]
@@ -211,7 +251,7 @@ class Exchange:
                 self.attach(up)
             else:
                 self.task = asyncio.ensure_future(self._slow_begin())
-        self.conn.update_reading()
+        self.conn.flow.update()
 
     async def _slow_begin(self) -> None:
         route = self.route
@@ -270,26 +310,33 @@ class Exchange:
         self.upstream = up
         up.bind(self, self.method == b"HEAD")
         if self.pending:
-            self.body_started = True
+            self.body_sent = True
             up.send([self.head, *self.pending])
             self.pending = []
         else:
             up.send([self.head])
         self.sent_at = time.monotonic()
-        if self.req_done:
+        if self.request is COMPLETE:
             up.start_waiting()
-        if self.conn.write_paused:
-            up.pause_reading(True)
-        self.conn.update_reading()
+        flow = self.conn.flow
+        flow.attach(up)
+        flow.update()
+
+    def _drop_upstream(self) -> UpstreamConnection | None:
+        """The upstream connection this exchange used, no longer its."""
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            self.conn.flow.detach()
+        return up
 
     # request body, from the client parser
     def body(self, chunk: bytes) -> None:
         self.bytes_in += len(chunk)
-        if self.discard:
+        if self.request is DISCARD:
             return
         up = self.upstream
         if up is not None and up.transport is not None:
-            self.body_started = True
+            self.body_sent = True
             first = up.buffer(b"%x\r\n" % len(chunk), chunk, b"\r\n") if self.chunked_in else up.buffer(chunk)
             if first:
                 self.conn.flush_after_read(up)
@@ -299,9 +346,10 @@ class Exchange:
             self.pending.append(chunk)
 
     def request_complete(self) -> None:
-        self.req_done = True
-        if self.discard:
-            if self.resp_done:
+        discarded = self.request is DISCARD
+        self.request = advance(self.request, COMPLETE)
+        if discarded:
+            if self.response is DONE:
                 self.finish()
             return
         up = self.upstream
@@ -311,7 +359,7 @@ class Exchange:
             up.start_waiting()
         elif self.chunked_in:
             self.pending.append(b"0\r\n\r\n")
-        if self.resp_done:
+        if self.response is DONE:
             self.finish()
 
     def refused(self, status: int, reason: str) -> None:
@@ -319,16 +367,17 @@ class Exchange:
         nothing was answered yet, then the connection closes."""
         if self.done:
             return
-        if self.resp_started:
+        if self.response is not WAITING:
             self.conn.abort()
             return
-        up, self.upstream = self.upstream, None
+        up = self._drop_upstream()
         if up is not None:
             up.abandon()
         if self.task is not None:
             self.task.cancel()
         self.close_after = True
-        self.discard = True
+        if self.request is BODY:
+            self.request = advance(BODY, DISCARD)
         if self.conn.is_current(self):
             self.own_error(status, reason)
         else:
@@ -354,9 +403,9 @@ class Exchange:
                 self.close_after = True
             else:
                 self.chunk_out = True
-        if (self.expects_body and not self.req_done) or self.conn.last_answer(self):
+        if (self.expects_body and self.request is not COMPLETE) or self.conn.last_answer(self):
             self.close_after = True
-        self.resp_started = True
+        self.response = advance(self.response, STREAMING)
         self.conn.write(
             response_head(
                 route,
@@ -380,28 +429,25 @@ class Exchange:
     def response_complete(self, reusable: bool) -> None:
         if self.chunk_out:
             self.conn.write(b"0\r\n\r\n")
-        self.resp_done = True
-        up, self.upstream = self.upstream, None
-        if up is not None:
-            if self.route.pool is not None:
-                self.route.pool.release(up, reusable and self.req_done)
-            self.conn.pause_for_upstream(False)
-        if not self.req_done:
-            self.discard = True  # early answer: the rest of the body is not wanted
+        self.response = advance(self.response, DONE)
+        up = self._drop_upstream()
+        if up is not None and self.route.pool is not None:
+            self.route.pool.release(up, reusable and self.request is COMPLETE)
+        if self.request is BODY:  # early answer: the rest of the body is not wanted
+            self.request = advance(BODY, DISCARD)
         self.finish()
 
     def upstream_failed(self, reason: str, *, timeout: bool = False, retry: bool = False) -> None:
-        up, self.upstream = self.upstream, None
+        up = self._drop_upstream()
         if up is not None:
             up.abandon()
-            self.conn.pause_for_upstream(False)
         if self.done:
             return
         if (
             retry
-            and not self.resp_started
+            and self.response is WAITING
             and not self.retried
-            and not self.body_started
+            and not self.body_sent
             and self.method in IDEMPOTENT
             and up is not None
             and up.reused
@@ -409,7 +455,7 @@ class Exchange:
             self.retried = True
             self.task = asyncio.ensure_future(self._slow_begin())
             return
-        if self.resp_started:
+        if self.response is not WAITING:
             log.warning("%s failed mid-response: %s", self.route.unreachable, reason)
             self.conn.abort()
             return
@@ -420,7 +466,7 @@ class Exchange:
             self.own_error(502, "the upstream is not reachable or did not answer properly")
 
     def upstream_writable(self, writable: bool) -> None:
-        self.conn.pause_for_upstream(not writable)
+        self.conn.flow.upstream_writable(writable)
 
     def batch(self, begin: bool) -> None:
         if begin:
@@ -443,12 +489,12 @@ class Exchange:
         self.done = True
         if self.task is not None:
             self.task.cancel()
-        up, self.upstream = self.upstream, None
+        up = self._drop_upstream()
         if up is not None:
             up.abandon()
-        if not self.req_done:
+        if self.request is not COMPLETE:
             log.info("client %s went away mid-upload after %d bytes", self.conn.client_ip, self.bytes_in)
-        self._record(self.status if self.resp_started else 499)
+        self._record(self.status if self.response is not WAITING else 499)
 
     def header(self, name: bytes) -> list[bytes]:
         """The values of one request header (``name`` in lower case)."""
@@ -482,5 +528,10 @@ class Exchange:
                 self._host_for_log(),
             )
 
+    # what the client connection asks
+    def waiting_for_upstream(self) -> bool:
+        """Body bytes are due and no upstream connection takes them yet."""
+        return self.upstream is None and self.request is BODY
 
-__all__ = ["Answer", "Exchange"]
+
+__all__ = ["Answer", "ClientSide", "Exchange", "Flushable"]
