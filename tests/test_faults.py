@@ -79,13 +79,13 @@ def _store_with_pair(root: Path, ca: trustme.CA, directory: str = "https://other
 async def test_disk_full_while_writing_keeps_the_old_pair_and_no_partial_files(no_blocking: None, 
         tmpfs: Callable[[int], Path], ca: trustme.CA) -> None:
     root = tmpfs(256)
-    store = _store_with_pair(root, ca)
+    store = await asyncio.to_thread(_store_with_pair, root, ca)  # the test's set-up, off the loop
     live = root / "live" / "reg.example.com"
     before = snapshot(live)
-    fill(root)
-    new = issue(ca, "reg.example.com")
+    await asyncio.to_thread(fill, root)
+    new = await asyncio.to_thread(issue, ca, "reg.example.com")
     with pytest.raises(StoreError, match="disk full"):
-        store.write_live("reg.example.com", new.chain, new.key)
+        await asyncio.to_thread(store.write_live, "reg.example.com", new.chain, new.key)
     assert snapshot(live) == before  # untouched, and no temporary files left behind
     # The manager reports it, plans a retry, and succeeds once there is room.
     settings = AcmeSettings(directory="https://ca.test/dir", domains=("reg.example.com",), retry_min=1)
@@ -151,6 +151,7 @@ class BrokenCA:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.runner: web.AppRunner | None = None
+        self.released = asyncio.Event()
 
     async def start(self) -> str:
         app = web.Application()
@@ -159,13 +160,14 @@ class BrokenCA:
         return base + "/dir"
 
     async def directory(self, request: web.Request) -> web.Response:
-        if self.mode == "slow":
-            await asyncio.sleep(5)
+        if self.mode == "slow":  # answers only when stopped: past any client's network timeout
+            await self.released.wait()
         return web.json_response({"type": "urn:ietf:params:acme:error:serverInternal",
                                   "detail": "the database is on fire"}, status=500,
                                  content_type="application/problem+json")
 
     async def stop(self) -> None:
+        self.released.set()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -179,7 +181,7 @@ async def test_ca_failures_leave_the_served_pair_alone(no_blocking: None, mode: 
     broken = BrokenCA(mode)
     directory = await broken.start()
     try:
-        store = _store_with_pair(tmp_path, ca)
+        store = await asyncio.to_thread(_store_with_pair, tmp_path, ca)
         live = tmp_path / "live" / "reg.example.com"
         before = snapshot(live)
         settings = AcmeSettings(directory=directory, domains=("reg.example.com",),
@@ -195,7 +197,7 @@ async def test_ca_failures_leave_the_served_pair_alone(no_blocking: None, mode: 
 
 
 async def test_an_invalid_certificate_from_the_ca_never_lands(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
-    store = _store_with_pair(tmp_path, ca)
+    store = await asyncio.to_thread(_store_with_pair, tmp_path, ca)
     live = tmp_path / "live" / "reg.example.com"
     before = snapshot(live)
 
@@ -218,7 +220,7 @@ async def test_a_failing_ca_is_visible_in_healthz_while_the_pair_keeps_serving(n
     directory = await broken.start()
     try:
         store = tmp_path / "store"
-        _store_with_pair(store, ca, directory="https://other.test/dir")
+        await asyncio.to_thread(_store_with_pair, store, ca, directory="https://other.test/dir")
         cp = await asyncio.to_thread(certproxy_factory, {free_port(): "http://127.0.0.1:9"}, store,
                                      extra_env={"CERTPROXY_DOMAINS": "reg.example.com",
                                                 "CERTPROXY_ACME_DIRECTORY": directory,

@@ -21,22 +21,31 @@ from support.pairs import issue, replace_atomic, replace_certbot, replace_in_pla
 
 
 async def _reloader(root: Path, ca: trustme.CA, **kw: object) -> tuple[Reloader, TLSState, HealthState]:
-    replace_atomic(root / "live" / "localhost", issue(ca, "localhost"))
-    store = FileStore(root)
-    store.ensure_layout()
-    inv = store.inventory(("localhost",))
-    tls = TLSState(CertificateSet(inv.primary, inv.pairs))
+    def set_up() -> tuple[FileStore, TLSState]:  # the test's, off the loop (certproxy loads in a thread too)
+        replace_atomic(root / "live" / "localhost", issue(ca, "localhost"))
+        store = FileStore(root)
+        store.ensure_layout()
+        inv = store.inventory(("localhost",))
+        return store, TLSState(CertificateSet(inv.primary, inv.pairs))
+
+    store, tls = await asyncio.to_thread(set_up)
     health = HealthState()
     return Reloader(store, ("localhost",), tls, health, **kw), tls, health  # type: ignore[arg-type]
 
 
 async def test_a_burst_of_events_is_one_reload(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
-    reloader, tls, _ = await _reloader(tmp_path, ca, poll_interval=0, debounce=0.1, max_delay=2.0)
+    debounce = 0.3
+    reloader, tls, _ = await _reloader(tmp_path, ca, poll_interval=0, debounce=debounce, max_delay=10.0)
     calls: list[str] = []
 
     async def fake(reason: str, fresh: bool = False) -> bool:
         calls.append(reason)
         return True
+
+    async def until(count: int) -> None:
+        deadline = time.monotonic() + 20
+        while len(calls) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     reloader.reload = fake  # type: ignore[method-assign]
     await reloader.start(watch=False)
@@ -44,10 +53,11 @@ async def test_a_burst_of_events_is_one_reload(no_blocking: None, tmp_path: Path
         for _ in range(50):
             reloader.notify()
             await asyncio.sleep(0.002)
-        await asyncio.sleep(0.4)
+        await until(1)
+        await asyncio.sleep(2 * debounce)  # quiet: nothing more comes
         assert calls == ["store changed"]
         reloader.notify()
-        await asyncio.sleep(0.4)
+        await until(2)
         assert len(calls) == 2
     finally:
         await reloader.stop()
@@ -86,13 +96,13 @@ async def test_a_bad_pair_keeps_the_old_one_in_service(no_blocking: None, bad, r
     reloader, tls, health = await _reloader(tmp_path, ca, poll_interval=0)
     served = tls.current.primary.serial
     folder = tmp_path / "live" / "localhost"
-    bad(folder, ca)
+    await asyncio.to_thread(bad, folder, ca)
     assert await reloader.reload("test") is False
     assert tls.current.primary.serial == served and tls.current.primary.kind == "live"
     assert health.last_reload_error and reason in health.last_reload_error
     assert "kept serving serial " + served in health.last_reload_error
-    good = issue(ca, "localhost")
-    replace_atomic(folder, good)
+    good = await asyncio.to_thread(issue, ca, "localhost")
+    await asyncio.to_thread(replace_atomic, folder, good)
     assert await reloader.reload("test") is True
     assert tls.current.primary.serial == good.serial
     assert health.last_reload_error is None
@@ -100,7 +110,7 @@ async def test_a_bad_pair_keeps_the_old_one_in_service(no_blocking: None, bad, r
 
 async def test_removed_names_go_unless_they_are_the_last(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     reloader, tls, _ = await _reloader(tmp_path, ca, poll_interval=0)
-    replace_atomic(tmp_path / "live" / "other.test", issue(ca, "other.test"))
+    await asyncio.to_thread(lambda: replace_atomic(tmp_path / "live" / "other.test", issue(ca, "other.test")))
     await reloader.reload("test")
     assert {p.name for p in tls.current.pairs} == {"localhost", "other.test"}
     for f in (tmp_path / "live" / "other.test").iterdir():
@@ -119,7 +129,7 @@ async def test_unchanged_pairs_keep_their_context_and_load_time(no_blocking: Non
     reloader, tls, _ = await _reloader(tmp_path, ca, poll_interval=0)
     before = tls.current.primary
     ctx = tls.current.select(None)
-    replace_atomic(tmp_path / "live" / "other.test", issue(ca, "other.test"))
+    await asyncio.to_thread(lambda: replace_atomic(tmp_path / "live" / "other.test", issue(ca, "other.test")))
     assert await reloader.reload("test") is True
     assert tls.current.primary is before and tls.current.select(None) is ctx
     assert await reloader.reload("test") is False
@@ -141,7 +151,7 @@ class Collect:
         time.sleep(0.2)  # let events of the previous step arrive
         self.paths.clear()
 
-    def saw(self, fragment: str, timeout: float = 3) -> bool:
+    def saw(self, fragment: str, timeout: float = 20) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(fragment in p for p in list(self.paths)):
@@ -189,7 +199,7 @@ async def test_reloader_with_the_real_watcher_follows_a_certbot_flip(no_blocking
             # issuing and writing a pair can take 100 ms on a loaded machine
             new = await asyncio.to_thread(issue, ca, "localhost")
             await asyncio.to_thread(replace_certbot, tmp_path, "localhost", new, version)
-            deadline = time.monotonic() + 3
+            deadline = time.monotonic() + 20
             while tls.current.primary.serial != new.serial and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             assert tls.current.primary.serial == new.serial
@@ -199,27 +209,31 @@ async def test_reloader_with_the_real_watcher_follows_a_certbot_flip(no_blocking
 
 async def test_poll_notices_changes_no_event_reported(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     outside = tmp_path / "outside"
-    outside.mkdir()
-    first = issue(ca, "localhost")
-    (outside / "c.pem").write_bytes(first.chain)
-    (outside / "k.pem").write_bytes(first.key)
     root = tmp_path / "store"
-    folder = root / "live" / "localhost"
-    folder.mkdir(parents=True)
-    (folder / "fullchain.pem").symlink_to(outside / "c.pem")
-    (folder / "privkey.pem").symlink_to(outside / "k.pem")
-    store = FileStore(root)
-    store.ensure_layout()
-    inv = store.inventory(("localhost",))
-    tls = TLSState(CertificateSet(inv.primary, inv.pairs))
+
+    def set_up() -> tuple[FileStore, TLSState]:  # the test's, off the loop
+        outside.mkdir()
+        first = issue(ca, "localhost")
+        (outside / "c.pem").write_bytes(first.chain)
+        (outside / "k.pem").write_bytes(first.key)
+        folder = root / "live" / "localhost"
+        folder.mkdir(parents=True)
+        (folder / "fullchain.pem").symlink_to(outside / "c.pem")
+        (folder / "privkey.pem").symlink_to(outside / "k.pem")
+        store = FileStore(root)
+        store.ensure_layout()
+        inv = store.inventory(("localhost",))
+        return store, TLSState(CertificateSet(inv.primary, inv.pairs))
+
+    store, tls = await asyncio.to_thread(set_up)
     reloader = Reloader(store, ("localhost",), tls, HealthState(), poll_interval=0.2)
     await reloader.start()
     try:
-        new = issue(ca, "localhost")
+        new = await asyncio.to_thread(issue, ca, "localhost")
         for name, data in (("k.pem", new.key), ("c.pem", new.chain)):  # outside the watched tree
             (outside / f"{name}.tmp").write_bytes(data)
             os.replace(outside / f"{name}.tmp", outside / name)
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 20
         while tls.current.primary.serial != new.serial and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert tls.current.primary.serial == new.serial
@@ -231,13 +245,12 @@ async def test_a_pair_written_between_the_load_and_the_watch_is_served(
         no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     reloader, tls, _ = await _reloader(tmp_path, ca, poll_interval=3600)
     baseline = await asyncio.to_thread(reloader.store.fingerprint)  # taken before the load
-    new = issue(ca, "localhost")
-    replace_atomic(tmp_path / "live" / "localhost", new)  # written before watching begins
+    new = await asyncio.to_thread(issue, ca, "localhost")
+    await asyncio.to_thread(replace_atomic, tmp_path / "live" / "localhost", new)  # before watching begins
     await reloader.start(watch=False, baseline=baseline)
     try:
-        for _ in range(50):
-            if tls.current.primary.serial == new.serial:
-                break
+        deadline = time.monotonic() + 20
+        while tls.current.primary.serial != new.serial and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         assert tls.current.primary.serial == new.serial
     finally:
@@ -251,7 +264,7 @@ async def test_a_pair_still_being_written_is_not_an_error_unless_it_stays_so(
     try:
         half = tmp_path / "live" / "half.example.com"
         half.mkdir()
-        (half / "fullchain.pem").write_bytes(issue(ca, "half.example.com").chain)
+        (half / "fullchain.pem").write_bytes((await asyncio.to_thread(issue, ca, "half.example.com")).chain)
         caplog.clear()
         caplog.set_level(logging.INFO, logger="certproxy.reload")
         await reloader.reload("test")

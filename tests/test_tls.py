@@ -59,7 +59,7 @@ async def _handshake(port: int, sni: str | None, *, tls_max: ssl.TLSVersion | No
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 async def test_listener_serves_by_sni_and_swaps_one_reference(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
-    certs = _set(tmp_path, ca)
+    certs = await asyncio.to_thread(_set, tmp_path, ca)  # the test's set-up, off the loop
     state = TLSState(certs)
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -79,10 +79,14 @@ async def test_listener_serves_by_sni_and_swaps_one_reference(no_blocking: None,
             await _handshake(port, "reg.example.com", tls_max=ssl.TLSVersion.TLSv1_1)
 
         # A new primary pair swapped in reaches the very next handshake, SNI or not.
-        write_live(tmp_path, "reg.example.com", ca, "reg.example.com")
-        inv = FileStore(tmp_path).inventory(("reg.example.com",))
-        state.swap(CertificateSet(inv.primary, inv.pairs))
-        new = inv.primary.serial
+        def renewed() -> CertificateSet:  # built off the loop, as the reloader builds it
+            write_live(tmp_path, "reg.example.com", ca, "reg.example.com")
+            inv = FileStore(tmp_path).inventory(("reg.example.com",))
+            return CertificateSet(inv.primary, inv.pairs)
+
+        renewal = await asyncio.to_thread(renewed)
+        state.swap(renewal)
+        new = renewal.primary.serial
         assert new != reg
         assert (await _handshake(port, "reg.example.com"))[0] == new
         assert (await _handshake(port, None))[0] == new
