@@ -35,12 +35,16 @@ from typing import TypeVar
 
 
 class RequestPhase(enum.Enum):
+    _next: tuple[RequestPhase, ...]  # the row of TRANSITIONS, set below
+
     BODY = "body"
     DISCARD = "discard"
     COMPLETE = "complete"
 
 
 class ResponsePhase(enum.Enum):
+    _next: tuple[ResponsePhase, ...]  # the row of TRANSITIONS, set below
+
     WAITING = "waiting"
     STREAMING = "streaming"
     COMPLETE = "complete"
@@ -66,8 +70,14 @@ class PhaseError(RuntimeError):
 P = TypeVar("P", RequestPhase, ResponsePhase)
 
 
+# Each phase also carries its row as a tuple: ``advance`` runs a few times per request,
+# and a tuple's ``in`` compares enum members by identity, without hashing them.
+for _phase, _row in TRANSITIONS.items():
+    setattr(_phase, "_next", tuple(_row))  # noqa: B010
+
+
 def advance(old: P, new: P) -> P:
     """``new``, when the table allows the move from ``old``."""
-    if new not in TRANSITIONS[old]:
+    if new not in old._next:
         raise PhaseError(f"{old.name} -> {new.name}")
     return new

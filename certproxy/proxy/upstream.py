@@ -228,14 +228,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
-        self._count(len(reason))
+        self.head_size += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
-        self._count(len(name) + len(value) + 4)
-
-    def _count(self, size: int) -> None:
-        self.head_size += size
+        self.head_size += len(name) + len(value) + 4
         if self.head_size > MAX_HEAD_SIZE:
             raise _Malformed(f"head larger than {MAX_HEAD_SIZE} bytes")
 
