@@ -184,7 +184,7 @@ class Exchange:
             )
         if isinstance(decided, Refusal):
             self.close_after = self.close_after or decided.close
-            self.own_error(decided.status, decided.reason, decided.headers)
+            self.own_error(decided.status, decided.reason, list(decided.headers))
             return
         self.head, self.host = decided
         if route.auth is not None:

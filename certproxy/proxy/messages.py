@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from .headers import (
+    Fields,
     Headers,
     NominationRefused,
     client_response_headers,
@@ -31,7 +32,7 @@ class Refusal(NamedTuple):
 
     status: int
     reason: str
-    headers: Headers = []
+    headers: Fields = ()
     close: bool = False
 
 
