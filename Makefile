@@ -14,8 +14,12 @@ BENCH_ARGS ?=
 demo: deps
 	$(BIN)/python demo/demo.py
 
+# The suite on pytest-xdist workers; the tests that run a Docker engine all go to one of
+# them (see tests/conftest.py), the others are spread test by test.
+PYTEST_WORKERS ?= 2
+
 test: check
-	$(BIN)/python -m pytest -q -rfEs $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rfEs -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Static checks of certproxy/: lint, formatting, types.
 check: deps

@@ -20,6 +20,16 @@ from support.registry import Registry, start_registry
 MEASUREMENTS: list[tuple[str, str]] = []
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs the suite on pytest-xdist workers (--dist loadgroup). Every test that
+    runs a Docker engine goes to one worker, one after the other: the engines share their
+    data root (support/engine.py's STATE, the image cache) and are heavy."""
+    for item in items:
+        if item.get_closest_marker("container"):
+            item.add_marker(pytest.mark.xdist_group("engine"))
+
+
 @pytest.fixture(scope="session")
 def ca() -> trustme.CA:
     return trustme.CA(organization_name="certproxy test CA")
@@ -95,12 +105,32 @@ def certproxy_factory(tmp_path: Path) -> Iterator[Callable[..., CertproxyProcess
 def measure() -> Callable[[str, str], None]:
     """Record a figure for the end-of-run summary (figures are reported, not asserted)."""
     def record(name: str, value: str) -> None:
-        MEASUREMENTS.append((name, value))
+        PENDING.append((name, value))
     return record
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not MEASUREMENTS:
+MEASUREMENT = "certproxy-measurement"
+PENDING: list[tuple[str, str]] = []  # recorded in this process, not yet in a test report
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Figures travel in the reports: with pytest-xdist they are recorded in the worker
+    processes and reported (and written to build/measurements.json) by the controller."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    while PENDING:
+        report.user_properties.append((MEASUREMENT, PENDING.pop(0)))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for key, value in report.user_properties:
+        if key == MEASUREMENT:
+            MEASUREMENTS.append(tuple(value))  # type: ignore[arg-type]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if not MEASUREMENTS or hasattr(config, "workerinput"):
         return
     terminalreporter.section("measurements")
     for name, value in MEASUREMENTS:
