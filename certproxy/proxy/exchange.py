@@ -38,7 +38,7 @@ from .headers import Answer, Headers, first, values
 from .hostname import origin, parse_host
 from .messages import Forward, Refusal, forward, refusal, response_head
 from .phases import RequestPhase, ResponsePhase, advance
-from .routes import AnyRoute, Responder
+from .routes import AccessRecord, AnyRoute, Responder
 from .upstream import UpstreamConnection, describe_os_error
 from .wire import HTML, IDEMPOTENT, TEXT, error_body, error_headers, error_page, own_response, wants_html
 
@@ -516,16 +516,18 @@ class Exchange:
             route.stats.request(status, self.bytes_in, self.bytes_out)
         if route.access_log is not None:
             route.access_log(
-                self.conn.client_ip,
-                self.method.decode("latin-1"),
-                self.target.decode("latin-1"),
-                status,
-                self.bytes_in,
-                self.bytes_out,
-                time.monotonic() - self.started,
-                route.base if self.head else "-",  # "-": never meant for the upstream
-                route.port,
-                self._host_for_log(),
+                AccessRecord(
+                    self.conn.client_ip,
+                    self.method.decode("latin-1"),
+                    self.target.decode("latin-1"),
+                    status,
+                    self.bytes_in,
+                    self.bytes_out,
+                    time.monotonic() - self.started,
+                    route.base if self.head else "-",  # "-": never meant for the upstream
+                    route.port,
+                    self._host_for_log(),
+                )
             )
 
     # what the client connection asks

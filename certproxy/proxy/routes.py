@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .headers import Answer, Headers
 from .hostname import HostCheck
@@ -79,9 +79,22 @@ class RouteStats(Protocol):
     def upstream_response(self, seconds: float) -> None: ...
 
 
-AccessLog = Callable[[str, str, str, int, int, int, float, str, int, str], None]
-"""``(client, method, target, status, bytes_in, bytes_out, seconds, upstream, port, host)``;
-``upstream`` is ``-`` for answers certproxy made itself, ``host`` ``-`` when there was none."""
+class AccessRecord(NamedTuple):
+    """One request, as the access log writes it."""
+
+    client: str
+    method: str
+    target: str
+    status: int
+    bytes_in: int
+    bytes_out: int
+    seconds: float
+    upstream: str  # "-": certproxy answered by itself
+    port: int
+    host: str  # "-": none, or none that was valid
+
+
+AccessLog = Callable[[AccessRecord], None]
 
 
 class ControlRoute:
@@ -144,6 +157,7 @@ class ProxyRoute:
 AnyRoute = ProxyRoute | ControlRoute
 __all__ = [
     "AccessLog",
+    "AccessRecord",
     "AnyRoute",
     "Authenticator",
     "ControlRoute",

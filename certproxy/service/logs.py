@@ -23,6 +23,8 @@ import sys
 import time
 from typing import TextIO
 
+from ..proxy.routes import AccessRecord
+
 ACCESS = logging.getLogger("certproxy.access")
 
 _ACCESS_FIELDS = (
@@ -131,21 +133,12 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     _fast.json = fmt == "json"
 
 
-def access(
-    client: str,
-    method: str,
-    target: str,
-    status: int,
-    bytes_in: int,
-    bytes_out: int,
-    duration: float,
-    upstream: str,
-    port: int,
-    host: str = "-",
-) -> None:
+def access(record: AccessRecord) -> None:
+    """Write one access line (a ``proxy.routes.AccessLog``)."""
     if not ACCESS.isEnabledFor(logging.INFO):
         return
-    ms = round(duration * 1000, 1)
+    client, method, target, status, bytes_in, bytes_out, seconds, upstream, port, host = record
+    ms = round(seconds * 1000, 1)
     message = '%s :%d %s "%s %s" %d in=%d out=%d %.1fms upstream=%s' % (
         client,
         port,
