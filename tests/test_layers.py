@@ -87,3 +87,30 @@ def test_the_resolver_sees_relative_imports() -> None:
     finally:
         probe.unlink()
     assert {"proxy.wire", "service.config"} <= found
+
+
+def test_importing_certproxy_changes_nothing_in_the_process() -> None:
+    """No exit handler of certproxy's and no warning filter is installed by importing any
+    of its modules: set-up happens when the program runs (setup_logging, a watcher's start)."""
+    import subprocess
+    import sys
+
+    modules = sorted(".".join(p.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__")
+                     for p in PKG.rglob("*.py") if p.stem != "__main__")  # __main__ runs the program
+    probe = (
+        "import atexit, importlib, sys, warnings\n"
+        "registered = []\n"
+        "atexit.register = lambda f, *a, **k: registered.append(f)\n"
+        "before = list(warnings.filters)\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "mine = [f.__module__ for f in registered if (f.__module__ or '').startswith('certproxy')]\n"
+        "# filters on a library's own warning classes are that library's (urllib3, requests)\n"
+        "added = [f for f in warnings.filters if f not in before\n"
+        "         and f[2].__module__.split('.')[0] in ('builtins', 'certproxy')]\n"
+        "print(len(sys.modules), mine, added)\n"
+        "sys.exit(1 if mine or added else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(modules) >= 50

@@ -22,9 +22,6 @@ from watchdog.observers.api import BaseObserver
 
 log = logging.getLogger("certproxy.watcher")
 
-# watchdog warns when a folder is created and watched in quick succession
-# (certbot's archive/<name>); the watch is replaced and nothing is lost.
-warnings.filterwarnings("ignore", message="Callback with id .* already exists", category=RuntimeWarning)
 
 WATCHED_FOLDERS = ("live", "archive")
 CHANGE_EVENTS = frozenset({"created", "modified", "deleted", "moved", "closed"})
@@ -51,6 +48,13 @@ class StoreWatcher(FileSystemEventHandler):
                 return
 
     def start(self) -> None:
+        # watchdog warns, from its own thread, when a folder is created and watched in
+        # quick succession (certbot's archive/<name>); the watch is replaced and nothing
+        # is lost. A thread's warnings go through the process-wide filters: set one here,
+        # when a watcher starts, rather than when the module is imported.
+        warnings.filterwarnings(
+            "ignore", message="Callback with id .* already exists", category=RuntimeWarning
+        )
         observer = Observer()
         observer.schedule(self, str(self.root), recursive=True)
         observer.daemon = True

@@ -64,17 +64,18 @@ class _Handler(logging.StreamHandler[TextIO]):
     """stderr, with the buffered access lines written before any other record."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if _fast.lines:
+        if _fast is not None and _fast.lines:
             flush_access()
         super().emit(record)
 
 
 class _FastAccess:
-    """The direct path for access lines (see the module's docstring)."""
+    """The direct path for access lines (see the module's docstring), made by
+    ``setup_logging`` for its handler."""
 
-    def __init__(self) -> None:
-        self.handler: _Handler | None = None
-        self.json = False
+    def __init__(self, handler: _Handler, json: bool) -> None:
+        self.handler = handler
+        self.json = json
         self.lines: list[str] = []
         self._second = -1
         self._stamp = ""
@@ -83,8 +84,7 @@ class _FastAccess:
         handler = self.handler
         root = logging.getLogger()
         return (
-            handler is not None
-            and not ACCESS.handlers
+            not ACCESS.handlers
             and not ACCESS.filters
             and ACCESS.propagate
             and root.handlers == [handler]
@@ -101,15 +101,17 @@ class _FastAccess:
         return self._stamp
 
 
-_fast = _FastAccess()
+# The direct path of the handler setup_logging installed last (None before it runs).
+_fast: _FastAccess | None = None
 
 
 def flush_access() -> None:
     """Write the buffered access lines now."""
-    handler = _fast.handler
-    lines, _fast.lines = _fast.lines, []
-    if not lines or handler is None:
+    fast = _fast
+    if fast is None or not fast.lines:
         return
+    handler = fast.handler
+    lines, fast.lines = fast.lines, []
     lines.append("")
     with handler.lock or contextlib.nullcontext():
         try:
@@ -120,7 +122,12 @@ def flush_access() -> None:
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:
+    """Log to stderr as ``fmt`` (``text`` or ``json``) from ``level`` on; access lines
+    take the direct path, and what is buffered is written at exit."""
+    global _fast
     flush_access()
+    if _fast is None:
+        atexit.register(flush_access)
     handler = _Handler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -129,8 +136,7 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    _fast.handler = handler
-    _fast.json = fmt == "json"
+    _fast = _FastAccess(handler, fmt == "json")
 
 
 def access(record: AccessRecord) -> None:
@@ -151,14 +157,15 @@ def access(record: AccessRecord) -> None:
         ms,
         upstream,
     )
-    if _fast.usable():
+    fast = _fast
+    if fast is not None and fast.usable():
         now = time.time()
         msecs = int((now - int(now)) * 1000)
-        if _fast.json:
+        if fast.json:
             fields = _fields(client, method, target, status, bytes_in, bytes_out, ms, upstream, port, host)
             line = json.dumps(
                 {
-                    "ts": f"{_fast.stamp(now)}.{msecs:03d}Z",
+                    "ts": f"{fast.stamp(now)}.{msecs:03d}Z",
                     "level": "info",
                     "logger": "certproxy.access",
                     "msg": message,
@@ -167,8 +174,8 @@ def access(record: AccessRecord) -> None:
                 separators=(",", ":"),
             )
         else:
-            line = f"{_fast.stamp(now)},{msecs:03d} INFO certproxy.access: {message}"
-        lines = _fast.lines
+            line = f"{fast.stamp(now)},{msecs:03d} INFO certproxy.access: {message}"
+        lines = fast.lines
         lines.append(line)
         if len(lines) >= ACCESS_BATCH:
             flush_access()
@@ -180,6 +187,3 @@ def access(record: AccessRecord) -> None:
 def _fields(*values: object) -> dict[str, object]:
     """An access line's fields: ``values`` in the order of ``_ACCESS_FIELDS``."""
     return dict(zip(_ACCESS_FIELDS, values, strict=True))
-
-
-atexit.register(flush_access)
