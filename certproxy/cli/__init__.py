@@ -11,11 +11,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..service.config import ConfigError, flag_name
 from .common import EXIT_CONFIG, EXIT_OK
 from .serve import SERVE_FLAGS
+
+if TYPE_CHECKING:
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,7 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"certproxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_serve_args, _status_args, _renew_args, _htpasswd_args, _healthcheck_args):
+        add(sub)
+    return parser
 
+
+def _serve_args(sub: Commands) -> None:
     serve = sub.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", type=Path, help="TOML file with the same keys as the environment")
     for name in SERVE_FLAGS:
@@ -36,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
             help=f"overrides CERTPROXY_{name.upper()}",
         )
 
+
+def _status_args(sub: Commands) -> None:
     status = sub.add_parser("status", help="show the certificates in the store")
     status.add_argument("--config", type=Path)
     status.add_argument("--store", dest="store", default=None)
@@ -46,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         "(default: where the configuration puts its listener)",
     )
 
+
+def _renew_args(sub: Commands) -> None:
     renew = sub.add_parser("renew", help="issue or renew the certificate now (when due, or --force)")
     renew.add_argument("--config", type=Path)
     ca = renew.add_mutually_exclusive_group()
@@ -74,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     renew.add_argument("--http-port", dest="http_port", metavar="PORT")
     renew.add_argument("--force", action="store_true", help="order even if not due")
 
+
+def _htpasswd_args(sub: Commands) -> None:
     htp = sub.add_parser("htpasswd", help="print a bcrypt htpasswd line for USER")
     htp.add_argument("user")
     htp.add_argument(
@@ -83,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     htp.add_argument("--cost", type=int, default=12, help="bcrypt cost (default 12)")
 
+
+def _healthcheck_args(sub: Commands) -> None:
     health = sub.add_parser("healthcheck", help="exit 0 when /healthz says healthy")
     health.add_argument("--config", type=Path)
     health.add_argument(
@@ -91,7 +108,6 @@ def _parser() -> argparse.ArgumentParser:
         "(default: where the configuration puts its listener)",
     )
     health.add_argument("--timeout", type=float, default=5.0)
-    return parser
 
 
 def _command(name: str) -> Callable[[argparse.Namespace], int]:
