@@ -16,6 +16,10 @@ upstream's answers are framed by ``Content-Length`` or chunked, and their
 ``Connection`` lists name any field too (``close`` included: the upstream then
 closes that connection).
 
+Some upstream answers are malformed (an unsolicited ``101``, an invalid status
+line, not HTTP, two framings, a head that does not end): each is a 502 for its
+request and the end of that upstream connection, never a resend.
+
 Invariants:
 - nothing ambiguous reaches the upstream: h11 parses every byte of it as
   requests with exactly one framing, one ``Host`` and certproxy's own
@@ -49,7 +53,7 @@ from dataclasses import dataclass, field
 
 import h11
 import httptools
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 import pytest
 
@@ -183,13 +187,26 @@ def client_input(draw: st.DrawFn) -> tuple[list[bytes], list[Expected] | None]:
 
 @dataclass(frozen=True)
 class Answer:
-    """How the upstream frames one answer, and what its Connection names."""
+    """How the upstream frames one answer, and what its Connection names; or, with
+    ``malformed``, the bytes of an answer certproxy must not relay (a 502 for that
+    request, that upstream connection ended, nothing sent twice)."""
 
     chunked: bool
     connection: bytes | None
+    malformed: bytes | None = None
 
 
-ANSWERS = st.lists(st.builds(Answer, st.booleans(), st.one_of(st.none(), CONNECTION)), min_size=1, max_size=4)
+MALFORMED = [
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
+    b"SSH-2.0-OpenSSH_9.2\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70000,
+]
+ANSWERS = st.lists(st.builds(Answer, st.booleans(), st.one_of(st.none(), CONNECTION),
+                             st.one_of(st.none(), st.none(), st.none(), st.sampled_from(MALFORMED))),
+                   min_size=1, max_size=4)
 
 
 class CountingConnection(ClientConnection):
@@ -211,7 +228,9 @@ class Shared:
     """What every upstream connection of one example adds to."""
 
     answers: list[Answer]
-    sent: list[bytes] = field(default_factory=list)  # answer bodies, in the order sent
+    sent: list[bytes] = field(default_factory=list)  # answer bodies relayed, in the order sent
+    answered: int = 0  # answers given, malformed ones included
+    broken: list[MockTransport] = field(default_factory=list)  # connections a malformed answer went on
     targets: list[bytes] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
 
@@ -258,7 +277,13 @@ class StrictUpstream:
 
     def answer(self) -> None:
         shared = self.shared
-        spec = shared.answers[len(shared.sent) % len(shared.answers)]
+        spec = shared.answers[shared.answered % len(shared.answers)]
+        shared.answered += 1
+        if spec.malformed is not None:  # certproxy must end this connection itself
+            self.closed = True
+            shared.broken.append(self.transport)
+            self.transport.protocol.data_received(spec.malformed)
+            return
         body = b"answer-%d" % len(shared.sent)
         shared.sent.append(body)
         headers = [("Transfer-Encoding", "chunked")] if spec.chunked else [("Content-Length", str(len(body)))]
@@ -370,6 +395,8 @@ def test_request_bytes_never_confuse_the_data_plane(past_parser: int,
         client_module.BODY_PAST_PARSER = default
         logger.removeHandler(defects)
     conn, shared = out.conn, out.shared
+    event(f"upstream answers malformed: {len(shared.broken)}")
+    event(f"well-formed input: {expected is not None}")
     assert not out.errors, out.errors
     assert not defects.records, defects.records
     # only what certproxy parsed as a request reaches the upstream as one, in order
@@ -380,6 +407,7 @@ def test_request_bytes_never_confuse_the_data_plane(past_parser: int,
     assert relayed == shared.sent[:len(relayed)], (relayed, shared.sent)
     assert all(a.count(b"\n") == 1 for a in own), own
     assert len(out.answers) <= conn.heads + 1  # +1: a refusal of a head that never completed
+    assert all(t.aborted for t in shared.broken)  # a malformed answer ends its connection
     if not out.closed:  # every whole request answered once; one still arriving is not answered yet
         assert len(out.answers) == conn.whole, (conn.heads, conn.whole, out.answers)
         assert relayed == shared.sent

@@ -153,6 +153,16 @@ async def test_a_malformed_answer_is_a_502_sent_upstream_once(answer: bytes, cap
     assert len(plane.upstreams) == 2 and requests_seen(plane) == [b"GET /v2/ HTTP/1.1"]
 
 
+async def test_a_head_over_the_limit_in_one_read_is_a_502_without_waiting_for_more() -> None:
+    """A socket read brings up to 256 KiB: a head that has not ended within it is not
+    waited for (llhttp would keep the unfinished field)."""
+    plane = make_plane()
+    conn, client = await pooled_request(plane)
+    plane.upstream_protocol().data_received(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (MAX_HEAD_SIZE + 10))
+    await settle()
+    assert [r[0] for r in responses(client.take())] == [502] and plane.upstreams[0].aborted
+
+
 async def test_a_malformed_body_after_the_head_cuts_the_client_and_is_not_resent() -> None:
     plane = make_plane()
     conn, client = await pooled_request(plane)

@@ -174,12 +174,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.last = self.pool.clock()
         if not self.head_seen:
-            # llhttp keeps a field's pieces until the field ends: a head that never ends
-            # is bounded by what has come in, not only by the fields that ended.
             self.before_head += len(data)
-            if self.before_head > MAX_HEAD_SIZE + len(data):
-                self._malformed(sink, f"head larger than {MAX_HEAD_SIZE} bytes")
-                return
         sink.batch(True)
         try:
             self.parser.feed_data(data)
@@ -200,6 +195,11 @@ class UpstreamConnection(asyncio.Protocol):
                 self._malformed(sink, (str(exc) or type(exc).__name__).splitlines()[0])
             else:
                 self.extra = True
+        else:
+            # llhttp keeps a field's pieces until the field ends: a head that does not end
+            # is bounded by what has come in, not only by the fields that ended.
+            if not self.head_seen and self.before_head > MAX_HEAD_SIZE:
+                self._malformed(sink, f"head larger than {MAX_HEAD_SIZE} bytes")
         finally:
             if self.complete and self.sink is sink:
                 self.sink = None
