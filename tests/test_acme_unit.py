@@ -30,9 +30,8 @@ from support.pairs import issue, replace_atomic
 
 from certproxy.acme_client import AcmeError, AcmeIssuer, AcmeSettings, ari_cert_id, policy
 from certproxy.acme_client.errors import translate
-from certproxy.acme_client.lock import IssuanceLock
 from certproxy.acme_client.manager import CertManager
-from certproxy.certs import FileStore, StorePaths
+from certproxy.certs import FileStore
 from certproxy.certs.pair import serial_hex
 from certproxy.cli import _parser
 from certproxy.cli.renew import renew_config
@@ -89,10 +88,10 @@ def test_backoff_is_front_weighted_capped_jittered_and_honours_retry_after() -> 
 
 
 def test_lock_is_exclusive_and_a_dead_holders_lock_expires(tmp_path: Path) -> None:
-    path = StorePaths(tmp_path).lock("reg.example.com")
-    path.parent.mkdir()
-    a = IssuanceLock(path, ttl=60)
-    b = IssuanceLock(path, ttl=60)
+    store = FileStore(tmp_path)
+    (tmp_path / "locks").mkdir()
+    a = store.lock("reg.example.com", ttl=60)
+    b = store.lock("reg.example.com", ttl=60)
     assert a.try_acquire() and not b.try_acquire()
     assert f"pid {os.getpid()}" in b.holder()
     assert not b.try_acquire()  # still held: asking again does not steal it
@@ -235,7 +234,7 @@ async def test_manager_backs_off_stops_on_permanent_errors_and_keeps_the_pair(no
 
 async def test_manager_skips_while_another_process_holds_the_lock(no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
     manager, fake, store = await asyncio.to_thread(_manager, tmp_path, ca)
-    other = IssuanceLock(store.paths.lock("reg.example.com"))
+    other = store.lock("reg.example.com")
     assert other.try_acquire()
     await manager.maintain()
     assert fake.calls == []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certproxy.certs import FileStore, PairError, StoreError, load_pair, utcnow
+from certproxy.certs import FileStore, LockBusy, PairError, StoreError, load_pair, utcnow
 from certproxy.certs.atomic import write_atomic, write_pair_atomic
 from conftest import write_live
 
@@ -156,3 +158,27 @@ def test_store_layout_modes(tmp_path: Path) -> None:
     assert _mode(tmp_path / "s" / "accounts") == 0o700
     assert {p.name for p in (tmp_path / "s").iterdir()} == {
         "live", "bootstrap", "accounts", "challenges", "locks"}
+
+
+async def test_a_names_lock_is_held_with_its_heartbeat_and_waited_for(no_blocking: None, tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    await asyncio.to_thread(store.ensure_layout)
+    other = store.lock("reg.example.com")
+    assert await asyncio.to_thread(other.try_acquire)
+    told: list[str] = []
+    with pytest.raises(LockBusy) as busy:
+        async with store.lock("reg.example.com").held(0.3, waiting=told.append):
+            raise AssertionError("held while another issuer holds it")
+    assert busy.value.holder == f"pid {os.getpid()} on {socket.gethostname()}"
+    assert told == [busy.value.holder] and busy.value.path == other.path
+    # The holder lets go while a waiter waits: the waiter takes it.
+    asyncio.get_running_loop().call_later(0.3, other.release)
+    lock = store.lock("reg.example.com", ttl=0.3)
+    async with lock.held(5.0):
+        assert lock.taken
+        before = os.stat(lock.path).st_mtime_ns
+        await asyncio.sleep(0.45)  # past the ttl: only the heartbeat keeps it alive
+        assert os.stat(lock.path).st_mtime_ns > before
+        assert not await asyncio.to_thread(store.lock("reg.example.com", ttl=0.3).try_acquire)
+    assert not lock.path.exists()
+

@@ -30,11 +30,10 @@ from typing import Any, Protocol, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ..certs import CertPair, FileStore, PairError, StoreError, os_reason, utcnow
+from ..certs import CertPair, FileStore, LockBusy, PairError, StoreError, utcnow
 from . import policy
 from .ari import ari_cert_id
 from .errors import AcmeError
-from .lock import IssuanceLock
 from .settings import AcmeSettings
 
 log = logging.getLogger("certproxy.acme")
@@ -151,7 +150,7 @@ class CertManager:
         self.jitter = jitter
         self.status = RenewalStatus(settings.name, settings.domains, settings.directory)
         self.orders = 0
-        self.lock_holder: str | None = None  # set while another issuer holds the lock
+        self.lock_busy: LockBusy | None = None  # set while another issuer holds the lock
         self._ari_until: dt.datetime | None = None
         self._ari_time: dt.datetime | None = None
         self._ari_serial: str | None = None
@@ -250,11 +249,15 @@ class CertManager:
         return when, next_poll
 
     # -- one round ---------------------------------------------------------
-    async def maintain(self, force: bool = False, fresh_since: dt.datetime | None = None) -> dt.datetime:
+    async def maintain(
+        self, force: bool = False, fresh_since: dt.datetime | None = None, lock_wait: float = 0.0
+    ) -> dt.datetime:
         """Renew if due (or forced); returns when to look again.
 
         ``fresh_since``: a forced order is satisfied by a certificate issued at or after
-        this moment (another process sharing the store ordered it meanwhile)."""
+        this moment (another process sharing the store ordered it meanwhile).
+        ``lock_wait``: seconds to wait for another issuer holding the lock (then check
+        again); without it a busy lock means "look again soon"."""
         decision = await in_daemon_thread(self.decide)
         now = self.clock()
         self._follow(decision, now)
@@ -265,39 +268,49 @@ class CertManager:
                 return min(decision.due_at, decision.next_check)
             if self.status.next_attempt and self.status.next_attempt > now:
                 return self.status.next_attempt
-        lock = IssuanceLock(self.store.paths.lock(self.settings.name))
-        try:
-            acquired = await asyncio.to_thread(lock.try_acquire)
-        except OSError as exc:
-            return self._failed(StoreError(f"{lock.path}: cannot take the issuance lock: {os_reason(exc)}"))
-        if not acquired:
-            holder = await asyncio.to_thread(lock.holder)
-            self.lock_holder = holder
-            self.progress(f"lock: another issuer ({holder}) holds {lock.path}; checking again soon")
-            return now + dt.timedelta(seconds=LOCK_BUSY_RETRY)
-        self.lock_holder = None
-        heartbeat = asyncio.create_task(self._heartbeat(lock))
-        try:
-            # Check again under the lock: another process may have just renewed.
-            decision = await in_daemon_thread(self.decide)
-            fresh = (
-                force
-                and fresh_since is not None
-                and decision.issued_at is not None
-                and decision.issued_at >= fresh_since
+        waited: list[str] = []
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                lock = self.store.lock(self.settings.name)
+                await stack.enter_async_context(
+                    lock.held(lock_wait, waiting=lambda h: self._waiting(h, waited))
+                )
+            except LockBusy as busy:
+                self.lock_busy = busy
+                if not lock_wait:
+                    self.progress(
+                        f"lock: another issuer ({busy.holder}) holds {busy.path}; checking again soon"
+                    )
+                return self.clock() + dt.timedelta(seconds=LOCK_BUSY_RETRY)
+            except StoreError as exc:
+                return self._failed(exc)
+            self.lock_busy = None
+            return await self._under_lock(force, fresh_since, bool(waited))
+
+    def _waiting(self, holder: str, waited: list[str]) -> None:
+        waited.append(holder)
+        self.progress(f"{self.settings.name}: {holder} is ordering now; waiting for its outcome")
+
+    async def _under_lock(self, force: bool, fresh_since: dt.datetime | None, waited: bool) -> dt.datetime:
+        # Check again under the lock: another process may have just renewed.
+        decision = await in_daemon_thread(self.decide)
+        fresh = (
+            force
+            and fresh_since is not None
+            and decision.issued_at is not None
+            and decision.issued_at >= fresh_since
+        )
+        if (not force and decision.due_at > self.clock()) or fresh:
+            self.progress(f"{self.settings.name}: renewed meanwhile by another process")
+            self._follow(decision, self.clock())
+            return min(decision.due_at, decision.next_check)
+        if waited:
+            self.progress(
+                f"{self.settings.name}: the other issuer finished without a new certificate; ordering now"
             )
-            if (not force and decision.due_at > self.clock()) or fresh:
-                self.progress(f"{self.settings.name}: renewed meanwhile by another process")
-                self._follow(decision, self.clock())
-                return min(decision.due_at, decision.next_check)
-            if decision.due_at > self.clock():
-                decision = replace(decision, reason="forced")
-            return await self._issue(decision)
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-            await asyncio.to_thread(lock.release)
+        if decision.due_at > self.clock():
+            decision = replace(decision, reason="forced")
+        return await self._issue(decision)
 
     def _follow(self, decision: Decision, now: dt.datetime) -> None:
         """The status follows the store (whoever wrote it), and says what renewal waits for."""
@@ -318,11 +331,6 @@ class CertManager:
     def store_changed(self) -> None:
         """The store changed (this process or another one wrote it): look again now."""
         self._wake.set()
-
-    async def _heartbeat(self, lock: IssuanceLock) -> None:
-        while True:
-            await asyncio.sleep(lock.ttl / 3)
-            await asyncio.to_thread(lock.refresh)
 
     async def _issue(self, decision: Decision) -> dt.datetime:
         s = self.settings

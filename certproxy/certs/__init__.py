@@ -1,6 +1,7 @@
 """The certificate store: the ground floor of certproxy (imports nothing above it)."""
 
-from .errors import InvalidName, PairError, StoreError, os_problem, os_reason
+from .errors import InvalidName, LockBusy, PairError, StoreError, os_problem, os_reason
+from .lock import IssuanceLock
 from .pair import CertPair, load_pair, parse_pair
 from .paths import StorePaths, is_valid_token, name_for_domain
 from .store import FileStore, Inventory, utcnow
@@ -10,6 +11,8 @@ __all__ = [
     "FileStore",
     "InvalidName",
     "Inventory",
+    "IssuanceLock",
+    "LockBusy",
     "PairError",
     "StoreError",
     "StorePaths",

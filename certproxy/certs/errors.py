@@ -41,3 +41,13 @@ class PairError(StoreError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class LockBusy(StoreError):
+    """Another live issuer holds a name's issuance lock: ``path`` is the lock,
+    ``holder`` who holds it (``pid N on HOST``)."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path}: held by {holder}")
+        self.path = path
+        self.holder = holder

@@ -26,6 +26,7 @@ from pathlib import Path
 from .atomic import CERT_MODE, KEY_MODE, create_atomic, write_atomic, write_pair_atomic
 from .bootstrap import make_self_signed
 from .errors import InvalidName, PairError, StoreError, os_problem, os_reason
+from .lock import DEFAULT_TTL, IssuanceLock
 from .pair import CertPair, key_mode_problem, load_pair, parse_pair
 from .paths import FULLCHAIN, META, PRIVKEY, StorePaths, check_name, name_for_domain
 
@@ -164,6 +165,12 @@ class FileStore:
             except (OSError, ValueError, KeyError, TypeError):
                 break
         return 0.5
+
+    # -- issuance ------------------------------------------------------
+    def lock(self, name: str, ttl: float = DEFAULT_TTL) -> IssuanceLock:
+        """The issuance lock of ``name``, shared by every process using this store:
+        ``async with store.lock(name).held(): ...`` (see ``lock.py``)."""
+        return IssuanceLock(self.paths.lock(name), ttl)
 
     # -- ACME state ----------------------------------------------------
     def write_challenge(self, token: str, data: bytes) -> None:

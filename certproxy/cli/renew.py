@@ -13,12 +13,10 @@ import asyncio
 import logging
 import os
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ..acme_client import AcmeIssuer
-from ..acme_client.lock import IssuanceLock
 from ..acme_client.manager import CertManager
 from ..certs import FileStore, PairError, StoreError, os_problem, utcnow
 from ..proxy.client import Listener
@@ -59,36 +57,18 @@ def cmd_renew(args: argparse.Namespace) -> int:
 RACE_WAIT = 180.0  # seconds to wait for another issuer's outcome
 
 
-def _live_serial(store: FileStore, name: str) -> str | None:
-    try:
-        return store.load_live(name).serial
-    except (PairError, StoreError):
-        return None
-
-
-async def _run(
-    manager: CertManager, store: FileStore, name: str, force: bool, say: Callable[[str], None]
-) -> tuple[str | None, bool]:
+async def _run(manager: CertManager, force: bool) -> tuple[str | None, bool]:
     """One issuance, or the outcome of the one another process sharing the store is
-    running: never a second order for the same need. Returns (an error line or None,
-    whether the certificate came from the other issuer)."""
-    before = await asyncio.to_thread(_live_serial, store, name)
+    running: the manager waits on the store's lock for it, then checks again, so never
+    a second order for the same need. Returns (an error line or None, whether the
+    certificate came from the other issuer)."""
     started = utcnow()
-    lock = IssuanceLock(store.paths.lock(name))
-    deadline = time.monotonic() + RACE_WAIT
-    while True:
-        await manager.maintain(force=force, fresh_since=started)
-        if manager.lock_holder is None:
-            issued = manager.status.last_success
-            return None, manager.orders == 0 and issued is not None and issued >= started
-        say(f"{name}: {manager.lock_holder} is ordering now; waiting for its outcome")
-        while await asyncio.to_thread(lock.busy):
-            if time.monotonic() > deadline:
-                return f"{manager.lock_holder} still holds {lock.path} after {RACE_WAIT:g} s", False
-            await asyncio.sleep(0.25)
-        if await asyncio.to_thread(_live_serial, store, name) != before:
-            return None, True  # the other issuer's certificate is the outcome
-        say(f"{name}: the other issuer finished without a new certificate; ordering now")
+    await manager.maintain(force=force, fresh_since=started, lock_wait=RACE_WAIT)
+    busy = manager.lock_busy
+    if busy is not None:
+        return f"{busy.holder} still holds {busy.path} after {RACE_WAIT:g} s", False
+    issued = manager.status.last_success
+    return None, manager.orders == 0 and issued is not None and issued >= started
 
 
 def _certproxy_answers(port: int) -> bool:
@@ -157,7 +137,7 @@ async def renew(config: Config, force: bool) -> int:
     if not config.local_ca:
         manager = CertManager(store, settings, AcmeIssuer(store, settings, progress=say), progress=say)
     try:
-        outcome, by_other = await _run(manager, store, settings.name, force, say)
+        outcome, by_other = await _run(manager, force)
     finally:
         if server is not None:
             server.stop_accepting()
