@@ -15,7 +15,7 @@ demo: deps
 	$(BIN)/python demo/demo.py
 
 # The suite on pytest-xdist workers; the tests that run a Docker engine all go to one of
-# them (see tests/conftest.py), the others are spread test by test.
+# them (ENGINE_MODULES in tests/conftest.py), the others are spread test by test.
 PYTEST_WORKERS ?= 2
 
 test: check

@@ -125,7 +125,7 @@ def one_busy_cpu() -> Iterator[None]:
 async def test_time_spent_waiting_for_a_cpu_is_not_counted(one_busy_cpu: None, tmp_path: Path,
                                                             ca: trustme.CA) -> None:
     """certproxy's callback computes for 50 ms on a CPU it shares with three busy processes:
-    200 ms and more of wall time, of which 50 ms held the loop."""
+    about 200 ms of wall time, of which 50 ms held the loop."""
     busy_clock = _clock(threading.get_ident(), lambda: _compute(0.05))
     manager = await asyncio.to_thread(_manager, tmp_path, ca, busy_clock)
     guard = LoopGuard()
@@ -139,5 +139,7 @@ async def test_time_spent_waiting_for_a_cpu_is_not_counted(one_busy_cpu: None, t
     decided = [s for s in guard.slow if "decide" in s.handle]
     assert len(decided) == 1, guard.slow
     [slow] = decided
-    assert slow.wall >= 2 * guard.limit and slow.waited > guard.limit  # the machine was busy
+    # Over the limit in wall time (asyncio's own measure would have failed it), because the
+    # machine was busy: the time it held the loop is under the limit.
+    assert slow.wall >= guard.limit and slow.waited > 0
     assert slow.held < guard.limit and guard.reports == []
