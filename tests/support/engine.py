@@ -230,8 +230,9 @@ def start_engine(*, iptables: bool = False) -> Engine:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:]  # stop() removes the run folder, log and all
             engine.stop()
-            raise EngineError(f"dockerd exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+            raise EngineError(f"dockerd exited with {proc.returncode}:\n{tail}")
         if engine.docker("version", check=False, timeout=10).returncode == 0:
             try:
                 engine.clean()
@@ -240,8 +241,9 @@ def start_engine(*, iptables: bool = False) -> Engine:
                 raise
             return engine
         time.sleep(0.25)
+    tail = log.read_text(errors="replace")[-3000:]
     engine.stop()
-    raise EngineError(f"dockerd did not answer within 60 s:\n{log.read_text(errors='replace')[-3000:]}")
+    raise EngineError(f"dockerd did not answer within 60 s:\n{tail}")
 
 
 def _stop_stale(pidfile: Path) -> None:
