@@ -28,6 +28,7 @@ What runs here, and how it differs from a user's host:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -43,7 +44,8 @@ DOCKER = "/usr/bin/docker"  # Debian's client, matching the daemon; another dock
 REPO = Path(__file__).resolve().parents[2]
 # The engine's data root, kept between runs and between clones on this machine: the stand-in
 # images and the image's dependency layers are cached there (a fresh clone, as CI makes,
-# would otherwise pay for debootstrap and every wheel again). Never two runs at once.
+# would otherwise pay for debootstrap and every wheel again). One engine at a time uses it:
+# engine.lock makes the next one (of this run or another checkout's) wait.
 STATE = Path(os.environ.get("CPT_ENGINE_CACHE", "/var/cache/certproxy-tests/engine"))
 
 
@@ -123,6 +125,7 @@ class Engine:
     log: Path
     client_config: Path  # the docker client's --config (login credentials)
     env: dict[str, str] = field(default_factory=dict)
+    state_lock: int | None = None  # the descriptor holding STATE's lock while this engine runs
 
     @property
     def sock(self) -> str:
@@ -194,6 +197,9 @@ class Engine:
                 self.proc.wait(10)
         self.netns.delete()
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.state_lock is not None:
+            os.close(self.state_lock)  # the next engine (of this run or another) may start
+            self.state_lock = None
 
 
 def start_engine(*, iptables: bool = False) -> Engine:
@@ -206,11 +212,16 @@ def start_engine(*, iptables: bool = False) -> Engine:
         if shutil.which(tool) is None:
             raise EngineError(f"{tool} is not installed (scripts/install-system-deps.sh installs it)")
     STATE.mkdir(parents=True, exist_ok=True)
-    _stop_stale(STATE / "dockerd.pid")
-    run_dir = Path(f"/run/cpt-{os.getpid()}")  # short: unix socket paths have a length limit
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    netns = Netns.create(run_dir / "etc")
+    lock = _lock_state()
+    try:
+        _stop_stale(STATE / "dockerd.pid")  # under the lock: a dockerd left by an interrupted run
+        run_dir = Path(f"/run/cpt-{os.getpid()}")  # short: unix socket paths have a length limit
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        netns = Netns.create(run_dir / "etc")
+    except BaseException:
+        os.close(lock)
+        raise
     script = run_dir / "dockerd.sh"
     script.write_text(
         "#!/bin/sh\nset -e\n"
@@ -226,7 +237,7 @@ def start_engine(*, iptables: bool = False) -> Engine:
                                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     config = run_dir / "client"
     config.mkdir()
-    engine = Engine(netns, run_dir, proc, log, config)
+    engine = Engine(netns, run_dir, proc, log, config, state_lock=lock)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -244,6 +255,22 @@ def start_engine(*, iptables: bool = False) -> Engine:
     tail = log.read_text(errors="replace")[-3000:]
     engine.stop()
     raise EngineError(f"dockerd did not answer within 60 s:\n{tail}")
+
+
+def _lock_state(timeout: float = 1800) -> int:
+    """STATE is one per machine: an engine of another test run (another checkout's
+    `make test`) holds it until it stops; this one waits for it instead of stopping it."""
+    fd = os.open(STATE / "engine.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise EngineError(f"another test run's Docker engine has held {STATE} for {timeout:.0f} s") from None
+            time.sleep(1)
 
 
 def _stop_stale(pidfile: Path) -> None:
