@@ -1,6 +1,7 @@
 """The packages are layers, lower never imports higher:
 certs -> acme_client -> proxy -> service -> cli. Inside the data plane the
-upstream side knows the exchange only through ``ResponseSink``."""
+upstream side knows the exchange only through ``ResponseSink``. The store's
+paths stay inside ``certs/``: the others name things by key."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ PKG = Path(__file__).resolve().parents[1] / "certproxy"
 ORDER = ["certs", "acme_client", "proxy", "service", "cli"]
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, source: str | None = None) -> set[str]:
     """Every ``certproxy`` module a file imports, as ``package`` or ``package.module``
-    (relative imports resolved), including those under ``TYPE_CHECKING``."""
+    (relative imports resolved), including those under ``TYPE_CHECKING``; ``source``
+    stands in for the file's text."""
     package = path.relative_to(PKG.parent).with_suffix("").parts[:-1]
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text() if source is None else source)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -87,6 +89,40 @@ def test_the_resolver_sees_relative_imports() -> None:
     finally:
         probe.unlink()
     assert {"proxy.wire", "service.config"} <= found
+
+
+def _store_paths_used(path: Path, source: str | None = None) -> list[str]:
+    """How a module reaches the store's paths: the ``certs.paths`` module, ``StorePaths``,
+    or a ``.paths`` / ``._paths`` attribute (``FileStore``'s)."""
+    text = path.read_text() if source is None else source
+    used = sorted(m for m in _imports(path, text)
+                  if m == "certs.paths" or m.startswith("certs.paths.") or m == "certs.StorePaths")
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Attribute) and node.attr in ("paths", "_paths"):
+            used.append(f"line {node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.Name) and node.id == "StorePaths":
+            used.append(f"line {node.lineno}: StorePaths")
+    return used
+
+
+def test_the_stores_paths_are_used_only_inside_certs() -> None:
+    """Outside ``certs/`` the store is reached by key (a name, a directory, a token),
+    never through its paths (``FileStore`` keeps them in ``_paths``)."""
+    checked = 0
+    for path in PKG.rglob("*.py"):
+        if path.relative_to(PKG).parts[0] == "certs":
+            continue
+        checked += 1
+        used = _store_paths_used(path)
+        assert not used, f"{path.relative_to(PKG)} uses the store's paths: {used}"
+    assert checked >= 30
+    # The checker itself, on a module of a higher layer that does each of these.
+    probe = PKG / "cli" / "_paths_probe.py"
+    source = ("from ..certs.paths import StorePaths\nfrom ..certs import StorePaths as P\n"
+              "import certproxy.certs.paths\nx = store.paths.live\ny = store._paths\nz = StorePaths(root)\n")
+    used = _store_paths_used(probe, source)
+    assert set(used) == {"certs.paths", "certs.paths.StorePaths", "certs.StorePaths", "line 4: .paths",
+                         "line 5: ._paths", "line 6: StorePaths"}, used
 
 
 def test_importing_certproxy_changes_nothing_in_the_process() -> None:

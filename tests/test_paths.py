@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from certproxy.certs import FileStore, InvalidName, StorePaths, is_valid_token, name_for_domain
+from certproxy.certs import FileStore, InvalidName, is_valid_token, name_for_domain
+from certproxy.certs.paths import StorePaths
 
 
 @pytest.mark.parametrize("token", [

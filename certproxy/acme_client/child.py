@@ -87,7 +87,7 @@ class ChildIssuer:
         request = {
             "op": op,
             "args": args,
-            "store": str(self.store.paths.root),
+            "store": str(self.store.root),
             "settings": _settings_json(self.settings),
         }
         try:

@@ -17,9 +17,7 @@ Encrypt's rate limits, and the response headers of a failed request (so a
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -162,18 +160,20 @@ class AcmeIssuer:
 
     # -- account ---------------------------------------------------------
     def _account_key(self, progress: Progress) -> JWKEC:
-        path = self.store.paths.account_dir(self.settings.directory) / "private_key.pem"
-        pem = self.store.read_private(path)
+        directory = self.settings.directory
+        pem = self.store.account_key(directory)
         if pem is None:
             key = ec.generate_private_key(ec.SECP256R1())
             pem = key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
-            self.store.write_private(path, pem)
+            path = self.store.write_account_key(directory, pem)
             progress(f"account: new ECDSA P-256 key in {path}")
         loaded = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-            raise AcmeError(f"account: {path} is not an ECDSA key", permanent=True)
+            raise AcmeError(
+                f"account: the key of {directory} in the store is not an ECDSA key", permanent=True
+            )
         return JWKEC(key=loaded)
 
     def connect(self, progress: Progress | None = None) -> acme_client.ClientV2:
@@ -223,13 +223,8 @@ class AcmeIssuer:
             regr = client.query_registration(regr)
             progress(f"account: reusing {regr.uri}")
         self.account_uri = regr.uri
-        record = self.store.paths.account_dir(s.directory) / "account.json"
-        self.store.write_private(
-            record,
-            json.dumps(
-                {"uri": regr.uri, "directory": s.directory, "contact": list(regr.body.contact)}, indent=2
-            ).encode()
-            + b"\n",
+        self.store.write_account(
+            s.directory, {"uri": regr.uri, "directory": s.directory, "contact": list(regr.body.contact)}
         )
 
     # -- directory facts -------------------------------------------------
@@ -344,10 +339,7 @@ class AcmeIssuer:
     def _register_again(self, progress: Progress, error: messages.Error) -> acme_client.ClientV2:
         """The CA no longer knows the account (its state was reset): keep the old key aside,
         register a new account with a new key, and go on."""
-        path = self.store.paths.account_dir(self.settings.directory) / "private_key.pem"
-        aside = path.with_name(f"private_key.pem.lost-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}")
-        if path.exists():
-            os.replace(path, aside)
+        aside = self.store.retire_account_key(self.settings.directory, dt.datetime.now(dt.UTC))
         log.warning(
             "account %s: the CA answered %s; the old key is kept as %s, registering a new account",
             self.account_uri,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from ..certs import FileStore, StoreError, utcnow
 from ..certs.keys import new_private_key
-from ..certs.local_ca import ensure_ca, issue_leaf
+from ..certs.local_ca import issue_leaf
 from .errors import AcmeError
 from .settings import AcmeSettings
 
@@ -34,7 +34,7 @@ class LocalCAIssuer:
     ) -> tuple[bytes, bytes]:
         now = utcnow()
         try:
-            ca, made = ensure_ca(self.store.paths.ca, domains, now)
+            ca, made = self.store.ensure_local_ca(domains, now)
         except StoreError as exc:
             raise AcmeError(str(exc)) from None
         if made:

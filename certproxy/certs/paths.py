@@ -27,6 +27,8 @@ from .errors import InvalidName
 FULLCHAIN = "fullchain.pem"
 PRIVKEY = "privkey.pem"
 META = "certproxy.json"  # which CA directory issued the pair, and when
+ACCOUNT_KEY = "private_key.pem"
+ACCOUNT_RECORD = "account.json"
 
 # A DNS name or certbot's "name-0001" lineage: letters, digits, dot, dash,
 # underscore; starts with a letter or digit; no "..".
@@ -103,6 +105,12 @@ class StorePaths:
         digest = hashlib.sha256(directory_url.encode()).hexdigest()[:16]
         host = re.sub(r"[^A-Za-z0-9.-]", "_", urlsplit(directory_url).netloc)[:100] or "acme"
         return self.accounts / f"{host}-{digest}"
+
+    def account_key(self, directory_url: str) -> Path:
+        return self.account_dir(directory_url) / ACCOUNT_KEY
+
+    def account_record(self, directory_url: str) -> Path:
+        return self.account_dir(directory_url) / ACCOUNT_RECORD
 
     def lock(self, name: str) -> Path:
         return self.locks / f"{check_name(name)}.lock"

@@ -1,7 +1,10 @@
 """The certificate store: the single source of truth for what is served.
 
 ``FileStore`` is the filesystem implementation (certbot's layout, see
-``paths.py``). Everything here is synchronous file I/O: the running proxy
+``paths.py``). Callers name what they want by key (a certificate name, an
+ACME directory, a challenge token or domain) and never see the store's
+paths, which stay inside ``certs/`` (a ``Path`` a method hands back, such
+as where a pair was written, is for messages). Everything here is synchronous file I/O: the running proxy
 calls it through ``asyncio.to_thread``, never from a TLS handshake.
 
 ``inventory()`` answers the one question the proxy asks at start and on every
@@ -26,6 +29,7 @@ from pathlib import Path
 from .atomic import CERT_MODE, KEY_MODE, create_atomic, write_atomic, write_pair_atomic
 from .bootstrap import make_self_signed
 from .errors import InvalidName, PairError, StoreError, os_problem, os_reason
+from .local_ca import CA_CERT, LocalCA, ensure_ca, load_ca
 from .lock import DEFAULT_TTL, IssuanceLock
 from .pair import CertPair, key_mode_problem, load_pair, parse_pair
 from .paths import FULLCHAIN, META, PRIVKEY, StorePaths, check_name, name_for_domain
@@ -64,11 +68,11 @@ class FileStore:
     """Certificate store on a local (or shared) filesystem."""
 
     def __init__(self, root: Path) -> None:
-        self.paths = StorePaths(Path(root))
+        self._paths = StorePaths(Path(root))  # private: callers name things by key
 
     @property
     def root(self) -> Path:
-        return self.paths.root
+        return self._paths.root
 
     # -- layout --------------------------------------------------------
     def ensure_layout(self) -> None:
@@ -78,21 +82,21 @@ class FileStore:
         managed by another tool on a read-only volume); writing into it later
         fails with a clear StoreError.
         """
-        root = self.paths.root
+        root = self._paths.root
         try:
             root.mkdir(parents=True, exist_ok=True)
             if not root.is_dir():
                 raise StoreError(f"{root}: not a folder")
-            for folder in self.paths.folders():
+            for folder in self._paths.folders():
                 folder.mkdir(exist_ok=True)
-            os.chmod(self.paths.accounts, 0o700)
+            os.chmod(self._paths.accounts, 0o700)
             os.listdir(root)
         except StoreError:
             raise
         except FileExistsError:
             raise StoreError(f"{root}: not a folder") from None
         except OSError as exc:
-            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and _is_dir(self.paths.live):
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and _is_dir(self._paths.live):
                 log.warning(
                     "store %s is read-only: serving what live/ holds; renewals and a "
                     "bootstrap certificate need a writable store",
@@ -106,7 +110,7 @@ class FileStore:
     # -- pairs ---------------------------------------------------------
     def live_names(self) -> list[str]:
         try:
-            entries = sorted(os.listdir(self.paths.live))
+            entries = sorted(os.listdir(self._paths.live))
         except FileNotFoundError:
             return []
         names = []
@@ -115,18 +119,32 @@ class FileStore:
                 check_name(entry)
             except InvalidName:
                 continue  # dot-files, editor leftovers
-            if (self.paths.live / entry).is_dir():
+            if (self._paths.live / entry).is_dir():
                 names.append(entry)
         return names
 
+    def bootstrap_names(self) -> list[str]:
+        """The names with a folder in ``bootstrap/`` ([] when it cannot be read)."""
+        try:
+            return sorted(
+                p.name for p in self._paths.bootstrap.iterdir() if p.is_dir() and not p.name.startswith(".")
+            )
+        except OSError:
+            return []
+
+    def has_layout(self) -> bool:
+        """Whether the root holds a store (``live/`` or ``bootstrap/``): a mistyped folder does
+        not; OSError when the root cannot be entered."""
+        return self._paths.live.is_dir() or self._paths.bootstrap.is_dir()
+
     def load_live(self, name: str, now: dt.datetime | None = None) -> CertPair:
-        return load_pair(self.paths.live_dir(name), name, "live", now or utcnow())
+        return load_pair(self._paths.live_dir(name), name, "live", now or utcnow())
 
     def write_live(
         self, name: str, chain_pem: bytes, key_pem: bytes, meta: Mapping[str, object] | None = None
     ) -> Path:
         """Write a CA-issued pair (validated first: a bad pair never lands in live/)."""
-        folder = self.paths.live_dir(name)
+        folder = self._paths.live_dir(name)
         parse_pair(name, "live", chain_pem, key_pem, source=folder, now=utcnow())
         self._write_pair(folder, chain_pem, key_pem)
         if meta is not None:
@@ -139,7 +157,7 @@ class FileStore:
     def live_meta(self, name: str) -> dict[str, object]:
         """What certproxy recorded when it wrote ``live/<name>`` ({} if nothing)."""
         try:
-            data = json.loads((self.paths.live_dir(name) / META).read_bytes())
+            data = json.loads((self._paths.live_dir(name) / META).read_bytes())
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
@@ -148,7 +166,7 @@ class FileStore:
         """This installation's place in a certificate's renewal period, in [0, 1): drawn
         once, kept in the store (so restarts and replicas agree); 0.5 when the store
         cannot keep it."""
-        path = self.paths.installation
+        path = self._paths.installation
         for _ in range(2):
             try:
                 data = json.loads(path.read_bytes())
@@ -170,33 +188,83 @@ class FileStore:
     def lock(self, name: str, ttl: float = DEFAULT_TTL) -> IssuanceLock:
         """The issuance lock of ``name``, shared by every process using this store:
         ``async with store.lock(name).held(): ...`` (see ``lock.py``)."""
-        return IssuanceLock(self.paths.lock(name), ttl)
+        return IssuanceLock(self._paths.lock(name), ttl)
 
     # -- ACME state ----------------------------------------------------
     def write_challenge(self, token: str, data: bytes) -> None:
-        write_atomic(self.paths.challenge(token), data, CERT_MODE)
+        write_atomic(self._paths.challenge(token), data, CERT_MODE)
 
     def remove_challenge(self, token: str) -> None:
-        self.paths.challenge(token).unlink(missing_ok=True)
+        self._paths.challenge(token).unlink(missing_ok=True)
 
     def write_alpn_challenge(self, domain: str, pem: bytes) -> None:
-        self.write_private(self.paths.alpn_challenge(domain), pem)
+        """TLS-ALPN-01: the validation certificate and key (one PEM) for ``domain``."""
+        self._write_private(self._paths.alpn_challenge(domain), pem)
+
+    def alpn_challenge(self, domain: str) -> bytes | None:
+        """The validation PEM pending for ``domain`` (whichever replica ordered it), or None."""
+        try:
+            return self._paths.alpn_challenge(domain).read_bytes()
+        except (InvalidName, FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
 
     def remove_alpn_challenge(self, domain: str) -> None:
-        self.paths.alpn_challenge(domain).unlink(missing_ok=True)
+        self._paths.alpn_challenge(domain).unlink(missing_ok=True)
 
-    def read_private(self, path: Path) -> bytes | None:
+    def account_key(self, directory: str) -> bytes | None:
+        """The account key (PEM) kept for the ACME ``directory``, or None before the first."""
         try:
-            return path.read_bytes()
+            return self._paths.account_key(directory).read_bytes()
         except FileNotFoundError:
             return None
 
-    def write_private(self, path: Path, data: bytes) -> None:
+    def write_account_key(self, directory: str, pem: bytes) -> Path:
+        """Keep ``pem`` as the account key of ``directory`` (mode 0600); returns its file."""
+        path = self._paths.account_key(directory)
+        self._write_private(path, pem)
+        return path
+
+    def write_account(self, directory: str, record: Mapping[str, object]) -> None:
+        """What the CA said of the account of ``directory`` (its URI, contact), kept as JSON."""
+        data = json.dumps(record, indent=2).encode() + b"\n"
+        self._write_private(self._paths.account_record(directory), data)
+
+    def retire_account_key(self, directory: str, now: dt.datetime) -> Path:
+        """Move the account key of ``directory`` aside for the operator (``.lost-<time>``),
+        so that the next one is new; returns where it is kept."""
+        path = self._paths.account_key(directory)
+        aside = path.with_name(f"{path.name}.lost-{now:%Y%m%dT%H%M%SZ}")
+        if path.exists():
+            os.replace(path, aside)
+        return aside
+
+    def _write_private(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(path, data, KEY_MODE)
 
+    # -- the local CA --------------------------------------------------
+    @property
+    def local_ca_folder(self) -> Path:
+        """Where the local CA is kept (for messages)."""
+        return self._paths.ca
+
+    def ensure_local_ca(self, domains: tuple[str, ...], now: dt.datetime) -> tuple[LocalCA, bool]:
+        """The local CA, made first if there is none; (CA, whether this call made it)."""
+        return ensure_ca(self._paths.ca, domains, now)
+
+    def load_local_ca(self) -> LocalCA | None:
+        """The local CA, or None before it is made; StoreError when it is damaged."""
+        return load_ca(self._paths.ca)
+
+    def local_ca_cert(self) -> bytes | None:
+        """The local CA's certificate (PEM) for clients to trust, or None (not made, unreadable)."""
+        try:
+            return (self._paths.ca / CA_CERT).read_bytes()
+        except OSError:
+            return None
+
     def load_bootstrap(self, name: str, now: dt.datetime | None = None) -> CertPair:
-        return load_pair(self.paths.bootstrap_dir(name), name, "bootstrap", now or utcnow())
+        return load_pair(self._paths.bootstrap_dir(name), name, "bootstrap", now or utcnow())
 
     def ensure_bootstrap(self, domains: tuple[str, ...], now: dt.datetime | None = None) -> CertPair:
         """The bootstrap pair for ``domains``: reused while it fits, else made anew."""
@@ -213,11 +281,11 @@ class FileStore:
         ):
             return pair
         chain_pem, key_pem = make_self_signed(domains, now)
-        self._write_pair(self.paths.bootstrap_dir(name), chain_pem, key_pem)
+        self._write_pair(self._paths.bootstrap_dir(name), chain_pem, key_pem)
         log.warning(
             "no CA certificate for %s in %s: serving a self-signed bootstrap certificate",
             ", ".join(domains),
-            self.paths.live,
+            self._paths.live,
         )
         return self.load_bootstrap(name, now)
 
@@ -317,7 +385,7 @@ class FileStore:
         out = []
         for name in self.live_names():
             for fname in (FULLCHAIN, PRIVKEY):
-                path = self.paths.live / name / fname
+                path = self._paths.live / name / fname
                 try:
                     st = os.stat(path)
                     target = os.readlink(path) if os.path.islink(path) else ""
@@ -331,7 +399,7 @@ class FileStore:
     def read_challenge(self, token: str) -> bytes | None:
         """The key authorization for ``token``, or None (bad token, no file)."""
         try:
-            path = self.paths.challenge(token)
+            path = self._paths.challenge(token)
         except InvalidName:
             return None
         try:

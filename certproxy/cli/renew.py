@@ -109,7 +109,7 @@ async def renew(config: Config, force: bool) -> int:
     if config.local_ca:
         from ..acme_client.local import LocalCAIssuer
 
-        say(f"certificates from the local CA in {store.paths.ca}")
+        say(f"certificates from the local CA in {store.local_ca_folder}")
         manager = CertManager(store, settings, LocalCAIssuer(store, settings), progress=say)
     elif config.challenge == "tls-alpn-01":
         say("tls-alpn-01: the running certproxy sharing this store answers the CA on its TLS port")

@@ -7,8 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..certs import FileStore, PairError, StoreError, os_problem, utcnow
-from ..certs.paths import name_for_domain
+from ..certs import FileStore, PairError, StoreError, name_for_domain, os_problem, utcnow
 from .common import EXIT_CONFIG, EXIT_OK, config_from
 from .health_client import default_url, get_health, health_url
 
@@ -49,12 +48,12 @@ def _print_renewals(renewals: list[dict[str, Any]]) -> None:
 
 def _not_a_store(store: FileStore) -> str | None:
     """Why ``store`` is not a certproxy store (a mistyped ``--store``), or None."""
-    root = store.paths.root
+    root = store.root
     if not root.exists():
         return f"{root}: no such folder (certproxy serve creates the store)"
     if not root.is_dir():
         return f"{root}: not a folder"
-    if not (store.paths.live.is_dir() or store.paths.bootstrap.is_dir()):
+    if not store.has_layout():
         return f"{root}: not a certproxy store (no live/ or bootstrap/ in it)"
     return None
 
@@ -64,7 +63,7 @@ def _rows(store: FileStore) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for kind, names, loader in (
         ("live", store.live_names(), store.load_live),
-        ("bootstrap", _bootstrap_names(store), store.load_bootstrap),
+        ("bootstrap", store.bootstrap_names(), store.load_bootstrap),
     ):
         for name in names:
             try:
@@ -144,15 +143,14 @@ def _local_ca(store: FileStore, config: Config) -> dict[str, Any] | None:
     """The local CA and how to trust it, with ``CERTPROXY_LOCAL_CA=1``; None otherwise."""
     if not config.local_ca:
         return None
-    from ..certs.local_ca import load_ca
     from ..service.trust import trust_recipe
 
     try:
-        ca = load_ca(store.paths.ca)
+        ca = store.load_local_ca()
     except StoreError as exc:
         return {"error": str(exc)}
     if ca is None:
-        return {"error": f"no local CA in {store.paths.ca} yet (certproxy serve makes it)"}
+        return {"error": f"no local CA in {store.local_ca_folder} yet (certproxy serve makes it)"}
     return {"folder": str(ca.folder), "fingerprint": ca.fingerprint, "recipe": trust_recipe(ca, config)}
 
 
@@ -166,12 +164,3 @@ def _print_served(url: str | None, served: list[dict[str, Any]] | None) -> None:
             f"  {c.get('name')}  {c.get('kind')}  serial {c.get('serial')}  "
             f"loaded at {c.get('loaded_at')}  expires {c.get('not_after')}"
         )
-
-
-def _bootstrap_names(store: FileStore) -> list[str]:
-    try:
-        return sorted(
-            p.name for p in store.paths.bootstrap.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
-    except OSError:
-        return []

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 
 from ..certs import FileStore, is_valid_token
-from ..certs.local_ca import CA_CERT
 from ..proxy.headers import NO_STORE, Answer
 from ..proxy.hostname import origin, parse_host
 from ..proxy.routes import Request
@@ -78,8 +77,7 @@ class PlainHandler:
     async def _ca_cert(self, method: bytes) -> Answer:
         if method not in (b"GET", b"HEAD"):
             return 405, [(b"Allow", b"GET, HEAD")], b"certproxy: /ca.crt is read with GET\n", TEXT
-        try:
-            data = await asyncio.to_thread((self.store.paths.ca / CA_CERT).read_bytes)
-        except OSError:
+        data = await asyncio.to_thread(self.store.local_ca_cert)
+        if data is None:
             return 404, [], b"certproxy: the local CA is not made yet\n", TEXT
         return 200, NO_STORE, data, CA_CERT_TYPE

@@ -25,13 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..certs import FileStore, InvalidName, StoreError, os_problem, utcnow
-from ..certs.local_ca import ensure_ca
+from ..certs import FileStore, StoreError, os_problem, utcnow
 from ..proxy.client import SWEEP_INTERVAL, Listener
 from ..proxy.headers import NO_STORE, Answer
 from ..proxy.hello import ACME_TLS_1
 from ..proxy.routes import ControlRoute, ProxyRoute, Request, Route
 from ..proxy.tls import TLSState
+from ..proxy.tls import _load_pem_into as load_pem_into
 from ..proxy.tlsconn import AlpnChallenge
 from ..proxy.upstream import UpstreamPool
 from . import logs
@@ -183,7 +183,7 @@ class Front:
         """The local CA, made on first start; a name outside its constraints stops start-up."""
         cfg = self.config
         try:
-            ca, made = await asyncio.to_thread(ensure_ca, self.store.paths.ca, cfg.cert_domains, utcnow())
+            ca, made = await asyncio.to_thread(self.store.ensure_local_ca, cfg.cert_domains, utcnow())
         except StoreError as exc:
             raise StartupError("CERTPROXY_LOCAL_CA", str(exc)) from None
         refusal = ca.refusal(cfg.cert_domains)
@@ -270,16 +270,13 @@ class Front:
         the store (whichever replica ordered it), as a context that speaks only acme-tls/1."""
 
         def load() -> ssl.SSLContext | None:
-            try:
-                path = self.store.paths.alpn_challenge(server_name)
-            except InvalidName:
-                return None
-            if not path.is_file():
+            pem = self.store.alpn_challenge(server_name)
+            if pem is None:
                 return None
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx.set_alpn_protocols([ACME_TLS_1])
-            ctx.load_cert_chain(path)
+            load_pem_into(ctx, pem, pem)  # one PEM holds the certificate and its key
             return ctx
 
         try:
