@@ -3,10 +3,12 @@
 Everything here blocks (``requests`` under the hood): callers on the event
 loop use ``asyncio.to_thread``. ``AcmeIssuer`` keeps one account per ACME
 directory (its key in ``STORE/accounts/<directory>/``, mode 0600, created
-once and reused), and runs the RFC 8555 order flow with HTTP-01: the key
-authorizations go into ``STORE/challenges/<token>``, where the HTTP listener
-of any process sharing the store answers them, and are removed afterwards.
-Errors leave this module only as ``AcmeError``.
+once and reused), and runs the RFC 8555 order flow: new order, proof of
+each name by the solver of the configured challenge (``solvers.py``: HTTP-01
+and TLS-ALPN-01 answers in the store, where any process sharing it answers
+the CA; DNS-01 TXT records), finalization; the answers are removed
+afterwards, whatever the outcome. Errors leave this module only as
+``AcmeError``.
 
 Two things ``acme`` lacks are added here: the ``replaces`` field of a new
 order (RFC 9773, section 5), which makes a renewal exempt from Let's
@@ -23,8 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
-from acme import challenges, crypto_util, messages
 from acme import client as acme_client
+from acme import crypto_util, messages
 from acme import errors as acme_errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -35,11 +37,10 @@ from josepy.jwk import JWKEC
 
 from .. import __version__
 from ..certs import FileStore
-from ..certs.alpn import validation_certificate
 from ..certs.keys import new_private_key
 from .errors import AcmeError, translate
 from .settings import AcmeSettings
-from .tlsalpn import TLSALPN01
+from .solvers import Solver, solver_for
 
 log = logging.getLogger("certproxy.acme")
 
@@ -257,65 +258,12 @@ class AcmeIssuer:
         client = self.connect(progress)
         key_pem = new_private_key(self.settings.key_type)
         csr_pem = crypto_util.make_csr(key_pem, list(domains))
-        tokens: list[str] = []
-        dns_updater = None
-        alpn_names: list[str] = []
+        solver = solver_for(self.settings, self.store, progress)
         stage = "order"
         try:
-            try:
-                orderr = self._new_order(client, csr_pem, replaces)
-            except messages.Error as error:
-                if not _account_lost(error):
-                    raise
-                client = self._register_again(progress, error)  # once per order, never a loop
-                orderr = self._new_order(client, csr_pem, replaces)
-            progress(
-                f"order: {orderr.uri} for {', '.join(domains)}"
-                + (f" (replaces {replaces})" if replaces else "")
-            )
+            client, orderr = self._order(client, csr_pem, domains, replaces, progress)
             stage = "challenge"
-            kind = {"dns-01": challenges.DNS01, "tls-alpn-01": TLSALPN01}.get(
-                self.settings.challenge, challenges.HTTP01
-            )
-            answers = []
-            for authzr in orderr.authorizations:
-                ident = authzr.body.identifier.value
-                if authzr.body.wildcard:
-                    ident = "*." + ident
-                if authzr.body.status == messages.STATUS_VALID:
-                    progress(f"challenge {ident}: already valid")
-                    continue
-                challb = next((c for c in authzr.body.challenges if isinstance(c.chall, kind)), None)
-                if challb is None:
-                    raise AcmeError(
-                        f"challenge {ident}: the CA offers no {self.settings.challenge} challenge",
-                        permanent=True,
-                    )
-                response, validation = challb.response_and_validation(client.net.key)
-                if kind is challenges.DNS01:
-                    from .dns01 import record_name, updater  # dnspython only with dns-01
-
-                    if dns_updater is None:
-                        assert self.settings.dns is not None  # AcmeSettings requires it for dns-01
-                        dns_updater = updater(self.settings.dns)
-                    record = record_name(ident)
-                    dns_updater.add(record, validation)
-                    progress(f"challenge {ident}: TXT {record} added")
-                elif kind is TLSALPN01:
-                    pem = validation_certificate(ident, validation, dt.datetime.now(dt.UTC))
-                    self.store.write_alpn_challenge(ident, pem)
-                    alpn_names.append(ident)
-                else:
-                    token = challb.chall.encode("token")
-                    self.store.write_challenge(token, validation.encode())
-                    tokens.append(token)
-                answers.append((ident, challb, response))
-            if dns_updater is not None and dns_updater.added:
-                dns_updater.wait_visible()
-                progress("dns-01: the DNS server answers every TXT record")
-            for ident, challb, response in answers:
-                client.answer_challenge(challb, response)
-                progress(f"challenge {ident}: {self.settings.challenge} answered")
+            self._prove(client, orderr, solver, progress)
             stage = "finalize"
             deadline = time.monotonic() + ORDER_DEADLINE.total_seconds()
             orderr = _poll_authorizations(client, orderr, deadline)
@@ -324,17 +272,59 @@ class AcmeIssuer:
         except Exception as exc:
             raise self._translate(exc, stage) from None
         finally:
-            for token in tokens:
-                self.store.remove_challenge(token)
-            for name in alpn_names:
-                self.store.remove_alpn_challenge(name)
-            if dns_updater is not None:
-                for problem in dns_updater.remove_all():
-                    log.warning("%s", problem)
+            solver.clean_up()
         chain = (
             orderr.fullchain_pem.encode() if isinstance(orderr.fullchain_pem, str) else orderr.fullchain_pem
         )
         return chain, key_pem
+
+    def _order(
+        self,
+        client: acme_client.ClientV2,
+        csr_pem: bytes,
+        domains: tuple[str, ...],
+        replaces: str | None,
+        progress: Progress,
+    ) -> tuple[acme_client.ClientV2, messages.OrderResource]:
+        """``newOrder``; a CA that no longer knows the account gets a new one, once per
+        order (never a loop). Returns the client the order was placed with."""
+        try:
+            orderr = self._new_order(client, csr_pem, replaces)
+        except messages.Error as error:
+            if not _account_lost(error):
+                raise
+            client = self._register_again(progress, error)
+            orderr = self._new_order(client, csr_pem, replaces)
+        progress(
+            f"order: {orderr.uri} for {', '.join(domains)}" + (f" (replaces {replaces})" if replaces else "")
+        )
+        return client, orderr
+
+    def _prove(
+        self, client: acme_client.ClientV2, orderr: messages.OrderResource, solver: Solver, progress: Progress
+    ) -> None:
+        """For every name not yet valid, the solver presents the answer; once all are
+        visible, the CA is told to validate them."""
+        answers = []
+        for authzr in orderr.authorizations:
+            ident = authzr.body.identifier.value
+            if authzr.body.wildcard:
+                ident = "*." + ident
+            if authzr.body.status == messages.STATUS_VALID:
+                progress(f"challenge {ident}: already valid")
+                continue
+            challb = next((c for c in authzr.body.challenges if isinstance(c.chall, solver.challenge)), None)
+            if challb is None:
+                raise AcmeError(
+                    f"challenge {ident}: the CA offers no {self.settings.challenge} challenge", permanent=True
+                )
+            response, validation = challb.response_and_validation(client.net.key)
+            solver.present(ident, challb.chall, validation)
+            answers.append((ident, challb, response))
+        solver.wait_visible()
+        for ident, challb, response in answers:
+            client.answer_challenge(challb, response)
+            progress(f"challenge {ident}: {self.settings.challenge} answered")
 
     def _register_again(self, progress: Progress, error: messages.Error) -> acme_client.ClientV2:
         """The CA no longer knows the account (its state was reset): keep the old key aside,
