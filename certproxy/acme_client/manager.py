@@ -25,7 +25,7 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -34,6 +34,7 @@ from ..certs import CertPair, FileStore, LockBusy, PairError, StoreError, utcnow
 from . import policy
 from .ari import ari_cert_id
 from .errors import AcmeError
+from .issuers import Issuer
 from .settings import AcmeSettings
 
 log = logging.getLogger("certproxy.acme")
@@ -41,20 +42,6 @@ log = logging.getLogger("certproxy.acme")
 MAX_SLEEP = dt.timedelta(hours=12)
 LOCK_BUSY_RETRY = 15.0
 T = TypeVar("T")
-
-
-class Issuer(Protocol):
-    """What the manager needs from a CA (``AcmeIssuer``, or a fake in unit tests)."""
-
-    account_uri: str | None
-
-    def issue(
-        self, domains: tuple[str, ...], *, replaces: str | None = None, progress: Callable[[str], None] = ...
-    ) -> tuple[bytes, bytes]: ...
-
-    def offers_ari(self) -> bool: ...
-
-    def renewal_info(self, cert_pem: bytes) -> tuple[dt.datetime | None, dt.datetime]: ...
 
 
 async def in_daemon_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -1,9 +1,11 @@
 """``certproxy renew``: one issuance (or renewal) run for humans and cron.
 
-It uses the same manager as ``certproxy serve``, so it honours the same
-lock, renewal policy and store. HTTP-01 needs someone answering on the HTTP
-port: if a certproxy already answers there (sharing the store), it relies on
-it; otherwise it listens on the port itself for the duration of the run.
+It uses the same manager and the same choice of issuer (``make_issuer``) as
+``certproxy serve``, so it honours the same lock, renewal policy and store;
+when another issuer holds the lock, it waits on it for that one's outcome.
+HTTP-01 needs someone answering on the HTTP port: if a certproxy already
+answers there (sharing the store), it relies on it; otherwise it listens on
+the port itself for the duration of the run.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..acme_client import AcmeIssuer
+from ..acme_client import AcmeSettings
+from ..acme_client.issuers import make_issuer
 from ..acme_client.manager import CertManager
 from ..certs import FileStore, PairError, StoreError, os_problem, utcnow
 from ..proxy.client import Listener
@@ -86,31 +89,28 @@ async def _challenge_server(store: FileStore, config: Config, port: int) -> List
     return listener
 
 
-async def renew(config: Config, force: bool) -> int:
-    def say(line: str) -> None:
-        print(line, flush=True)
-
-    settings = config.acme_settings()
-    store = FileStore(config.store)
+async def _store_problem(store: FileStore, config: Config) -> str | None:
+    """Why this run cannot use the store or the CA bundle (one line), or None."""
     try:
         await asyncio.to_thread(store.ensure_layout)
         await asyncio.to_thread(check_ca_bundle, config.acme_ca_bundle)
     except StoreError as exc:
-        print(f"certproxy renew: CERTPROXY_STORE: {exc}", file=sys.stderr)
-        return 2
+        return f"CERTPROXY_STORE: {exc}"
     except OSError as exc:
-        print(f"certproxy renew: CERTPROXY_STORE: {os_problem(exc, config.store)}", file=sys.stderr)
-        return 2
+        return f"CERTPROXY_STORE: {os_problem(exc, config.store)}"
     except StartupError as exc:
-        print(f"certproxy renew: {exc}", file=sys.stderr)
-        return 2
-    server = None
+        return str(exc)
+    return None
+
+
+async def _answer_challenges(
+    store: FileStore, config: Config, settings: AcmeSettings, say: Callable[[str], None]
+) -> tuple[Listener | None, str | None]:
+    """Says who answers the CA's challenges; for http-01 with nobody there, listens on the
+    HTTP port for the run. Returns (that listener, or an error line when it cannot)."""
     port = config.http_port
     if config.local_ca:
-        from ..acme_client.local import LocalCAIssuer
-
         say(f"certificates from the local CA in {store.local_ca_folder}")
-        manager = CertManager(store, settings, LocalCAIssuer(store, settings), progress=say)
     elif config.challenge == "tls-alpn-01":
         say("tls-alpn-01: the running certproxy sharing this store answers the CA on its TLS port")
     elif config.challenge == "dns-01":
@@ -127,15 +127,31 @@ async def renew(config: Config, force: bool) -> int:
         except OSError as exc:
             owner = await asyncio.to_thread(port_owner, port)
             held = f" (held by {owner})" if owner else ""
-            print(
-                f"certproxy renew: {listen_error(exc, '--http-port', config.bind, port)}{held}, and no "
-                "certproxy sharing this store answers there to serve the challenges",
-                file=sys.stderr,
+            return None, (
+                f"{listen_error(exc, '--http-port', config.bind, port)}{held}, and no "
+                "certproxy sharing this store answers there to serve the challenges"
             )
-            return 1
         say(f"listening on {config.bind}:{port} for http-01 challenges")
-    if not config.local_ca:
-        manager = CertManager(store, settings, AcmeIssuer(store, settings, progress=say), progress=say)
+        return server, None
+    return None, None
+
+
+async def renew(config: Config, force: bool) -> int:
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    settings = config.acme_settings()
+    store = FileStore(config.store)
+    problem = await _store_problem(store, config)
+    if problem is not None:
+        print(f"certproxy renew: {problem}", file=sys.stderr)
+        return 2
+    server, problem = await _answer_challenges(store, config, settings, say)
+    if problem is not None:
+        print(f"certproxy renew: {problem}", file=sys.stderr)
+        return 1
+    issuer = make_issuer(store, settings, in_child=False, progress=say)
+    manager = CertManager(store, settings, issuer, progress=say)
     try:
         outcome, by_other = await _run(manager, force)
     finally:
@@ -145,6 +161,13 @@ async def renew(config: Config, force: bool) -> int:
     if outcome is not None:
         print(f"certproxy renew: {outcome}", file=sys.stderr)
         return 1
+    return await _report(store, settings, manager, by_other, say)
+
+
+async def _report(
+    store: FileStore, settings: AcmeSettings, manager: CertManager, by_other: bool, say: Callable[[str], None]
+) -> int:
+    """The run's closing lines from what the store holds now; the exit code."""
     status = manager.status
     try:
         pair = await asyncio.to_thread(store.load_live, settings.name)

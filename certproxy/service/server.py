@@ -123,20 +123,13 @@ class Front:
         if cfg.local_ca and self.worker.maintains_certificates:
             await self._local_ca()
         if cfg.maintains_certificates and self.worker.maintains_certificates:
-            from ..acme_client.manager import CertManager, Issuer
+            from ..acme_client.issuers import make_issuer
+            from ..acme_client.manager import CertManager
 
             settings = cfg.acme_settings()
-            issuer: Issuer
-            if cfg.local_ca:
-                from ..acme_client.local import LocalCAIssuer
-
-                issuer = LocalCAIssuer(self.store, settings)
-            else:
-                # The ACME client runs in a child process per call: the acme library,
-                # requests and dnspython never load into the serving process.
-                from ..acme_client.child import ChildIssuer
-
-                issuer = ChildIssuer(self.store, settings)
+            # The ACME client runs in a child process per call: the acme library,
+            # requests and dnspython never load into the serving process.
+            issuer = make_issuer(self.store, settings, in_child=True)
             self.acme = CertManager(self.store, settings, issuer)
             self.health.renewals.append(self.acme.status)
         # Watching the store before the first listener opens: a change made as
