@@ -106,6 +106,37 @@ def test_lock_is_exclusive_and_a_dead_holders_lock_expires(tmp_path: Path) -> No
     assert not b.path.exists()
 
 
+def test_one_solver_per_challenge_presents_its_answers_and_cleans_them_up(tmp_path: Path) -> None:
+    from acme import challenges
+
+    from certproxy.acme_client.settings import DnsSettings
+    from certproxy.acme_client.solvers import Dns01, Http01, TlsAlpn01, solver_for
+    from certproxy.acme_client.tlsalpn import TLSALPN01
+
+    store = FileStore(tmp_path)
+    store.ensure_layout()
+    base = {"directory": "https://ca.test/dir", "domains": ("reg.example.com",)}
+    http = solver_for(AcmeSettings(**base), store, lambda _: None)
+    assert isinstance(http, Http01) and http.challenge is challenges.HTTP01
+    chall = challenges.HTTP01(token=b"t" * 16)
+    http.present("reg.example.com", chall, "token.thumbprint")
+    http.wait_visible()
+    assert store.read_challenge(chall.encode("token")) == b"token.thumbprint"
+    http.clean_up()
+    assert store.read_challenge(chall.encode("token")) is None
+    alpn = solver_for(AcmeSettings(**base, challenge="tls-alpn-01"), store, lambda _: None)
+    assert isinstance(alpn, TlsAlpn01) and alpn.challenge is TLSALPN01
+    alpn.present("reg.example.com", TLSALPN01(token=b"t" * 16), "token.thumbprint")
+    assert b"BEGIN CERTIFICATE" in (store.alpn_challenge("reg.example.com") or b"")
+    alpn.clean_up()
+    assert store.alpn_challenge("reg.example.com") is None
+    dns = solver_for(AcmeSettings(**base, challenge="dns-01", dns=DnsSettings(server="127.0.0.1")), store,
+                     lambda _: None)
+    assert isinstance(dns, Dns01) and dns.challenge is challenges.DNS01
+    dns.wait_visible()  # nothing presented: no DNS server asked
+    dns.clean_up()
+
+
 def test_staging_production_and_directory_selection() -> None:
     assert load_config({}).directory_url == LETSENCRYPT_PRODUCTION
     args = _parser().parse_args(["renew", "--staging", "--domain", "reg.example.com"])
