@@ -2,15 +2,17 @@
 
 How this works: ``Front.start()`` makes sure the store is usable, loads what
 it holds (making a bootstrap certificate if there is nothing to serve), then
-opens one data-plane listener per route (``proxy``: asyncio protocols,
+sets up its long-lived resources in order, each in a step of its own that
+also tears it down (``Front`` says how): the upstream probes, the store's
+reloader, one data-plane listener per route (``proxy``: asyncio protocols,
 one upstream pool each) and the control listeners on the same machinery
-(plain HTTP, admin), all TLS listeners sharing one ``TLSState``. What the
-data plane needs from here comes in as callables and small interfaces
-(``proxy.routes``): the ``/healthz`` answer, the credential check, counters,
-the access log. ``Front.stop()``
-first stops every listener from accepting, then lets in-flight requests
-finish within the grace period, then closes the upstream pools. ``run()``
-ties this to SIGTERM/SIGINT.
+(plain HTTP, admin), all TLS listeners sharing one ``TLSState``, then the
+certificate maintenance. What the data plane needs from here comes in as
+callables and small interfaces (``proxy.routes``): the ``/healthz`` answer,
+the credential check, counters, the access log. ``Front.stop()`` tears down
+in reverse: the maintenance stops, every listener stops accepting and lets
+in-flight requests finish within the grace period, the pools close, then the
+reloader and the probes stop. ``run()`` ties this to SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,6 +55,18 @@ log = logging.getLogger("certproxy")
 
 
 class Front:
+    """The running program's long-lived resources: set up in order, torn down in reverse.
+
+    How this works: ``start()`` checks the files the settings name, loads the store and
+    makes what needs no tear-down (the TLS state, the health report, the certificate
+    manager), then runs the steps that hold a resource. Each step is an async generator
+    that sets its resource up, yields once, and tears it down after the yield (aiohttp's
+    ``cleanup_ctx``): the upstream probes, the store's reloader, the listeners with their
+    pools and the timeout sweep, the certificate maintenance. ``stop()`` resumes the steps
+    that were set up, last first; a step that fails at start-up has the earlier ones torn
+    down (without waiting for a drain) before its error goes on.
+    """
+
     def __init__(self, config: Config, worker: Worker | None = None) -> None:
         self.config = config
         self.worker = worker or Worker()
@@ -62,18 +76,45 @@ class Front:
         self.health: Health | None = None
         self.reloader: Reloader | None = None
         self.acme: CertManager | None = None
-        self._acme_task: asyncio.Task[None] | None = None
-        self._listeners: list[Listener] = []
-        self._sockets: list[str] = []  # unix socket files to remove at stop
-        self._pools: list[UpstreamPool] = []
-        self._probes: list[UpstreamProbe] = []
-        self._sweeper: asyncio.TimerHandle | None = None
         self.metrics = Metrics()
         self.auth = BasicAuth(config.auth_htpasswd) if config.auth_htpasswd else None
+        self._steps: list[AsyncIterator[None]] = []  # set up, in order
+        self._grace = 0.0  # how long the listeners' tear-down lets requests finish (stop() sets it)
 
     async def start(self) -> None:
+        await self._check_files()
+        tls, baseline = await self._load_store()
+        upstream_ssl = await self._upstream_contexts()
+        probes = [UpstreamProbe(route, upstream_ssl[route.port]) for route in self.config.routes]
+        health = Health(tls, probes, self.health_state, self.worker)
+        self.tls, self.health = tls, health
+        self._watch(tls, health)
+        acme = await self._certificate_manager(health)
+        for step in (
+            self._probing(probes),
+            self._reloading(tls, baseline, acme),
+            self._serving(health, upstream_ssl),
+            self._maintaining(acme),
+        ):
+            try:
+                await anext(step)
+            except BaseException:
+                await self.stop(0)
+                raise
+            self._steps.append(step)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Tear down what ``start`` set up, last first: the certificate maintenance stops,
+        the listeners stop accepting and let requests in flight finish within ``grace``
+        (the shutdown grace by default), the reloader and the probes stop."""
+        self._grace = self.config.shutdown_grace if grace is None else grace
+        while self._steps:
+            with contextlib.suppress(StopAsyncIteration):
+                await anext(self._steps.pop())
+
+    async def _check_files(self) -> None:
+        """Files named by settings first: a mistake there stops start-up before anything is made."""
         cfg = self.config
-        # Files named by settings first: a mistake there stops start-up before anything is made.
         if self.auth is not None:
             try:
                 await asyncio.to_thread(self.auth.load)
@@ -83,6 +124,11 @@ class Front:
                 raise StartupError("CERTPROXY_AUTH_HTPASSWD", os_problem(exc, cfg.auth_htpasswd)) from None
         if cfg.acme_enabled:
             await asyncio.to_thread(check_ca_bundle, cfg.acme_ca_bundle)
+
+    async def _load_store(self) -> tuple[TLSState, object]:
+        """The store made usable and loaded (a bootstrap certificate if it holds nothing to
+        serve), and its fingerprint from before the load, for the reloader."""
+        cfg = self.config
         try:
             await asyncio.to_thread(self.store.ensure_layout)
             # Taken before the load: a pair written from here on is seen by the reloader.
@@ -95,7 +141,6 @@ class Front:
         self.health_state.store_errors = dict(inventory.errors)
         for path, why in inventory.errors.items():
             log.error("not serving %s: %s", path, why)
-        self.tls = TLSState(certs)
         self.health_state.last_reload = utcnow()
         primary = certs.primary
         log.info(
@@ -105,72 +150,125 @@ class Front:
             ", ".join(primary.domains),
             primary.not_after.date(),
         )
-        # One TLS context per https upstream, shared by its pool and its probe; loading
-        # the system CA store is not for the event loop.
+        return TLSState(certs), baseline
+
+    async def _upstream_contexts(self) -> dict[int, ssl.SSLContext | None]:
+        """One TLS context per https upstream, shared by its pool and its probe; loading
+        the system CA store is not for the event loop."""
         upstream_ssl: dict[int, ssl.SSLContext | None] = {}
-        for route in cfg.routes:
+        for route in self.config.routes:
             upstream_ssl[route.port] = (
                 await asyncio.to_thread(ssl.create_default_context) if route.scheme == "https" else None
             )
-        self._probes = [UpstreamProbe(route, upstream_ssl[route.port]) for route in cfg.routes]
-        self.health = Health(self.tls, self._probes, self.health_state, self.worker)
-        # Everything /healthz and /metrics report exists before the first listener opens.
-        self.metrics.watch(self.tls, self.health.renewals)
+        return upstream_ssl
+
+    def _watch(self, tls: TLSState, health: Health) -> None:
+        """Everything /healthz and /metrics report exists before the first listener opens."""
+        self.metrics.watch(tls, health.renewals)
         self.metrics.last_reload.set_function(
             lambda: self.health_state.last_reload.timestamp() if self.health_state.last_reload else 0
         )
         self.metrics.worker_info(self.worker)
+
+    async def _certificate_manager(self, health: Health) -> CertManager | None:
+        """The local CA made or checked, and the manager that keeps the certificates
+        current, in the worker that maintains them (None elsewhere)."""
+        cfg = self.config
         if cfg.local_ca and self.worker.maintains_certificates:
             await self._local_ca()
-        if cfg.maintains_certificates and self.worker.maintains_certificates:
-            from ..acme_client.issuers import make_issuer
-            from ..acme_client.manager import CertManager
+        if not (cfg.maintains_certificates and self.worker.maintains_certificates):
+            return None
+        from ..acme_client.issuers import make_issuer
+        from ..acme_client.manager import CertManager
 
-            settings = cfg.acme_settings()
-            # The ACME client runs in a child process per call: the acme library,
-            # requests and dnspython never load into the serving process.
-            issuer = make_issuer(self.store, settings, in_child=True)
-            self.acme = CertManager(self.store, settings, issuer)
-            self.health.renewals.append(self.acme.status)
-        # Watching the store before the first listener opens: a change made as
-        # soon as certproxy answers is never missed.
-        self.reloader = Reloader(
-            self.store, cfg.cert_domains, self.tls, self.health_state, poll_interval=cfg.reload_poll
+        settings = cfg.acme_settings()
+        # The ACME client runs in a child process per call: the acme library,
+        # requests and dnspython never load into the serving process.
+        issuer = make_issuer(self.store, settings, in_child=True)
+        self.acme = CertManager(self.store, settings, issuer)
+        health.renewals.append(self.acme.status)
+        return self.acme
+
+    async def _probing(self, probes: list[UpstreamProbe]) -> AsyncIterator[None]:
+        yield
+        for probe in probes:
+            probe.close()
+
+    async def _reloading(
+        self, tls: TLSState, baseline: object, acme: CertManager | None
+    ) -> AsyncIterator[None]:
+        """Watching the store before the first listener opens: a change made as soon as
+        certproxy answers is never missed."""
+        cfg = self.config
+        reloader = Reloader(
+            self.store, cfg.cert_domains, tls, self.health_state, poll_interval=cfg.reload_poll
         )
-        if self.acme is not None:
-            self.reloader.on_reload.append(self.acme.store_changed)
-        await self.reloader.start(baseline=baseline)
+        if acme is not None:
+            reloader.on_reload.append(acme.store_changed)
+        await reloader.start(baseline=baseline)
+        self.reloader = reloader
+        yield
+        await reloader.stop()
+
+    async def _serving(
+        self, health: Health, upstream_ssl: dict[int, ssl.SSLContext | None]
+    ) -> AsyncIterator[None]:
+        """Every listener open, and the timeout sweep running; at the end, no new
+        connections, requests in flight finished (within the grace), pools closed."""
+        cfg = self.config
+        listeners: list[Listener] = []
+        sockets: list[str] = []  # unix socket files to remove
+        pools: list[UpstreamPool] = []
+        sweeper: _Sweep | None = None
         try:
             if cfg.http_port is not None:
-                plain = PlainHandler(self.store, self.health, cfg.redirect_port, local_ca=cfg.local_ca)
-                await self._listen(
-                    ControlRoute(cfg.http_port, plain, self.metrics.route("http"), logs.access),
-                    cfg.bind,
-                    None,
-                    "CERTPROXY_HTTP_PORT",
+                plain = PlainHandler(self.store, health, cfg.redirect_port, local_ca=cfg.local_ca)
+                route = ControlRoute(cfg.http_port, plain, self.metrics.route("http"), logs.access)
+                listeners.append(await self._listen(route, cfg.bind, None, "CERTPROXY_HTTP_PORT"))
+            for proxy in cfg.routes:
+                pool = UpstreamPool(
+                    proxy.host, proxy.upstream_port, cfg.pool_settings(), upstream_ssl[proxy.port]
                 )
-            for route in cfg.routes:
-                await self._listen_tls(route, upstream_ssl[route.port])
+                pools.append(pool)
+                listeners.append(await self._listen_tls(proxy, pool, health))
             if cfg.admin_port is not None:
                 # One admin port per worker (ADMIN_PORT + index): each /metrics and /healthz
                 # there covers one known worker, which a shared port could not promise.
-                await self._listen(
-                    ControlRoute(cfg.admin_port + self.worker.index, self._admin),
-                    cfg.admin_bind,
-                    None,
-                    "CERTPROXY_ADMIN_PORT",
-                    shared=False,
+                admin = ControlRoute(cfg.admin_port + self.worker.index, self._admin)
+                listeners.append(
+                    await self._listen(admin, cfg.admin_bind, None, "CERTPROXY_ADMIN_PORT", shared=False)
                 )
             if cfg.admin_socket is not None:
-                await self._listen_unix(self.admin_socket_path(cfg.admin_socket))
-        except StartupError:
-            await self.stop(0)
-            raise
-        self._sweep()
-        if self.acme is not None:
-            self._acme_task = asyncio.create_task(self.acme.run())
-            what = "local CA" if cfg.local_ca else f"ACME on: {self.acme.settings.directory}"
-            log.info("%s for %s", what, ", ".join(self.acme.settings.domains))
+                path = self.admin_socket_path(cfg.admin_socket)
+                listeners.append(await self._listen_unix(path))
+                sockets.append(path)  # once it is certproxy's socket, never an operator's file
+            sweeper = _Sweep(listeners)
+            yield
+        finally:
+            # Stop accepting, let requests in flight finish (the sweep still times them
+            # out meanwhile), then close what is left.
+            for listener in listeners:
+                listener.stop_accepting()
+            for path in sockets:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            await asyncio.gather(*(listener.drain(self._grace) for listener in listeners))
+            if sweeper is not None:
+                sweeper.cancel()
+            for pool in pools:
+                pool.close()
+
+    async def _maintaining(self, acme: CertManager | None) -> AsyncIterator[None]:
+        if acme is None:
+            yield
+            return
+        task = asyncio.create_task(acme.run())
+        what = "local CA" if self.config.local_ca else f"ACME on: {acme.settings.directory}"
+        log.info("%s for %s", what, ", ".join(acme.settings.domains))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def _local_ca(self) -> None:
         """The local CA, made on first start; a name outside its constraints stops start-up."""
@@ -196,17 +294,13 @@ class Front:
             return await self.health.answer()
         return 404, [], b"certproxy admin: /metrics or /healthz\n", b"text/plain; charset=utf-8"
 
-    async def _listen_tls(self, route: Route, upstream_ssl: ssl.SSLContext | None) -> None:
+    async def _listen_tls(self, route: Route, pool: UpstreamPool, health: Health) -> Listener:
         """One TLS listener on the data plane, with its own upstream pool."""
-        assert self.tls is not None and self.health is not None
-        ctx = self.tls.listener_context()
-        pool = UpstreamPool(route.host, route.upstream_port, self.config.pool_settings(), upstream_ssl)
-        self._pools.append(pool)
         auth = self.auth if route.port in self.config.protected_ports else None
         proxy = ProxyRoute(
             route,
             pool,
-            healthz=self.health.answer,
+            healthz=health.answer,
             stats=self.metrics.route(str(route.port)),
             auth=auth,
             hsts_max_age=self.config.hsts_max_age,
@@ -217,10 +311,11 @@ class Front:
             if self.config.acme_enabled and self.config.challenge == "tls-alpn-01"
             else None
         )
-        await self._listen(
+        assert self.tls is not None  # set before any listener opens
+        listener = await self._listen(
             proxy,
             self.config.bind,
-            ctx,
+            self.tls.listener_context(),
             "CERTPROXY_ROUTES",
             alpn_challenge=alpn,
             on_handshake_failure=self.metrics.handshake_failures.labels(str(route.port)).inc,
@@ -228,6 +323,7 @@ class Front:
         log.info(
             "route :%d -> %s (basic auth %s)", route.port, route.url, "on" if auth is not None else "off"
         )
+        return listener
 
     async def _listen(
         self,
@@ -239,7 +335,7 @@ class Front:
         shared: bool = True,
         alpn_challenge: AlpnChallenge | None = None,
         on_handshake_failure: Callable[[], None] | None = None,
-    ) -> None:
+    ) -> Listener:
         """Open one listener; a port that cannot be bound stops start-up naming ``setting``."""
         listener = Listener(route, self.config.limits())
         try:
@@ -253,10 +349,10 @@ class Front:
             )
         except OSError as exc:
             raise listen_error(exc, setting, bind, route.port) from None
-        self._listeners.append(listener)
         self.metrics.track_connections(listener.connections, str(route.port))
         kind = {"CERTPROXY_HTTP_PORT": "http", "CERTPROXY_ADMIN_PORT": "admin"}.get(setting, "tls")
         log.info("listening on %s:%d (%s)", bind, route.port, kind)
+        return listener
 
     async def _alpn_context(self, server_name: str) -> ssl.SSLContext | None:
         """TLS-ALPN-01: the validation certificate for ``server_name`` if one is pending in
@@ -282,7 +378,7 @@ class Front:
         """Worker 0's admin socket is ``base``; worker N's is ``base.N``."""
         return str(base) if self.worker.index == 0 else f"{base}.{self.worker.index}"
 
-    async def _listen_unix(self, path: str) -> None:
+    async def _listen_unix(self, path: str) -> Listener:
         """The admin listener on a unix socket: reached only from inside this host's (or
         container's) filesystem, so it always answers for this very process, even
         where replicas share every TCP port."""
@@ -292,44 +388,30 @@ class Front:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise StartupError("CERTPROXY_ADMIN_SOCKET", f"cannot listen on {path}: {reason}") from None
-        self._listeners.append(listener)
-        self._sockets.append(path)
         log.info("listening on %s (admin)", path)
+        return listener
 
-    def _sweep(self) -> None:
-        """Timeouts of every data-plane connection, a few times a second."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for listener in self._listeners:
+
+class _Sweep:
+    """Timeouts of every data-plane connection, a few times a second, until cancelled;
+    the access lines buffered meanwhile go out with each sweep."""
+
+    def __init__(self, listeners: list[Listener]) -> None:
+        self.listeners = listeners
+        self.loop = asyncio.get_running_loop()
+        self.handle: asyncio.TimerHandle | None = None
+        self.run()
+
+    def run(self) -> None:
+        now = self.loop.time()
+        for listener in self.listeners:
             listener.sweep(now)
         logs.flush_access()
-        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+        self.handle = self.loop.call_later(SWEEP_INTERVAL, self.run)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting everywhere, let requests in flight finish, close pools."""
-        if self._acme_task is not None:
-            self._acme_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._acme_task
-        if self.reloader is not None:
-            await self.reloader.stop()
-        for listener in self._listeners:
-            listener.stop_accepting()
-        for path in self._sockets:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        self._sockets.clear()
-        if grace is None:
-            grace = self.config.shutdown_grace
-        await asyncio.gather(*(listener.drain(grace) for listener in self._listeners))
-        self._listeners.clear()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        for probe in self._probes:
-            probe.close()
-        for pool in self._pools:
-            pool.close()
-        self._pools.clear()
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
 
 
 async def run(config: Config, worker: Worker | None = None, ready: Callable[[], None] | None = None) -> None:
