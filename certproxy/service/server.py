@@ -93,7 +93,7 @@ class Front:
         for step in (
             self._probing(probes),
             self._reloading(tls, baseline, acme),
-            self._serving(health, upstream_ssl),
+            self._serving(tls, health, upstream_ssl),
             self._maintaining(acme),
         ):
             try:
@@ -211,7 +211,7 @@ class Front:
         await reloader.stop()
 
     async def _serving(
-        self, health: Health, upstream_ssl: dict[int, ssl.SSLContext | None]
+        self, tls: TLSState, health: Health, upstream_ssl: dict[int, ssl.SSLContext | None]
     ) -> AsyncIterator[None]:
         """Every listener open, and the timeout sweep running; at the end, no new
         connections, requests in flight finished (within the grace), pools closed."""
@@ -230,7 +230,7 @@ class Front:
                     proxy.host, proxy.upstream_port, cfg.pool_settings(), upstream_ssl[proxy.port]
                 )
                 pools.append(pool)
-                listeners.append(await self._listen_tls(proxy, pool, health))
+                listeners.append(await self._listen_tls(proxy, pool, tls.listener_context(), health))
             if cfg.admin_port is not None:
                 # One admin port per worker (ADMIN_PORT + index): each /metrics and /healthz
                 # there covers one known worker, which a shared port could not promise.
@@ -294,7 +294,9 @@ class Front:
             return await self.health.answer()
         return 404, [], b"certproxy admin: /metrics or /healthz\n", b"text/plain; charset=utf-8"
 
-    async def _listen_tls(self, route: Route, pool: UpstreamPool, health: Health) -> Listener:
+    async def _listen_tls(
+        self, route: Route, pool: UpstreamPool, ctx: ssl.SSLContext, health: Health
+    ) -> Listener:
         """One TLS listener on the data plane, with its own upstream pool."""
         auth = self.auth if route.port in self.config.protected_ports else None
         proxy = ProxyRoute(
@@ -311,11 +313,10 @@ class Front:
             if self.config.acme_enabled and self.config.challenge == "tls-alpn-01"
             else None
         )
-        assert self.tls is not None  # set before any listener opens
         listener = await self._listen(
             proxy,
             self.config.bind,
-            self.tls.listener_context(),
+            ctx,
             "CERTPROXY_ROUTES",
             alpn_challenge=alpn,
             on_handshake_failure=self.metrics.handshake_failures.labels(str(route.port)).inc,
