@@ -319,30 +319,8 @@ class FileStore:
         """
         now = now or utcnow()
         old_live = {p.name: p for p in previous if p.kind == "live"}
-        pairs: dict[str, CertPair] = {}
-        errors: dict[str, str] = {}
+        pairs, errors, broken = self._load_live_pairs(old_live, now, fresh)
         kept: list[str] = []
-        broken: set[str] = set()
-        for name in self.live_names():
-            try:
-                pair = self.load_live(name, now)
-            except PairError as exc:
-                errors[str(exc.path)] = exc.reason
-                broken.add(name)
-                continue
-            old = old_live.get(name)
-            if (
-                old is not None
-                and not fresh
-                and old.chain_pem == pair.chain_pem
-                and old.key_pem == pair.key_pem
-            ):
-                pair = old
-            else:
-                warning = key_mode_problem(pair.source)
-                if warning:
-                    log.warning("%s", warning)
-            pairs[name] = pair
         # A bad write never takes a certificate out of service.
         for name in sorted(broken):
             old = old_live.get(name)
@@ -368,6 +346,36 @@ class FileStore:
             ordered.append(primary)
         ordered.sort(key=lambda p: p is not primary)
         return Inventory(primary=primary, pairs=tuple(ordered), errors=errors, kept=tuple(kept))
+
+    def _load_live_pairs(
+        self, old_live: dict[str, CertPair], now: dt.datetime, fresh: bool
+    ) -> tuple[dict[str, CertPair], dict[str, str], set[str]]:
+        """Every live pair that loads (the very object in service when unchanged), why
+        each other one does not (by path), and the names of those."""
+        pairs: dict[str, CertPair] = {}
+        errors: dict[str, str] = {}
+        broken: set[str] = set()
+        for name in self.live_names():
+            try:
+                pair = self.load_live(name, now)
+            except PairError as exc:
+                errors[str(exc.path)] = exc.reason
+                broken.add(name)
+                continue
+            old = old_live.get(name)
+            if (
+                old is not None
+                and not fresh
+                and old.chain_pem == pair.chain_pem
+                and old.key_pem == pair.key_pem
+            ):
+                pair = old
+            else:
+                warning = key_mode_problem(pair.source)
+                if warning:
+                    log.warning("%s", warning)
+            pairs[name] = pair
+        return pairs, errors, broken
 
     @staticmethod
     def _pick_primary(pairs: list[CertPair], domain: str) -> CertPair | None:

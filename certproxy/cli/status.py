@@ -110,10 +110,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if trust is not None:
         for line in trust.get("recipe") or [trust.get("error")]:
             print(f"  {line}")
-    if not rows:
+    if rows:
+        _print_table(rows)
+    else:
         print("no certificates")
-        _print_renewals(renewals)
-        return EXIT_OK
+    _print_renewals(renewals)
+    return EXIT_OK
+
+
+def _print_table(rows: list[dict[str, object]]) -> None:
+    """The store's certificates, one row each, in aligned columns."""
     header = ("NAME", "KIND", "EXPIRES", "DAYS", "ISSUER", "SERIAL", "DOMAINS")
     table = [header]
     for r in rows:
@@ -135,8 +141,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    _print_renewals(renewals)
-    return EXIT_OK
 
 
 def _local_ca(store: FileStore, config: Config) -> dict[str, Any] | None:
