@@ -45,7 +45,7 @@ def _policy_context() -> ssl.SSLContext:
     return ctx
 
 
-def _load_pem_into(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
+def load_pem_into(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
     """Load PEM bytes into ``ctx`` without writing the key to a disk file.
 
     ``ssl`` only loads chains from paths, so the bytes go into anonymous
@@ -75,7 +75,7 @@ def _load_pem_into(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> Non
 
 def context_for(pair: CertPair) -> ssl.SSLContext:
     ctx = _policy_context()
-    _load_pem_into(ctx, pair.chain_pem, pair.key_pem)
+    load_pem_into(ctx, pair.chain_pem, pair.key_pem)
     return ctx
 
 
@@ -151,6 +151,6 @@ class TLSState:
     def listener_context(self) -> ssl.SSLContext:
         """A base context for one listener; every handshake is pointed at ``current``."""
         ctx = _policy_context()
-        _load_pem_into(ctx, self.current.primary.chain_pem, self.current.primary.key_pem)
+        load_pem_into(ctx, self.current.primary.chain_pem, self.current.primary.key_pem)
         ctx.sni_callback = self._sni_callback
         return ctx

@@ -32,8 +32,7 @@ from ..proxy.client import SWEEP_INTERVAL, Listener
 from ..proxy.headers import NO_STORE, Answer
 from ..proxy.hello import ACME_TLS_1
 from ..proxy.routes import ControlRoute, ProxyRoute, Request, Route
-from ..proxy.tls import TLSState
-from ..proxy.tls import _load_pem_into as load_pem_into
+from ..proxy.tls import TLSState, load_pem_into
 from ..proxy.tlsconn import AlpnChallenge
 from ..proxy.upstream import UpstreamPool
 from . import logs
