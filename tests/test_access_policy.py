@@ -326,6 +326,14 @@ ERRORS = [
         'access.toml:1: "users" must be a string (the path of an htpasswd file), not a list',
     ),
     (
+        '[groups]\nci = ["ci-bot"]\nusers = "htpasswd"\n',
+        "access.toml:3: users = … is inside [groups]: put it above the first [table] header",
+    ),
+    (
+        "[[rule]]\n" + GOOD + 'users = "htpasswd"\n',
+        "access.toml:5: users = … is inside [[rule]] 1: put it above the first [table] header",
+    ),
+    (
         "[[rule]]\n" + GOOD,
         'access.toml: no users = "…" (the htpasswd file with the users\' passwords)',
     ),

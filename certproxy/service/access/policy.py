@@ -74,6 +74,7 @@ ANONYMOUS = "anonymous"
 AUTHENTICATED = "authenticated"
 TOP_KEYS = ("users", "groups", "rule")
 RULE_KEYS = ("repositories", "who", "actions", "from")
+MISPLACED_USERS = "users = … is inside {table}: put it above the first [table] header"
 CACHE_MAX = 4096  # (user, repository) pairs remembered per policy
 _NOTHING: frozenset[str] = frozenset()
 
@@ -280,7 +281,7 @@ class _Reader:
         value = self.document.get("users")
         line = self.layout.top("users")
         if value is None:
-            raise self.error(None, 'no users = "…" (the htpasswd file with the users\' passwords)')
+            raise self.missing_users()
         if not isinstance(value, str):
             raise self.error(
                 line, f'"users" must be a string (the path of an htpasswd file), not {_kind(value)}'
@@ -293,6 +294,18 @@ class _Reader:
         if not users_file.is_file():
             raise self.error(line, f"users file {users_file} is not a file")
         return users_file
+
+    def missing_users(self) -> PolicyError:
+        """No top-level ``users``: perhaps it was written below a table's header, where
+        TOML makes it a key of that table."""
+        groups, rules = self.document.get("groups"), self.document.get("rule")
+        if isinstance(groups, dict) and "users" in groups:
+            return self.error(self.layout.group("users"), MISPLACED_USERS.format(table="[groups]"))
+        for number, rule in enumerate(rules if isinstance(rules, list) else [], start=1):
+            if isinstance(rule, dict) and "users" in rule:
+                where = f"[[rule]] {number}"
+                return self.error(self.layout.rule(number, "users"), MISPLACED_USERS.format(table=where))
+        return self.error(None, 'no users = "…" (the htpasswd file with the users\' passwords)')
 
     def groups(self) -> dict[str, frozenset[str]]:
         value = self.document.get("groups", {})
