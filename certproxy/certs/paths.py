@@ -35,6 +35,7 @@ ACCOUNT_RECORD = "account.json"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 # RFC 8555 tokens are base64url; the HTTP listener enforces the same rule.
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
+TOKEN_KID = re.compile(r"[0-9a-f]{16}")  # the id of a token-signing key
 
 
 def is_valid_token(token: str) -> bool:
@@ -85,6 +86,16 @@ class StorePaths:
     def ca(self) -> Path:
         """The local CA (``CERTPROXY_LOCAL_CA``): ``ca.crt`` and ``ca.key``."""
         return self.root / "ca"
+
+    @property
+    def token_keys(self) -> Path:
+        """The keys that sign the registry routes' access tokens (``CERTPROXY_ACCESS``)."""
+        return self.root / "tokens"
+
+    def token_key(self, kid: str) -> Path:
+        if not TOKEN_KID.fullmatch(kid):
+            raise InvalidName(f"invalid token key id {kid!r}")
+        return self.token_keys / f"{kid}.key"
 
     @property
     def installation(self) -> Path:

@@ -16,6 +16,7 @@ to serve.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import json
@@ -32,7 +33,7 @@ from .errors import InvalidName, PairError, StoreError, os_problem, os_reason
 from .local_ca import CA_CERT, LocalCA, ensure_ca, load_ca
 from .lock import DEFAULT_TTL, IssuanceLock
 from .pair import CertPair, key_mode_problem, load_pair, parse_pair
-from .paths import FULLCHAIN, META, PRIVKEY, StorePaths, check_name, name_for_domain
+from .paths import FULLCHAIN, META, PRIVKEY, TOKEN_KID, StorePaths, check_name, name_for_domain
 
 log = logging.getLogger("certproxy.store")
 
@@ -241,6 +242,33 @@ class FileStore:
     def _write_private(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(path, data, KEY_MODE)
+
+    # -- access tokens -------------------------------------------------
+    def token_keys(self) -> dict[str, tuple[bytes, float]]:
+        """The keys that sign access tokens, by id: (key, when it was made, Unix time).
+        Shared by every replica of the store."""
+        keys: dict[str, tuple[bytes, float]] = {}
+        try:
+            entries = list(os.scandir(self._paths.token_keys))
+        except FileNotFoundError:
+            return keys
+        for entry in entries:
+            kid = entry.name.removesuffix(".key")
+            if entry.name.endswith(".key") and TOKEN_KID.fullmatch(kid):
+                with contextlib.suppress(FileNotFoundError):
+                    key = Path(entry.path).read_bytes()
+                    if len(key) >= 32:
+                        keys[kid] = (key, entry.stat().st_mtime)
+        return keys
+
+    def add_token_key(self, kid: str, key: bytes) -> bool:
+        """Keep a new token-signing key (mode 0600); False when ``kid`` exists already."""
+        path = self._paths.token_key(kid)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return create_atomic(path, key, KEY_MODE)
+
+    def remove_token_key(self, kid: str) -> None:
+        self._paths.token_key(kid).unlink(missing_ok=True)
 
     # -- the local CA --------------------------------------------------
     @property

@@ -36,9 +36,9 @@ from typing import Protocol
 from .flow import FlowControl
 from .headers import Answer, Headers, first, values
 from .hostname import origin, parse_host
-from .messages import Forward, Refusal, forward, refusal, response_head
+from .messages import Refusal, forward, refusal, response_head
 from .phases import RequestPhase, ResponsePhase, advance
-from .routes import AccessRecord, AnyRoute, Responder
+from .routes import AccessRecord, AnyRoute, Pass, Responder
 from .upstream import UpstreamConnection, describe_os_error
 from .wire import HTML, IDEMPOTENT, TEXT, error_body, error_headers, error_page, own_response, wants_html
 
@@ -116,6 +116,11 @@ class Exchange:
         "creds",
         "sent_at",
         "expects_body",
+        "path",
+        "gate_pending",
+        "user",
+        "action",
+        "repository",
     )
 
     def __init__(
@@ -156,6 +161,11 @@ class Exchange:
         self.check_auth = False  # credentials not seen recently: bcrypt in a thread first
         self.creds: bytes | None = None
         self.sent_at = 0.0
+        self.path = b""  # the origin-form target that goes upstream
+        self.gate_pending = False  # the route's gate decides in a task first
+        self.user: str | None = None  # what the route's gate noted, for the access log
+        self.action: str | None = None
+        self.repository: str | None = None
         self.prepare(upgrade)
 
     # deciding what to do with the request
@@ -163,35 +173,68 @@ class Exchange:
         """Who answers: certproxy itself (a refusal, a control listener, /healthz), or
         the upstream, with the head ``messages.forward`` makes."""
         route = self.route
-        decided: Forward | Refusal | None = refusal(
-            self.method, upgrade=upgrade, expects_body=self.expects_body
-        )
-        if decided is None:
-            if route.answer is not None:
-                self.answer = route.answer
-                return
-            if self.target == b"/healthz" and route.healthz is not None:
-                self.answer = route.healthz
-                return
-            decided = forward(
-                route,
-                self.method,
-                self.target,
-                self.headers,
-                http10=self.http10,
-                chunked=self.chunked_in,
-                client_ip=self.conn.client_ip_b,
-            )
+        decided = refusal(self.method, upgrade=upgrade, expects_body=self.expects_body)
         if isinstance(decided, Refusal):
             self.close_after = self.close_after or decided.close
             self.own_error(decided.status, decided.reason, list(decided.headers))
             return
-        self.head, self.host = decided
+        if route.answer is not None:
+            self.answer = route.answer
+            return
+        if self.target == b"/healthz" and route.healthz is not None:
+            self.answer = route.healthz
+            return
+        if not self._forward(self.target):
+            return
+        gate = route.gate
+        if gate is not None:
+            verdict = gate.check(self, self.path, self.host or b"")
+            if verdict is None:
+                self.gate_pending = True
+                return
+            if not self._passed(verdict):
+                return
         if route.auth is not None:
             # Forwarded once checked, as nginx's auth_basic does: the UI passes it on
             # to the registry, which checks the same htpasswd (one login for both).
             self.creds = first(self.headers, b"authorization")
             self.check_auth = not route.auth.known(self.creds)
+
+    def _forward(self, target: bytes) -> bool:
+        """Make the head for the upstream from ``target``; False when certproxy refuses."""
+        decided = forward(
+            self.route,
+            self.method,
+            target,
+            self.headers,
+            http10=self.http10,
+            chunked=self.chunked_in,
+            client_ip=self.conn.client_ip_b,
+        )
+        if isinstance(decided, Refusal):
+            self.close_after = self.close_after or decided.close
+            self.own_error(decided.status, decided.reason, list(decided.headers))
+            return False
+        self.head, self.host, self.path = decided
+        return True
+
+    def _passed(self, verdict: Pass | Answer) -> bool:
+        """Act on the route gate's verdict: True when the request goes upstream."""
+        if not isinstance(verdict, Pass):
+            self.head = b""  # never meant for the upstream (the access log says "-")
+            self.own_answer(verdict)
+            return False
+        return verdict.target is None or self._forward(verdict.target)
+
+    def note(self, user: str | None, action: str, repository: str | None) -> None:
+        self.user, self.action, self.repository = user, action, repository
+
+    def own_answer(self, answer: Answer) -> None:
+        """Answer with a response of certproxy's own (now, or when this exchange's turn comes)."""
+        status, headers, body, content_type = answer
+        self.own = (status, body, headers, content_type)
+        if self.conn.is_current(self) and not self.done:
+            self.send_own(*self.own)
 
     def own_error(self, status: int, reason: str, extra: Headers | None = None) -> None:
         """Answer with certproxy's own error (now, or when this exchange's turn comes).
@@ -202,11 +245,9 @@ class Exchange:
         """
         headers = [*error_headers(self.target), *(extra or ())]
         if wants_html(self.headers):
-            self.own = (status, error_page(status, reason), headers, HTML)
+            self.own_answer((status, headers, error_page(status, reason), HTML))
         else:
-            self.own = (status, error_body(status, reason), headers, TEXT)
-        if self.conn.is_current(self) and not self.done:
-            self.send_own(*self.own)
+            self.own_answer((status, headers, error_body(status, reason), TEXT))
 
     def send_own(self, status: int, body: bytes, headers: Headers, content_type: bytes = TEXT) -> None:
         # A request body still on its way is not read: the connection closes after the answer.
@@ -242,7 +283,7 @@ class Exchange:
         """Called when this exchange is first in its connection's queue."""
         if self.own is not None:
             self.send_own(*self.own)
-        elif self.answer is not None or self.check_auth:
+        elif self.answer is not None or self.check_auth or self.gate_pending:
             self.task = asyncio.ensure_future(self._slow_begin())
         else:
             pool = self.route.pool
@@ -264,6 +305,15 @@ class Exchange:
             pool = route.pool
             if pool is None:  # pragma: no cover - a control route always has an answer
                 raise RuntimeError("a route without an upstream and without an answer")
+            if self.gate_pending and route.gate is not None:
+                verdict = await route.gate.decide(self, self.path, self.host or b"")
+                self.gate_pending = False
+                if self.done or not self._passed(verdict):
+                    return
+                up = pool.take()
+                if up is not None:
+                    self._attach_unless_done(up)
+                    return
             if self.check_auth and route.auth is not None:
                 creds = self.creds.decode("latin-1") if self.creds else None
                 if not await route.auth.allowed(creds):
@@ -527,6 +577,9 @@ class Exchange:
                     route.base if self.head else "-",  # "-": never meant for the upstream
                     route.port,
                     self._host_for_log(),
+                    self.user,
+                    self.action,
+                    self.repository,
                 )
             )
 

@@ -37,10 +37,12 @@ class Refusal(NamedTuple):
 
 
 class Forward(NamedTuple):
-    """The request head for the upstream, and the public name the client used."""
+    """The request head for the upstream, the public name the client used, and the
+    origin-form target (path and query) the head carries."""
 
     head: bytes
     host: bytes | None
+    path: bytes
 
 
 def refusal(method: bytes, *, upgrade: bool, expects_body: bool) -> Refusal | None:
@@ -98,7 +100,7 @@ def forward(
     if chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     parts.append(b"\r\n")
-    return Forward(b"".join(parts), host)
+    return Forward(b"".join(parts), host, path)
 
 
 def response_head(

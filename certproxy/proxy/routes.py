@@ -56,8 +56,28 @@ class Request(Protocol):
 
     def header(self, name: bytes) -> list[bytes]: ...
 
+    def note(self, user: str | None, action: str, repository: str | None) -> None:
+        """Who made the request and what it does, for the access log (a ``Gate`` says)."""
+
 
 Responder = Callable[[Request], Awaitable[Answer]]
+
+
+class Pass(NamedTuple):
+    """A gate lets the request through. ``target``: the origin-form target to send
+    instead of the client's (None: unchanged)."""
+
+    target: bytes | None = None
+
+
+class Gate(Protocol):
+    """Access control of a route: each request passes, or gets certproxy's answer.
+    ``path`` is the request's origin-form target, ``host`` its checked ``Host``."""
+
+    def check(self, request: Request, path: bytes, host: bytes) -> Pass | Answer | None:
+        """Decide now, without waiting; None: ``decide`` must (a thread, the network)."""
+
+    async def decide(self, request: Request, path: bytes, host: bytes) -> Pass | Answer: ...
 
 
 class Authenticator(Protocol):
@@ -92,6 +112,10 @@ class AccessRecord(NamedTuple):
     upstream: str  # "-": certproxy answered by itself
     port: int
     host: str  # "-": none, or none that was valid
+    # what a Gate noted (registry routes behind CERTPROXY_ACCESS); None elsewhere
+    user: str | None = None
+    action: str | None = None
+    repository: str | None = None
 
 
 AccessLog = Callable[[AccessRecord], None]
@@ -102,6 +126,7 @@ class ControlRoute:
 
     pool: UpstreamPool | None = None
     auth: Authenticator | None = None
+    gate: Gate | None = None
     hsts: bytes | None = None
     healthz: Responder | None = None
     base = "-"
@@ -138,8 +163,10 @@ class ProxyRoute:
         auth: Authenticator | None = None,
         hsts_max_age: int = 0,
         access_log: AccessLog | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.route = route
+        self.gate = gate
         self.port = route.port
         self.pool: UpstreamPool | None = pool
         self.healthz: Responder | None = healthz
@@ -160,9 +187,11 @@ __all__ = [
     "AccessRecord",
     "AnyRoute",
     "Authenticator",
+    "Gate",
     "ControlRoute",
     "Headers",
     "Limits",
+    "Pass",
     "ProxyRoute",
     "Request",
     "Responder",

@@ -99,6 +99,8 @@ class Config:
     local_ca: bool = False  # certificates from a CA of certproxy's own in STORE/ca, not ACME
     share_ports: bool = False  # replicas on one host network share the ports (SO_REUSEPORT)
     admin_socket: Path | None = None  # /healthz and /metrics of this process on a unix socket
+    access: Path | None = None  # the registry routes' access policy (TOML); off when unset
+    access_ports: tuple[int, ...] | None = None  # None: 5000 when it is routed
 
     def __post_init__(self) -> None:
         if not self.routes:
@@ -110,11 +112,20 @@ class Config:
             own = exc.field in ("domains", "email", "challenge") or exc.field.startswith("dns_")
             setting = exc.field if own else f"acme_{exc.field}"
             raise ConfigError(env_name(setting), exc.message) from None
-        unknown = [p for p in self.auth_ports or () if p not in ports]
-        if unknown:
-            routed = ", ".join(str(p) for p in ports)
+        for setting, chosen in (
+            ("CERTPROXY_AUTH_PORTS", self.auth_ports),
+            ("CERTPROXY_ACCESS_PORTS", self.access_ports),
+        ):
+            unknown = [p for p in chosen or () if p not in ports]
+            if unknown:
+                routed = ", ".join(str(p) for p in ports)
+                raise ConfigError(setting, f"port {unknown[0]} is not a TLS route (routed: {routed})")
+        both = set(self.gated_ports) & set(self.protected_ports) if self.auth_htpasswd else set()
+        if both:
             raise ConfigError(
-                "CERTPROXY_AUTH_PORTS", f"port {unknown[0]} is not a TLS route (routed: {routed})"
+                "CERTPROXY_ACCESS_PORTS",
+                f"port {min(both)} is also behind CERTPROXY_AUTH_HTPASSWD's basic auth: "
+                "a port has one of them (set CERTPROXY_AUTH_PORTS)",
             )
 
         if self.admin_port is not None and (self.admin_port in ports or self.admin_port == self.http_port):
@@ -129,6 +140,15 @@ class Config:
             )
         if self.http_port is not None and self.http_port in ports:
             raise ConfigError("CERTPROXY_HTTP_PORT", f"port {self.http_port} is also a TLS route")
+
+    @property
+    def gated_ports(self) -> tuple[int, ...]:
+        """The TLS ports behind the access policy (none without ``access``)."""
+        if self.access is None:
+            return ()
+        if self.access_ports is not None:
+            return self.access_ports
+        return (5000,) if any(r.port == 5000 for r in self.routes) else ()
 
     @property
     def protected_ports(self) -> tuple[int, ...]:
@@ -413,6 +433,13 @@ def parse_email(raw: Any, source: str) -> str | None:
     return text or None
 
 
+def _ports(raw: Any, source: str) -> tuple[int, ...]:
+    """A comma list (or a TOML list) of ports."""
+    return tuple(
+        _port(p, source) for p in (raw if isinstance(raw, list) else str(raw).split(",")) if str(p).strip()
+    )
+
+
 def _optional_text(raw: Any, source: str) -> str | None:
     return _text(raw, source) or None
 
@@ -469,9 +496,9 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "local_ca": parse_bool,
     "share_ports": parse_bool,
     "admin_socket": _optional_path,
-    "auth_ports": lambda raw, src: tuple(
-        _port(p, src) for p in (raw if isinstance(raw, list) else str(raw).split(",")) if str(p).strip()
-    ),
+    "auth_ports": lambda raw, src: _ports(raw, src),
+    "access": _optional_path,
+    "access_ports": lambda raw, src: _ports(raw, src),
 }
 
 
@@ -531,6 +558,9 @@ def load_config(
         source = f"{CONFIG_VAR} {config_file}"
     if config_file is not None:
         data = read_config_file(config_file, source)
+        if isinstance(data.get("access"), str) and data["access"].strip():
+            # The settings file's access policy is relative to the settings file.
+            data["access"] = str(config_file.parent / data["access"].strip())
         layers.append((data, lambda k: f"{config_file}: {k}"))
     layers.append(({k: environ[env_name(k)] for k in SETTINGS if env_name(k) in environ}, env_name))
     layers.append(({k: v for k, v in (flags or {}).items() if v is not None}, flag_name))

@@ -39,6 +39,7 @@ _ACCESS_FIELDS = (
     "port",
     "host",
 )
+_GATE_FIELDS = ("user", "action", "repository")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ACCESS_BATCH = 64
 
@@ -52,7 +53,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key in _ACCESS_FIELDS:
+        for key in (*_ACCESS_FIELDS, *_GATE_FIELDS):
             if key in record.__dict__:
                 out[key] = record.__dict__[key]
         if record.exc_info:
@@ -143,7 +144,7 @@ def access(record: AccessRecord) -> None:
     """Write one access line (a ``proxy.routes.AccessLog``)."""
     if not ACCESS.isEnabledFor(logging.INFO):
         return
-    client, method, target, status, bytes_in, bytes_out, seconds, upstream, port, host = record
+    client, method, target, status, bytes_in, bytes_out, seconds, upstream, port, host = record[:10]
     ms = round(seconds * 1000, 1)
     message = '%s :%d %s "%s %s" %d in=%d out=%d %.1fms upstream=%s' % (
         client,
@@ -157,12 +158,18 @@ def access(record: AccessRecord) -> None:
         ms,
         upstream,
     )
+    if record.action is not None:  # a registry route behind the access policy
+        message += " user=%s action=%s repository=%s" % (
+            record.user or "anonymous",
+            record.action,
+            record.repository or "-",
+        )
     fast = _fast
     if fast is not None and fast.usable():
         now = time.time()
         msecs = int((now - int(now)) * 1000)
         if fast.json:
-            fields = _fields(client, method, target, status, bytes_in, bytes_out, ms, upstream, port, host)
+            fields = _fields(record, ms)
             line = json.dumps(
                 {
                     "ts": f"{fast.stamp(now)}.{msecs:03d}Z",
@@ -180,10 +187,15 @@ def access(record: AccessRecord) -> None:
         if len(lines) >= ACCESS_BATCH:
             flush_access()
         return
-    fields = _fields(client, method, target, status, bytes_in, bytes_out, ms, upstream, port, host)
+    fields = _fields(record, ms)
     ACCESS.info("%s", message, extra=fields)
 
 
-def _fields(*values: object) -> dict[str, object]:
-    """An access line's fields: ``values`` in the order of ``_ACCESS_FIELDS``."""
-    return dict(zip(_ACCESS_FIELDS, values, strict=True))
+def _fields(record: AccessRecord, ms: float) -> dict[str, object]:
+    """An access line's fields, by the names of ``_ACCESS_FIELDS``; the user, action and
+    repository when a registry route's access policy noted them."""
+    values = (*record[:6], ms, *record[7:10])
+    fields = dict(zip(_ACCESS_FIELDS, values, strict=True))
+    if record.action is not None:
+        fields.update(user=record.user or "anonymous", action=record.action, repository=record.repository)
+    return fields

@@ -36,6 +36,8 @@ from ..proxy.tls import TLSState, load_pem_into
 from ..proxy.tlsconn import AlpnChallenge
 from ..proxy.upstream import UpstreamPool
 from . import logs
+from .access.gate import AccessGate, Upstream
+from .access.policy import PolicyError
 from .auth import BasicAuth, HtpasswdError
 from .checks import StartupError, check_ca_bundle, listen_error
 from .config import Config
@@ -78,6 +80,7 @@ class Front:
         self.metrics = Metrics()
         self.auth = BasicAuth(config.auth_htpasswd) if config.auth_htpasswd else None
         self._steps: list[AsyncIterator[None]] = []  # set up, in order
+        self._gates: dict[int, AccessGate] = {}  # TLS port -> its access policy's gate
         self._grace = 0.0  # how long the listeners' tear-down lets requests finish (stop() sets it)
 
     async def start(self) -> None:
@@ -92,6 +95,7 @@ class Front:
         for step in (
             self._probing(probes),
             self._reloading(tls, baseline, acme),
+            self._guarding(upstream_ssl),
             self._serving(tls, health, upstream_ssl),
             self._maintaining(acme),
         ):
@@ -209,6 +213,31 @@ class Front:
         yield
         await reloader.stop()
 
+    async def _guarding(self, upstream_ssl: dict[int, ssl.SSLContext | None]) -> AsyncIterator[None]:
+        """The access policy of the registry routes (``CERTPROXY_ACCESS``), loaded, and
+        watched for changes while certproxy runs; a broken one stops start-up."""
+        cfg = self.config
+        if cfg.access is None:
+            yield
+            return
+        for route in cfg.routes:
+            if route.port in cfg.gated_ports:
+                upstream = Upstream(route.host, route.upstream_port, upstream_ssl[route.port])
+                gate = AccessGate(cfg.access, self.store, upstream)
+                try:
+                    await asyncio.to_thread(gate.load)
+                except (PolicyError, HtpasswdError) as exc:
+                    raise StartupError("CERTPROXY_ACCESS", str(exc)) from None
+                except OSError as exc:
+                    raise StartupError("CERTPROXY_ACCESS", os_problem(exc, cfg.access)) from None
+                self._gates[route.port] = gate
+        watchers = [asyncio.create_task(gate.watch()) for gate in self._gates.values()]
+        log.info("access policy %s on port %s", cfg.access, ", ".join(map(str, self._gates)))
+        yield
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+
     async def _serving(
         self, tls: TLSState, health: Health, upstream_ssl: dict[int, ssl.SSLContext | None]
     ) -> AsyncIterator[None]:
@@ -306,6 +335,7 @@ class Front:
             auth=auth,
             hsts_max_age=self.config.hsts_max_age,
             access_log=logs.access,
+            gate=self._gates.get(route.port),
         )
         alpn = (
             self._alpn_context
@@ -320,9 +350,8 @@ class Front:
             alpn_challenge=alpn,
             on_handshake_failure=self.metrics.handshake_failures.labels(str(route.port)).inc,
         )
-        log.info(
-            "route :%d -> %s (basic auth %s)", route.port, route.url, "on" if auth is not None else "off"
-        )
+        guard = "access policy" if route.port in self._gates else f"basic auth {'on' if auth else 'off'}"
+        log.info("route :%d -> %s (%s)", route.port, route.url, guard)
         return listener
 
     async def _listen(
