@@ -10,7 +10,8 @@ busy machine, so it is the one to compare code changes with.
 
 ``python bench/dataplane.py [--requests N] [--rounds R]``: prints µs of CPU per
 request (the median of the rounds) for a GET with a small answer, and for a
-4 KiB upload; and CPU seconds per GB of a long upload's body handed over as
+4 KiB upload, and for the GET through a 100-rule access policy with a token; and
+CPU seconds per GB of a long upload's body handed over as
 certproxy's TLS transport does (reads of 256 KiB in 16 KiB records), with the
 heap tuned as ``serve`` tunes it.
 """
@@ -22,6 +23,7 @@ import asyncio
 import io
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from certproxy.certs import FileStore  # noqa: E402
 from certproxy.service import logs  # noqa: E402
+from certproxy.service.access.gate import AccessGate, Upstream  # noqa: E402
+from certproxy.service.auth import make_entry  # noqa: E402
 from certproxy.service.checks import tune_malloc  # noqa: E402
 from certproxy.service.metrics import Metrics  # noqa: E402
 from support.inproc import make_plane, settle  # noqa: E402
@@ -48,8 +53,26 @@ CREATED = (b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nLocation: /v2/library/
            b"Docker-Content-Digest: sha256:00\r\nDate: Sun, 29 Nov 2026 04:00:00 GMT\r\n\r\n")
 
 
-async def per_request(request: bytes, answer: bytes, n: int) -> float:
-    plane = make_plane(stats=Metrics().route("5000"), access_log=logs.access)
+def policy_gate(folder: Path, rules: int = 100) -> tuple[AccessGate, bytes]:
+    """An access gate with a ``rules``-rule policy (the last one grants the request), and
+    the ``Authorization`` a logged-in client sends it: a token from its endpoint."""
+    (folder / "htpasswd").write_text(make_entry("bob", "bobpw", cost=4) + "\n")
+    lines = ['users = "htpasswd"']
+    for i in range(rules - 1):
+        lines += ["[[rule]]", f'repositories = ["team{i}/*", "other{i}/app"]', f'who = ["user{i}"]',
+                  'actions = ["pull", "push"]']
+    lines += ["[[rule]]", 'repositories = ["library/*"]', 'who = ["bob"]', 'actions = ["pull"]']
+    (folder / "access.toml").write_text("\n".join(lines) + "\n")
+    store = FileStore(folder / "store")
+    store.ensure_layout()
+    gate = AccessGate(folder / "access.toml", store, Upstream("registry", 5000, None))
+    gate.load()
+    token = gate.tokens.issue("bob", "registry.example.com:5000", {"library/app": frozenset({"pull"})}, False)
+    return gate, b"Bearer " + token.encode()
+
+
+async def per_request(request: bytes, answer: bytes, n: int, gate: AccessGate | None = None) -> float:
+    plane = make_plane(stats=Metrics().route("5000"), access_log=logs.access, gate=gate)
     conn, client = plane.connect_client()
     conn.data_received(request)  # the first request opens the pooled upstream connection
     await settle()
@@ -102,10 +125,17 @@ def main() -> int:
     logs.setup_logging("text", "info")
     sink = io.StringIO()
     logs._fast.handler.setStream(sink)  # access lines are formatted and written, to memory
-    for name, request, answer in (("GET, small answer", GET, OK), ("PUT, 4 KiB body", PUT, CREATED)):
+    folder = Path(tempfile.mkdtemp(prefix="certproxy-bench-"))
+    gate, bearer = policy_gate(folder)
+    gated = GET.replace(b"Bearer abcdefghijklmnopqrstuvwxyz0123456789", bearer)
+    for name, request, answer, with_gate in (
+        ("GET, small answer", GET, OK, None),
+        ("PUT, 4 KiB body", PUT, CREATED, None),
+        ("GET through a 100-rule access policy, with a token", gated, OK, gate),
+    ):
         figures = []
         for _ in range(args.rounds):
-            figures.append(asyncio.run(per_request(request, answer, args.requests)))
+            figures.append(asyncio.run(per_request(request, answer, args.requests, with_gate)))
             sink.seek(0)
             sink.truncate()
         print(f"{name}: {statistics.median(figures):.1f} µs CPU per request "

@@ -62,6 +62,8 @@ ALL_ACTIONS = frozenset({"pull", "push", "delete"})
 CATALOG_MAX = 100_000  # repositories read from the registry for one listing
 FETCH_MAX = 16 << 20
 POLL = 0.5  # seconds between looks at the policy file
+ADDRESSES_MAX = 4096
+CALLS_MAX = 4096
 
 
 class Caller(NamedTuple):
@@ -111,6 +113,17 @@ class AccessGate:
         self.upstream = upstream
         self._loaded: _Loaded | None = None
         self._rejected: tuple[int, int, int] | None = None
+        self._addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
+        self._calls: dict[tuple[bytes, bytes], Call] = {}
+
+    def _address(self, client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """The client's address, parsed once per address (bounded)."""
+        address = self._addresses.get(client_ip)
+        if address is None:
+            if len(self._addresses) >= ADDRESSES_MAX:
+                self._addresses.clear()
+            address = self._addresses[client_ip] = ipaddress.ip_address(client_ip)
+        return address
 
     # -- the policy ------------------------------------------------------------
     def load(self) -> None:
@@ -167,7 +180,7 @@ class AccessGate:
     # -- deciding ----------------------------------------------------------------
     def check(self, request: Request, path: bytes, host: bytes) -> Pass | Answer | None:
         """Decide now when nothing needs a thread; None: ask ``decide``."""
-        call = _read(request, path)
+        call = self._read(request, path)
         if not isinstance(call, Call):
             return call  # a refusal, or None: the token endpoint waits for a thread
         caller = self._caller_now(request, host)
@@ -178,7 +191,7 @@ class AccessGate:
         return self._authorize(call, caller, request, path, host)
 
     async def decide(self, request: Request, path: bytes, host: bytes) -> Pass | Answer:
-        call = _read(request, path)
+        call = self._read(request, path)
         if call is None:
             return await self._token(request, path, host)
         if not isinstance(call, Call):
@@ -189,6 +202,26 @@ class AccessGate:
         if call.action == "catalog":
             return await self._catalog(call, caller, request, host)
         return self._authorize(call, caller, request, path, host)
+
+    def _read(self, request: Request, path: bytes) -> Call | Answer | None:
+        """The call a request makes; an Answer when it is not one; None for the token
+        endpoint. The calls of recent targets are remembered (bounded): a registry serves
+        the same manifests and blobs to many clients."""
+        key = (request.method, path)
+        call = self._calls.get(key)
+        if call is not None:
+            return call
+        if path == b"/token" or path.startswith(b"/token?"):
+            return None
+        read = classify(request.method, path)
+        if read is None:
+            return answer(404, "UNSUPPORTED", "not part of the registry API")
+        if isinstance(read, Refused):
+            return answer(read.status, read.code, read.message)
+        if len(self._calls) >= CALLS_MAX:
+            self._calls.clear()
+        self._calls[key] = read
+        return read
 
     def _caller_now(self, request: Request, host: bytes) -> Caller | Answer | None:
         header = _authorization(request)
@@ -262,7 +295,7 @@ class AccessGate:
         if call.action == "ping":
             return Pass() if caller.shown else _challenge(host)
         assert repository is not None  # every other call names one
-        address = ipaddress.ip_address(request.client_ip)
+        address = self._address(request.client_ip)
         granted = self.policy.actions(caller.user, address, repository)
         if call.action in granted and (caller.grant is None or caller.grant.allows(repository, call.action)):
             if call.mount_from is not None and not self._may_pull(caller, address, call.mount_from):
@@ -299,7 +332,7 @@ class AccessGate:
             return caller
         params = parse_qsl(path.partition(b"?")[2].decode("latin-1"), keep_blank_values=True)
         service = next((v for k, v in params if k == "service"), host.decode("latin-1"))
-        address = ipaddress.ip_address(request.client_ip)
+        address = self._address(request.client_ip)
         access: dict[str, frozenset[str]] = {}
         catalog = False
         for key, value in params:
@@ -323,7 +356,7 @@ class AccessGate:
     # -- the catalog --------------------------------------------------------------
     async def _catalog(self, call: Call, caller: Caller, request: Request, host: bytes) -> Answer:
         request.note(caller.user, "catalog", None)
-        address = ipaddress.ip_address(request.client_ip)
+        address = self._address(request.client_ip)
         policy = self.policy
         if not policy.may_catalog(caller.user, address) or (
             caller.grant is not None and not caller.grant.catalog
@@ -388,18 +421,6 @@ class AccessGate:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
         return _parse_response(data)
-
-
-def _read(request: Request, path: bytes) -> Call | Answer | None:
-    """The call a request makes; an Answer when it is not one; None for the token endpoint."""
-    if path == b"/token" or path.startswith(b"/token?"):
-        return None
-    call = classify(request.method, path)
-    if call is None:
-        return answer(404, "UNSUPPORTED", "not part of the registry API")
-    if isinstance(call, Refused):
-        return answer(call.status, call.code, call.message)
-    return call
 
 
 def _authorization(request: Request) -> bytes | None:
