@@ -298,10 +298,11 @@ class AccessGate:
         address = self._address(request.client_ip)
         granted = self.policy.actions(caller.user, address, repository)
         if call.action in granted and (caller.grant is None or caller.grant.allows(repository, call.action)):
+            if call.kind == "uploads" and form_body(_first(request, b"content-type")):
+                # the registry would read mount and from out of such a body too
+                return answer(400, "UNSUPPORTED", "an upload with a form body is not accepted")
             if call.mount_from is not None and not self._may_pull(caller, address, call.mount_from):
                 return Pass(target=_without_mount(path))
-            if call.kind == "uploads" and form_body(_first(request, b"content-type")):
-                return answer(400, "UNSUPPORTED", "an upload's start with a form body is not accepted")
             return Pass()
         scope = _scope(repository, call.action)
         if call.action in granted:  # the token lacks a scope the policy would grant
