@@ -113,6 +113,22 @@ async def test_what_anonymous_may_not_do_is_a_bearer_challenge_with_the_scope(ga
     assert (await ask(plane, b"GET", b"/v2/", b"Basic Og=="))[0] == 401  # empty Basic is anonymous
 
 
+async def test_a_browser_is_challenged_with_basic_which_it_can_answer(gate: AccessGate) -> None:
+    """A registry UI's page: its requests carry Sec-Fetch-Mode (no registry client sends it)."""
+    plane = make_plane(gate=gate)
+    browser = b"Sec-Fetch-Mode: navigate\r\n"
+    for method, target, auth in ((b"GET", b"/v2/", None), (b"GET", b"/v2/team/app/tags/list", None),
+                                 (b"GET", b"/v2/", basic("bob", "wrong"))):
+        status, head, body, sent = await ask(plane, method, target, auth, extra=browser)
+        assert status == 401 and not sent
+        assert b'www-authenticate: Basic realm="certproxy", charset="UTF-8"' in head and b"Bearer" not in head
+        assert json.loads(body)["errors"][0]["code"] == "UNAUTHORIZED"
+    status, _, _, sent = await ask(plane, b"GET", b"/v2/team/app/tags/list", basic("bob", "bobpw"), extra=browser)
+    assert status == 200 and sent  # the prompt's answer: Basic credentials, checked against the policy
+    status, _, body, _ = await ask(plane, b"GET", b"/v2/secret/x/tags/list", basic("bob", "bobpw"), extra=browser)
+    assert status == 403 and json.loads(body)["errors"][0]["code"] == "DENIED"
+
+
 async def test_the_token_flow_grants_what_the_policy_grants_of_what_was_asked(gate: AccessGate) -> None:
     plane = make_plane(gate=gate)
     bearer = await token(plane, "repository:team/app:pull,push&scope=repository:other/x:pull",

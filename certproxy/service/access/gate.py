@@ -19,7 +19,11 @@ The answers, in the dialect of the distribution specification's token flow:
   ``docker login`` and clients that log in when challenged do so;
 - ``GET /token`` answers a token for the requested scopes that the policy grants
   (wrong credentials: 401, counted as a failed login, never anonymous);
-- too many failed logins from an address: 429 with ``Retry-After``.
+- too many failed logins from an address: 429 with ``Retry-After``;
+- a browser (a request with the Fetch Metadata header ``Sec-Fetch-Mode``, which no
+  registry client sends) gets ``WWW-Authenticate: Basic`` where a client would get
+  the Bearer challenge: it cannot answer Bearer, and its prompt is how the user of a
+  registry UI in front of this route logs in (the UI passes the Basic credentials on).
 
 A cross-repository mount needs pull on ``from``: without it the mount is dropped
 from the query and the registry starts a plain upload, so no blob crosses. The
@@ -62,6 +66,7 @@ ALL_ACTIONS = frozenset({"pull", "push", "delete"})
 CATALOG_MAX = 100_000  # repositories read from the registry for one listing
 FETCH_MAX = 16 << 20
 POLL = 0.5  # seconds between looks at the policy file
+BROWSER_CHALLENGE = b'Basic realm="certproxy", charset="UTF-8"'
 ADDRESSES_MAX = 4096
 CALLS_MAX = 4096
 
@@ -248,7 +253,7 @@ class AccessGate:
                 creds = basic_credentials(header.decode("latin-1"))
                 return Caller(creds[0], None, True) if creds else None
             return None
-        return _challenge(host)
+        return _login_challenge(request, host)
 
     async def _caller(self, request: Request, host: bytes) -> Caller | Answer:
         header = _authorization(request)
@@ -280,12 +285,7 @@ class AccessGate:
         user = creds[0] if creds else "-"
         log.warning("failed login from %s: user %s", request.client_ip, user or "-")
         request.note(None, "login", None)
-        return answer(
-            401,
-            "UNAUTHORIZED",
-            "incorrect username or password",
-            [(b"WWW-Authenticate", _bearer(host))],
-        )
+        return _login_challenge(request, host, message="incorrect username or password")
 
     def _authorize(
         self, call: Call, caller: Caller, request: Request, path: bytes, host: bytes
@@ -293,7 +293,7 @@ class AccessGate:
         repository = call.repository
         request.note(caller.user, call.action, repository)
         if call.action == "ping":
-            return Pass() if caller.shown else _challenge(host)
+            return Pass() if caller.shown else _login_challenge(request, host)
         assert repository is not None  # every other call names one
         address = self._address(request.client_ip)
         granted = self.policy.actions(caller.user, address, repository)
@@ -310,7 +310,7 @@ class AccessGate:
         _log_refusal(caller, request, call, "not granted by the policy")
         if caller.user is not None:
             return answer(403, "DENIED", "requested access to the resource is denied", detail=_detail(call))
-        return _challenge(host, scope)
+        return _login_challenge(request, host, scope)
 
     def _may_pull(
         self, caller: Caller, address: ipaddress.IPv4Address | ipaddress.IPv6Address, name: str
@@ -369,7 +369,7 @@ class AccessGate:
             )
             if caller.user is not None:
                 return answer(403, "DENIED", "requested access to the resource is denied")
-            return _challenge(host, "registry:catalog:*")
+            return _login_challenge(request, host, "registry:catalog:*")
         try:
             names = await self._all_repositories()
         except (OSError, ValueError, TimeoutError) as exc:
@@ -447,6 +447,14 @@ def _challenge(host: bytes, scope: str | None = None, error: str | None = None) 
     return answer(
         401, "UNAUTHORIZED", "authentication required", [(b"WWW-Authenticate", _bearer(host, scope, error))]
     )
+
+
+def _login_challenge(
+    request: Request, host: bytes, scope: str | None = None, message: str = "authentication required"
+) -> Answer:
+    """401 for a caller who has to log in: the Bearer challenge, or Basic for a browser."""
+    challenge = BROWSER_CHALLENGE if request.header(b"sec-fetch-mode") else _bearer(host, scope)
+    return answer(401, "UNAUTHORIZED", message, [(b"WWW-Authenticate", challenge)])
 
 
 def _invalid_token(request: Request, host: bytes) -> Answer:
