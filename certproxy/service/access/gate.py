@@ -118,6 +118,7 @@ class AccessGate:
         self.upstream = upstream
         self._loaded: _Loaded | None = None
         self._rejected: tuple[int, int, int] | None = None
+        self._rereading = asyncio.Lock()
         self._addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
         self._calls: dict[tuple[bytes, bytes], Call] = {}
 
@@ -239,7 +240,7 @@ class AccessGate:
             try:
                 grant = self.tokens.verify(value.decode("latin-1"), host.decode("latin-1"))
             except UnknownKey:
-                return None if self.tokens.needs_keys else _invalid_token(request, host)
+                return None  # decide() rereads the store's keys first
             if grant is None:
                 return _invalid_token(request, host)
             return Caller(grant.user, grant, True)
@@ -258,17 +259,30 @@ class AccessGate:
     async def _caller(self, request: Request, host: bytes) -> Caller | Answer:
         header = _authorization(request)
         if header is not None and header[:7].lower() == b"bearer ":
-            if self.tokens.needs_keys:
-                await asyncio.to_thread(self.tokens.load)
+            token, service = header[7:].strip().decode("latin-1"), host.decode("latin-1")
             try:
-                grant = self.tokens.verify(header[7:].strip().decode("latin-1"), host.decode("latin-1"))
+                grant = self.tokens.verify(token, service)
             except UnknownKey:
-                grant = None
+                grant = await self._verify_after_reread(token, service)
             return Caller(grant.user, grant, True) if grant is not None else _invalid_token(request, host)
         now = self._caller_now(request, host)
         if now is not None:
             return now
         return await self._login(request, header, host)
+
+    async def _verify_after_reread(self, token: str, service: str) -> Grant | None:
+        """A token signed with a key this process has not read (another replica may have
+        made it a moment ago): the store's keys are reread, at most once per
+        ``RELOAD_EVERY``; a token that comes sooner waits for the next reread instead of
+        being refused, and the rereads of concurrent requests are one."""
+        await asyncio.sleep(self.tokens.reread_in())
+        async with self._rereading:
+            if self.tokens.needs_keys:
+                await asyncio.to_thread(self.tokens.load)
+        try:
+            return self.tokens.verify(token, service)
+        except UnknownKey:
+            return None
 
     async def _login(self, request: Request, header: bytes | None, host: bytes) -> Caller | Answer:
         """Basic credentials: a user of the policy, or a failed login."""

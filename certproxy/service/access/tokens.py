@@ -15,7 +15,9 @@ for ``ROTATE``; after that the next process that signs makes a new one, and
 old keys stay for checking until the tokens they signed have expired, so a
 rotation never breaks a token in flight. A token naming a key this process has
 not read yet makes the caller reread the keys (``needs_keys``), at most once a
-second. A verified token is remembered until it expires (bounded), so a request
+second; one that comes sooner waits for the next reread (``reread_in``) rather
+than being refused, since another replica may have made that key a moment ago.
+A verified token is remembered until it expires (bounded), so a request
 that carries one costs a dictionary lookup.
 """
 
@@ -85,6 +87,10 @@ class TokenKeys:
     def needs_keys(self) -> bool:
         """Whether a reread is allowed now (at most once per ``RELOAD_EVERY``)."""
         return time.monotonic() - self.read_at >= RELOAD_EVERY
+
+    def reread_in(self) -> float:
+        """Seconds until a reread is allowed (0: now)."""
+        return max(0.0, self.read_at + RELOAD_EVERY - time.monotonic())
 
     def issue(
         self, user: str | None, service: str, access: Mapping[str, frozenset[str]], catalog: bool
