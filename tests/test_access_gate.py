@@ -113,6 +113,20 @@ async def test_what_anonymous_may_not_do_is_a_bearer_challenge_with_the_scope(ga
     assert (await ask(plane, b"GET", b"/v2/", b"Basic Og=="))[0] == 401  # empty Basic is anonymous
 
 
+async def test_a_refusal_names_what_was_asked_as_the_registry_does(gate: AccessGate) -> None:
+    """docker reads an error with the code's own message and no detail as a bare code, which
+    it retries for a minute and prints as "unauthorized": a refusal carries its detail."""
+    plane = make_plane(gate=gate)
+    _, _, body, _ = await ask(plane, b"POST", b"/v2/team/app/blobs/uploads/")
+    assert json.loads(body)["errors"] == [{"code": "UNAUTHORIZED", "message": "authentication required",
+                                           "detail": [{"Type": "repository", "Name": "team/app",
+                                                       "Action": "push"}]}]
+    _, _, body, _ = await ask(plane, b"GET", b"/v2/_catalog")
+    assert json.loads(body)["errors"][0]["detail"] == [{"Type": "registry", "Name": "catalog", "Action": "*"}]
+    status, _, body, _ = await ask(plane, b"DELETE", b"/v2/team/app/manifests/v1", basic("bob", "bobpw"))
+    assert status == 403 and json.loads(body)["errors"][0]["detail"][0]["Action"] == "delete"
+
+
 async def test_a_browser_is_challenged_with_basic_which_it_can_answer(gate: AccessGate) -> None:
     """A registry UI's page: its requests carry Sec-Fetch-Mode (no registry client sends it)."""
     plane = make_plane(gate=gate)

@@ -324,7 +324,7 @@ class AccessGate:
         _log_refusal(caller, request, call, "not granted by the policy")
         if caller.user is not None:
             return answer(403, "DENIED", "requested access to the resource is denied", detail=_detail(call))
-        return _login_challenge(request, host, scope)
+        return _login_challenge(request, host, scope, detail=_detail(call))
 
     def _may_pull(
         self, caller: Caller, address: ipaddress.IPv4Address | ipaddress.IPv6Address, name: str
@@ -382,8 +382,8 @@ class AccessGate:
                 "refused catalog for %s from %s: not granted", caller.user or "anonymous", request.client_ip
             )
             if caller.user is not None:
-                return answer(403, "DENIED", "requested access to the resource is denied")
-            return _login_challenge(request, host, "registry:catalog:*")
+                return answer(403, "DENIED", "requested access to the resource is denied", detail=CATALOG)
+            return _login_challenge(request, host, "registry:catalog:*", detail=CATALOG)
         try:
             names = await self._all_repositories()
         except (OSError, ValueError, TimeoutError) as exc:
@@ -464,11 +464,19 @@ def _challenge(host: bytes, scope: str | None = None, error: str | None = None) 
 
 
 def _login_challenge(
-    request: Request, host: bytes, scope: str | None = None, message: str = "authentication required"
+    request: Request,
+    host: bytes,
+    scope: str | None = None,
+    message: str = "authentication required",
+    detail: object = None,
 ) -> Answer:
-    """401 for a caller who has to log in: the Bearer challenge, or Basic for a browser."""
+    """401 for a caller who has to log in: the Bearer challenge, or Basic for a browser.
+
+    A refusal names what was asked in ``detail``, as the registry does: docker takes an
+    error with the code's own message and no detail for a bare code, which it retries
+    (five times, for about a minute) and prints as a bare "unauthorized"."""
     challenge = BROWSER_CHALLENGE if request.header(b"sec-fetch-mode") else _bearer(host, scope)
-    return answer(401, "UNAUTHORIZED", message, [(b"WWW-Authenticate", challenge)])
+    return answer(401, "UNAUTHORIZED", message, [(b"WWW-Authenticate", challenge)], detail=detail)
 
 
 def _invalid_token(request: Request, host: bytes) -> Answer:
@@ -490,6 +498,9 @@ def _throttled(retry: int) -> Answer:
 def _scope(repository: str, action: str) -> str:
     wanted = "pull,push" if action == "push" else action
     return f"repository:{repository}:{wanted}"
+
+
+CATALOG = [{"Type": "registry", "Name": "catalog", "Action": "*"}]  # the catalog's refusals' detail
 
 
 def _detail(call: Call) -> list[dict[str, str]]:
