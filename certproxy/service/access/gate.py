@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -275,9 +276,10 @@ class AccessGate:
         made it a moment ago): the store's keys are reread, at most once per
         ``RELOAD_EVERY``; a token that comes sooner waits for the next reread instead of
         being refused, and the rereads of concurrent requests are one."""
-        await asyncio.sleep(self.tokens.reread_in())
-        async with self._rereading:
-            if self.tokens.needs_keys:
+        asked = time.monotonic()
+        await asyncio.sleep(self.tokens.reread_in())  # a timer may end a little early:
+        async with self._rereading:  # so not needs_keys, but "not reread since asked"
+            if self.tokens.read_at < asked:
                 await asyncio.to_thread(self.tokens.load)
         try:
             return self.tokens.verify(token, service)

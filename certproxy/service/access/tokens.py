@@ -79,9 +79,11 @@ class TokenKeys:
     _checked: dict[str, Grant] = field(default_factory=dict)
 
     def load(self) -> None:
-        """Read the store's keys (blocking: in a thread)."""
+        """Read the store's keys (blocking: in a thread). ``read_at``: when the read began
+        (a key written after that may be missing)."""
+        began = time.monotonic()
         self.keys = self.store.token_keys()
-        self.read_at = time.monotonic()
+        self.read_at = began
 
     @property
     def needs_keys(self) -> bool:
