@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages certproxy's demo and tests use, when missing:
-# the real registry, the real skopeo client, htpasswd, Pebble (an ACME test CA),
+# the real registry, the real skopeo and podman clients, htpasswd, Pebble (an ACME test CA),
 # what a Python virtualenv needs, and for the container tier a Docker engine
 # (docker.io), debootstrap (its base image), busybox-static (the stand-ins'
 # wget), iproute2 (its network namespace) and Chromium. Idempotent; apt-get runs only if needed.
@@ -9,6 +9,7 @@ set -euo pipefail
 need=()
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+command -v podman >/dev/null 2>&1 || need+=(podman)   # the access tests' second OCI client (no daemon needed)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
 [ -x /usr/sbin/named ] || need+=(bind9)   # dns-01 tests: an authoritative server taking RFC 2136 updates

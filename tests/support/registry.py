@@ -24,7 +24,10 @@ class Registry:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start_registry(tmp: Path, *, htpasswd: Path | None = None, realm: str = "certproxy-test") -> Registry:
+def start_registry(tmp: Path, *, htpasswd: Path | None = None, realm: str = "certproxy-test",
+                   log_level: str = "warn") -> Registry:
+    """``log_level`` debug makes the registry log each storage operation (a cross-repository
+    mount writes the target's ``_layers/<digest>/link`` while the upload starts)."""
     port = free_port()
     root = tmp / f"registry-{port}"
     (root / "data").mkdir(parents=True)
@@ -34,7 +37,7 @@ def start_registry(tmp: Path, *, htpasswd: Path | None = None, realm: str = "cer
     config = root / "config.yml"
     config.write_text(
         "version: 0.1\n"
-        "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+        f"log:\n  level: {log_level}\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n  secret: certproxy-test-secret\n"
         + auth
