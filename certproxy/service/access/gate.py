@@ -119,6 +119,7 @@ class AccessGate:
         self.upstream = upstream
         self._loaded: _Loaded | None = None
         self._rejected: tuple[int, int, int] | None = None
+        self._unseen: str | None = None  # why the policy file could not be seen, once said
         self._rereading = asyncio.Lock()
         self._addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
         self._calls: dict[tuple[bytes, bytes], Call] = {}
@@ -155,12 +156,15 @@ class AccessGate:
 
     def poll(self) -> None:
         """Take a changed policy file (blocking): a broken one keeps the last good policy,
-        said once per version of the file."""
+        said once per version of the file (a file that cannot be seen, once until it can)."""
         try:
             stamp = _stamp(self.path)
         except OSError as exc:
-            log.error("%s: %s; keeping the last good policy", self.path.name, exc.strerror)
+            if self._unseen != exc.strerror:
+                self._unseen = exc.strerror
+                log.error("%s: %s; keeping the last good policy", self.path.name, exc.strerror)
             return
+        self._unseen = None
         loaded = self._loaded
         if loaded is None or stamp in (loaded.stamp, self._rejected):
             return
