@@ -861,6 +861,13 @@ async def test_policy_edits_under_load_take_effect_without_dropping_a_connection
             live.policy.write_text(BROKEN)
             await asyncio.to_thread(logged, live.cp, r"access\.toml:10: unknown group")
             await asyncio.sleep(1.5)  # three more looks at the file
+            # 4. the file gone for a while: still the last good policy, said once
+            live.policy.unlink()
+            await asyncio.to_thread(logged, live.cp, r"access\.toml: No such file or directory")
+            await asyncio.sleep(1.5)
+            live.policy.write_text(LIVE_POLICY)  # back, and good again
+            await asyncio.to_thread(wait_for, lambda: live.cp.output().count("access.toml reloaded") == 3,
+                                    5, "the policy back")
         finally:
             stop.set()
             done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
@@ -879,7 +886,9 @@ async def test_policy_edits_under_load_take_effect_without_dropping_a_connection
         assert len(problem) == 1, problem  # said once
         assert problem[0].endswith('access.toml:10: unknown group "@pullers" in "who" of [[rule]] 2 '
                                    '(there are no groups); keeping the last good policy'), problem
-        assert log.count("access.toml reloaded") == 2
+        assert log.count("access.toml reloaded") == 3
+        gone = [line for line in log.splitlines() if "No such file or directory" in line]
+        assert len(gone) == 1 and gone[0].endswith("keeping the last good policy"), gone
         measure("policy edit to effect under load (rename / in place)", f"{rename_s:.2f} s / {edit_s:.2f} s")
     finally:
         stop_process(live.cp.proc)
