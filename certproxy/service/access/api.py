@@ -287,6 +287,19 @@ def _mount(query: bytes) -> tuple[str, str] | Refused | None:
     return sources[0].decode("ascii"), mounts[0].decode("ascii")
 
 
+def without_mount(target: bytes) -> bytes:
+    """An upload's start without its ``mount`` and ``from``: a plain upload. The keys
+    are compared decoded, as the registry reads them (``%6Dount`` is ``mount`` to it);
+    a pair whose key does not decode is dropped too."""
+    path, _, query = target.partition(b"?")
+    kept = []
+    for pair in query.split(b"&"):
+        key = _unquote(pair.partition(b"=")[0])
+        if pair and key is not None and key not in (b"mount", b"from"):
+            kept.append(pair)
+    return path + (b"?" + b"&".join(kept) if kept else b"")
+
+
 def _reaches_v2(path: bytes) -> bool:
     """Whether ``path``, decoded once and with its dot and empty segments cleaned away
     (as the registry's router sees it), is under ``/v2``."""

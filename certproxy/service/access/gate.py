@@ -54,7 +54,7 @@ from ...proxy.headers import Answer, Headers
 from ...proxy.routes import Pass, Request
 from ...proxy.wire import REGISTRY_API_HEADER
 from ..auth import BasicAuth, HtpasswdError, basic_credentials
-from .api import Call, Refused, classify, error_body, form_body, valid_name
+from .api import Call, Refused, classify, error_body, form_body, valid_name, without_mount
 from .policy import Policy, PolicyError, load_policy
 from .throttle import Throttle
 from .tokens import LIFETIME, Grant, TokenKeys, UnknownKey
@@ -322,7 +322,7 @@ class AccessGate:
                 # the registry would read mount and from out of such a body too
                 return answer(400, "UNSUPPORTED", "an upload with a form body is not accepted")
             if call.mount_from is not None and not self._may_pull(caller, address, call.mount_from):
-                return Pass(target=_without_mount(path))
+                return Pass(target=without_mount(path))
             return Pass()
         scope = _scope(repository, call.action)
         if call.action in granted:  # the token lacks a scope the policy would grant
@@ -521,13 +521,6 @@ def _parse_scope(scope: str) -> tuple[str, str, frozenset[str]]:
         return "", "", frozenset()
     kind = kind.split("(", 1)[0]  # "repository(plugin)" is a repository
     return kind, name, frozenset(a for a in actions.split(",") if a)
-
-
-def _without_mount(target: bytes) -> bytes:
-    """The upload's start without ``mount`` and ``from``: a plain upload."""
-    path, _, query = target.partition(b"?")
-    kept = [p for p in query.split(b"&") if p and p.split(b"=", 1)[0] not in (b"mount", b"from")]
-    return path + (b"?" + b"&".join(kept) if kept else b"")
 
 
 def _log_refusal(caller: Caller, request: Request, call: Call, reason: str) -> None:
