@@ -550,13 +550,15 @@ async def test_a_mount_needs_pull_on_its_source(site: Site) -> None:
     public = put_blob(site.registry, "public/mount-src", os.urandom(4096))
     private = put_blob(site.registry, "private/mount-src", os.urandom(4096))
 
-    async def mount(target: str, digest: str, source: str, headers: dict[str, str], mounted: bool) -> None:
-        resp = await call(site, "POST", mount_target(target, digest, source), headers)
+    async def mount(target: str, digest: str, source: str, headers: dict[str, str], mounted: bool,
+                    query: str = "") -> None:
+        start = f"/v2/{target}/blobs/uploads/?{query}" if query else mount_target(target, digest, source)
+        resp = await call(site, "POST", start, headers)
         # what the registry was asked and did, in its own log
         uri = registry_saw(site.registry, f"/v2/{target}/blobs/uploads/")[-1]["http.request.uri"]
         if mounted:
             assert resp.status == 201, resp.body
-            assert uri == mount_target(target, digest, source)
+            assert uri == start
             assert resp.header("Location") == [f"https://{site.host}/v2/{target}/blobs/{digest}"]
             assert linked(site.registry, target, digest)
         else:  # mount and from dropped: a plain upload, and nothing crossed
@@ -580,8 +582,14 @@ async def test_a_mount_needs_pull_on_its_source(site: Site) -> None:
     # a token without the source's scope mounts nothing, though the policy would allow it
     token = await get_token(site, ["repository:team/mount-f:pull,push"], "bob")
     await mount("team/mount-f", public, "public/mount-src", bearer(token), mounted=False)
+    # the query as skopeo and podman write it (values percent-encoded) mounts the same
+    encoded = f"from=public%2Fmount-src&mount={public.replace(':', '%3A')}"
+    await mount("team/mount-g", public, "public/mount-src", bob, mounted=True, query=encoded)
+    # the keys percent-encoded: the registry decodes them too, so they are dropped as well
+    hidden = f"%6Dount={private}&%66rom=private/mount-src"
+    await mount("team/mount-h", private, "private/mount-src", bob, mounted=False, query=hidden)
     # without push on the target, no upload at all
-    resp = await call(site, "POST", mount_target("public/mount-g", public, "public/mount-src"), bob)
+    resp = await call(site, "POST", mount_target("public/mount-i", public, "public/mount-src"), bob)
     assert resp.status == 403 and error_code(resp) == "DENIED"
 
 
