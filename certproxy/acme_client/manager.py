@@ -333,15 +333,18 @@ class CertManager:
             chain, key = await in_daemon_thread(
                 self.issuer.issue, s.domains, replaces=decision.replaces, progress=self.progress
             )
+            issued = self.clock()
             meta = {
                 "directory": s.directory,
-                "issued_at": self.clock().isoformat(),
+                "issued_at": issued.isoformat(),
                 "domains": list(s.domains),
                 "account": self.issuer.account_uri,
             }
             folder = await asyncio.to_thread(self.store.write_live, s.name, chain, key, meta)
         except (AcmeError, StoreError, PairError) as exc:
             return self._failed(exc)
+        # Said before the reloader can serve the pair: /healthz never lags the handshake.
+        self.status.last_success = issued
         self.progress(f"written to {folder}")
         self.status.failures = 0
         self.status.last_error = None
