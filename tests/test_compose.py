@@ -5,6 +5,8 @@ natively (no Docker engine here) with a real push and pull through certproxy."""
 from __future__ import annotations
 
 import base64
+import ipaddress
+import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -16,6 +18,7 @@ import pytest
 import yaml
 import trustme
 
+from certproxy.service.access.policy import load_policy
 from certproxy.service.auth import make_entry
 from certproxy.service.config import load_config
 from support.native_compose import COMPOSE_DIR, NativeStack, prepare
@@ -35,6 +38,9 @@ COMBINATIONS = [
     [BASE, "docker-compose.auth.yml", "docker-compose.acme.yml"],
     [BASE, "docker-compose.auth.yml", "docker-compose.storage.yml", "docker-compose.acme.yml"],
     [BASE, "docker-compose.metrics.yml"],
+    [BASE, "docker-compose.access.yml"],
+    [BASE, "docker-compose.access.yml", "docker-compose.acme.yml"],
+    [BASE, "docker-compose.access.yml", "docker-compose.storage.yml", "docker-compose.acme.yml"],
 ]
 ENV_EXAMPLE = (COMPOSE_DIR / ".env.example").read_text()
 
@@ -50,8 +56,22 @@ def test_compose_config_accepts_every_documented_combination(files: list[str], t
     assert cp["healthcheck"]["test"] == ["CMD", "certproxy", "healthcheck"]
     assert cp["sysctls"]["net.ipv4.ip_unprivileged_port_start"] in ("0", 0)
     assert services["registry"]["environment"]["REGISTRY_STORAGE_DELETE_ENABLED"] == "true"
-    assert services["registry-ui"]["environment"]["ENV_DOCKER_REGISTRY_HOST"] == "registry"
     env = cp["environment"]
+    ui = services["registry-ui"]
+    if "docker-compose.access.yml" in files:
+        # The UI calls certproxy's registry route, from a network the registry is not on.
+        assert ui["environment"]["ENV_DOCKER_REGISTRY_HOST"] == "certproxy"
+        assert ui["environment"]["ENV_DOCKER_REGISTRY_PORT"] == "5000"
+        assert ui["environment"]["ENV_DOCKER_REGISTRY_USE_SSL"] == "1"
+        assert set(ui["networks"]) == {"ui"} and set(cp["networks"]) == {"default", "ui"}
+        assert "ui" not in (services["registry"].get("networks") or {"default": None})
+        assert not any(k.startswith("REGISTRY_AUTH") for k in services["registry"]["environment"])
+        config = load_config({k: str(v) for k, v in env.items()})
+        assert config.gated_ports == (5000,) and config.access == Path("/etc/certproxy/access/access.toml")
+        [mount] = [v for v in cp["volumes"] if ":/etc/certproxy/access" in v]  # "SOURCE:TARGET:ro"
+        assert mount.endswith("/access:/etc/certproxy/access:ro"), mount
+    else:
+        assert ui["environment"]["ENV_DOCKER_REGISTRY_HOST"] == "registry"
     if "docker-compose.acme.yml" in files:
         assert env["CERTPROXY_ACME"] == "on" and env["CERTPROXY_DOMAINS"] == "registry.example.com"
         assert env["CERTPROXY_STAGING"] == "1"
@@ -67,6 +87,21 @@ def test_compose_config_accepts_every_documented_combination(files: list[str], t
         assert target == f"certproxy:{env['CERTPROXY_ADMIN_PORT']}" and env["CERTPROXY_ADMIN_BIND"] == "0.0.0.0"
         assert "ports" not in services["prometheus"]
         load_config({k: str(v) for k, v in env.items()})  # certproxy accepts the layer's settings
+
+
+def test_the_access_layer_example_policy_loads_with_its_three_roles(tmp_path: Path) -> None:
+    """compose/access/access.toml as shipped, with the htpasswd the operator makes."""
+    folder = tmp_path / "access"
+    shutil.copytree(COMPOSE_DIR / "access", folder)
+    (folder / "htpasswd").write_text("".join(make_entry(u, "pw", cost=4) + "\n" for u in ("alice", "bob", "carol")))
+    policy = load_policy(folder / "access.toml")
+    anywhere = ipaddress.ip_address("192.0.2.1")
+    assert policy.actions(None, anywhere, "public/app") == {"pull"} and policy.may_catalog(None, anywhere)
+    assert policy.actions(None, anywhere, "team/app") == set()
+    assert policy.actions("bob", anywhere, "team/app") >= {"pull", "push"}
+    assert "delete" not in policy.actions("bob", anywhere, "team/app")
+    assert policy.actions("carol", anywhere, "team/app") == {"pull"}
+    assert policy.actions("alice", anywhere, "other/app") == {"pull", "push", "delete"}
 
 
 def test_acme_layer_refuses_to_start_without_a_domain(tmp_path: Path) -> None:
