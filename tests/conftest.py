@@ -24,7 +24,7 @@ MEASUREMENTS: list[tuple[str, str]] = []
 # on pytest-xdist workers; these modules go to one worker, one test after the other: their
 # engines share a data root (support/engine.py's STATE, the image cache), and they are the
 # longest part of the run, so they start first while the other worker takes the rest.
-ENGINE_MODULES = ("tests/test_container.py", "tests/test_swarm.py")
+ENGINE_MODULES = ("tests/test_container.py", "tests/test_container_access.py", "tests/test_swarm.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -293,9 +293,10 @@ def test_acme_stack_gets_a_pebble_certificate_without_a_restart(engine: Engine, 
 # -- the auth stack, the docker client and the browser ----------------------------------------
 
 
-def import_certbot_certificates(engine: Engine, folder: Path, fs: list[Path], letsencrypt: Path) -> None:
+def import_certbot_certificates(engine: Engine, folder: Path, fs: list[Path], letsencrypt: Path,
+                                project: str = "cpauth") -> None:
     """The README's migration recipe: certbot's live/ copied into the store volume, owned by uid 10001."""
-    engine.compose("cpauth", fs, "run", "--rm", "--no-deps", "--user", "root", "--entrypoint", "sh",
+    engine.compose(project, fs, "run", "--rm", "--no-deps", "--user", "root", "--entrypoint", "sh",
                    "-v", f"{letsencrypt}:/letsencrypt:ro", "certproxy", "-c",
                    "cp -rL /letsencrypt/live /var/lib/certproxy/"
                    " && chown -R certproxy:certproxy /var/lib/certproxy/live"

@@ -2,10 +2,11 @@
 websocket client), for the UI path as a user's browser takes it.
 
 Basic-auth prompts arrive as ``Fetch.authRequired`` events and are answered
-with the user's credentials, so a test can count how often the browser would
-have asked for a password, and for which realm. The server's certificate is
-trusted by its public key (``--ignore-certificate-errors-spki-list``), which
-accepts that key only, unlike ``--ignore-certificate-errors``.
+with the user's credentials (or cancelled, for a visit without a login), so a
+test can count how often the browser would have asked for a password, and for
+which realm. The server's certificate is trusted by its public key
+(``--ignore-certificate-errors-spki-list``), which accepts that key only,
+unlike ``--ignore-certificate-errors``.
 """
 
 from __future__ import annotations
@@ -47,13 +48,15 @@ class Visit:
     url: str  # where the page ended up
     challenges: list[dict[str, Any]] = field(default_factory=list)  # each auth prompt: origin, scheme, realm
     text: dict[str, str] = field(default_factory=dict)  # element id -> its text
+    first_text: str = ""  # the text of the page opened first (``first``), once loaded
 
 
-async def visit(url: str, *, user: str, password: str, trust_pem: bytes, resolve: dict[str, str],
-                wait_for: str, done_prefixes: tuple[str, ...], read_ids: list[str],
-                timeout: float = 60) -> Visit:
-    """Open ``url``, log in when asked, and return once the text of element
-    ``wait_for`` starts with one of ``done_prefixes``."""
+async def visit(url: str, *, user: str | None, password: str | None, trust_pem: bytes,
+                resolve: dict[str, str], wait_for: str, done_prefixes: tuple[str, ...], read_ids: list[str],
+                first: str | None = None, timeout: float = 60) -> Visit:
+    """Open ``url``, log in when asked (``user`` None: cancel every prompt), and return
+    once the text of element ``wait_for`` starts with one of ``done_prefixes``.
+    ``first``: a page opened before, in the same browser (a login page)."""
     chromium = shutil.which("chromium")
     if chromium is None:
         raise RuntimeError("chromium is not installed (scripts/install-system-deps.sh installs it)")
@@ -67,7 +70,8 @@ async def visit(url: str, *, user: str, password: str, trust_pem: bytes, resolve
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             return await asyncio.wait_for(
-                _drive(Path(profile), url, user, password, wait_for, done_prefixes, read_ids), timeout)
+                _drive(Path(profile), url, user, password, wait_for, done_prefixes, read_ids, first),
+                timeout)
         finally:
             _stop_group(proc)
 
@@ -86,8 +90,8 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
             time.sleep(0.1)
 
 
-async def _drive(profile: Path, url: str, user: str, password: str, wait_for: str,
-                 done_prefixes: tuple[str, ...], read_ids: list[str]) -> Visit:
+async def _drive(profile: Path, url: str, user: str | None, password: str | None, wait_for: str,
+                 done_prefixes: tuple[str, ...], read_ids: list[str], first: str | None) -> Visit:
     port_file = profile / "DevToolsActivePort"
     while not port_file.exists() or not port_file.read_text().strip():
         await asyncio.sleep(0.1)
@@ -96,11 +100,12 @@ async def _drive(profile: Path, url: str, user: str, password: str, wait_for: st
         async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
             pages = [t for t in await r.json() if t["type"] == "page"]
         async with http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            return await _session(ws, url, user, password, wait_for, done_prefixes, read_ids)
+            return await _session(ws, url, user, password, wait_for, done_prefixes, read_ids, first)
 
 
-async def _session(ws: aiohttp.ClientWebSocketResponse, url: str, user: str, password: str,
-                   wait_for: str, done_prefixes: tuple[str, ...], read_ids: list[str]) -> Visit:
+async def _session(ws: aiohttp.ClientWebSocketResponse, url: str, user: str | None, password: str | None,
+                   wait_for: str, done_prefixes: tuple[str, ...], read_ids: list[str],
+                   first: str | None) -> Visit:
     ids = itertools.count(1)
     pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
     result = Visit(url)
@@ -124,15 +129,20 @@ async def _session(ws: aiohttp.ClientWebSocketResponse, url: str, user: str, pas
             elif data.get("method") == "Fetch.authRequired":
                 params = data["params"]
                 result.challenges.append(params["authChallenge"])
-                asyncio.ensure_future(call(
-                    "Fetch.continueWithAuth", requestId=params["requestId"],
-                    authChallengeResponse={"response": "ProvideCredentials",
-                                           "username": user, "password": password}))
+                response = ({"response": "CancelAuth"} if user is None else
+                            {"response": "ProvideCredentials", "username": user, "password": password})
+                asyncio.ensure_future(call("Fetch.continueWithAuth", requestId=params["requestId"],
+                                           authChallengeResponse=response))
 
     reader = asyncio.ensure_future(events())
     try:
         await call("Fetch.enable", handleAuthRequests=True, patterns=[{"urlPattern": "*"}])
         await call("Page.enable")
+        if first is not None:
+            await call("Page.navigate", url=first)
+            while not await _loaded(call, first):
+                await asyncio.sleep(0.2)
+            result.first_text = await _body_text(call)
         await call("Page.navigate", url=url)
         while True:
             state = await _text(call, wait_for)
@@ -146,6 +156,20 @@ async def _session(ws: aiohttp.ClientWebSocketResponse, url: str, user: str, pas
         return result
     finally:
         reader.cancel()
+
+
+async def _loaded(call: Any, url: str) -> bool:
+    answer = await call("Runtime.evaluate", returnByValue=True,
+                        expression="[location.href, document.readyState]")
+    value = answer.get("result", {}).get("value")
+    return value == [url, "complete"]
+
+
+async def _body_text(call: Any) -> str:
+    answer = await call("Runtime.evaluate", returnByValue=True,
+                        expression="document.body ? document.body.innerText : ''")
+    value = answer.get("result", {}).get("value", "")
+    return value if isinstance(value, str) else ""
 
 
 async def _text(call: Any, element: str) -> str:

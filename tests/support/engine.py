@@ -8,7 +8,9 @@ What runs here, and how it differs from a user's host:
   published ports work through ``docker-proxy`` (the userland proxy). So the
   compose files run unchanged. One visible difference: behind docker-proxy,
   certproxy sees the bridge gateway (``172.x.0.1``) as the client address, where
-  a host with iptables would show the real client.
+  a host with iptables would show the real client. Nor are compose's networks
+  isolated from one another (Docker does that with iptables rules): a container
+  reaches another network's containers by address, though never by name.
 - The engine lives in a network namespace the test creates (``nsenter --net``),
   joined to the test's own namespace by a veth pair: the stack's published
   ports 80, 443 and 5000 are ports of that namespace, never of this machine, and

@@ -1,18 +1,25 @@
 """The registry UI stand-in: ``/`` is a page whose script lists the repositories
-from ``/v2/_catalog``; ``/v2/...`` goes to the registry named by
+from ``/v2/_catalog``; ``/v2/...`` (GET, HEAD, DELETE) goes to the registry named by
 ``ENV_DOCKER_REGISTRY_HOST`` / ``ENV_DOCKER_REGISTRY_PORT`` with the request's
-headers (``Authorization`` included) and comes back with the registry's status
-and headers (``WWW-Authenticate`` included), as the real frontend's Apache
-``ProxyPass /v2`` does."""
+headers (``Authorization`` and ``Host`` included) and comes back with the
+registry's status and headers (``WWW-Authenticate`` included), as the real
+frontend's Apache does (``ProxyPass /v2/``, ``ProxyPreserveHost On``). With
+``ENV_DOCKER_REGISTRY_USE_SSL`` set it speaks TLS to the registry without checking
+its certificate, as the real frontend's ``SSLProxyEngine`` with
+``SSLProxyCheckPeerName off`` and no ``SSLProxyVerify`` does."""
 
 import http.client
 import os
 import signal
+import ssl
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 REGISTRY = (os.environ.get("ENV_DOCKER_REGISTRY_HOST", "registry"),
             int(os.environ.get("ENV_DOCKER_REGISTRY_PORT", "5000")))
+USE_SSL = bool(os.environ.get("ENV_DOCKER_REGISTRY_USE_SSL"))
+UNCHECKED = ssl.create_default_context()
+UNCHECKED.check_hostname, UNCHECKED.verify_mode = False, ssl.CERT_NONE
 
 PAGE = b"""<!doctype html>
 <html><head><title>Docker Registry Frontend</title></head>
@@ -57,9 +64,18 @@ class Handler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
+    def do_DELETE(self) -> None:
+        if self.path.startswith("/v2"):
+            self.forward()
+        else:
+            self.send_error(405)
+
     def forward(self) -> None:
-        upstream = http.client.HTTPConnection(*REGISTRY, timeout=30)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP | {"host"}}
+        if USE_SSL:
+            upstream = http.client.HTTPSConnection(*REGISTRY, timeout=30, context=UNCHECKED)
+        else:
+            upstream = http.client.HTTPConnection(*REGISTRY, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
         try:
             upstream.request(self.command, self.path, headers=headers)
             answer = upstream.getresponse()
