@@ -4,8 +4,10 @@ for one zone, its HTTP API on, the server dns-lexicon's ``powerdns`` provider up
 from __future__ import annotations
 
 import secrets
+import shutil
 import sqlite3
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ class PowerDNS:
     api_port: int
     api_key: str
     log: Path
+    sockets: Path  # the control socket's folder: a short path of its own
 
     @property
     def server(self) -> str:
@@ -32,6 +35,7 @@ class PowerDNS:
 
     def stop(self) -> None:
         stop_process(self.proc)
+        shutil.rmtree(self.sockets, ignore_errors=True)
 
 
 def start_powerdns(tmp: Path, zone: str) -> PowerDNS:
@@ -44,17 +48,20 @@ def start_powerdns(tmp: Path, zone: str) -> PowerDNS:
     with sqlite3.connect(db) as conn:
         conn.executescript(SCHEMA.read_text())
     dns_port, api_port, key = free_port(), free_port(), secrets.token_hex(16)
+    # A unix socket path holds at most 107 bytes: pytest's folders (a worker's, a test's
+    # long name) may not leave room, so the control socket lives in a short folder.
+    sockets = Path(tempfile.mkdtemp(prefix="pdns-"))
     (folder / "pdns.conf").write_text(
         f"launch=gsqlite3\ngsqlite3-database={db}\nlocal-address=127.0.0.1\nlocal-port={dns_port}\n"
         f"api=yes\napi-key={key}\nwebserver=yes\nwebserver-address=127.0.0.1\nwebserver-port={api_port}\n"
-        f"webserver-allow-from=127.0.0.1\nsocket-dir={folder}\nguardian=no\ndaemon=no\ndisable-syslog=yes\n"
+        f"webserver-allow-from=127.0.0.1\nsocket-dir={sockets}\nguardian=no\ndaemon=no\ndisable-syslog=yes\n"
         "cache-ttl=0\nnegquery-cache-ttl=0\nquery-cache-ttl=0\n")
     subprocess.run(["pdnsutil", f"--config-dir={folder}", "create-zone", zone, f"ns.{zone}"], check=True,
                    capture_output=True, timeout=30)
     log = folder / "pdns.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(["pdns_server", f"--config-dir={folder}"], stdout=fh, stderr=subprocess.STDOUT)
-    server = PowerDNS(proc, dns_port, api_port, key, log)
+    server = PowerDNS(proc, dns_port, api_port, key, log, sockets)
     try:
         wait_for(lambda: tcp_open(dns_port) and tcp_open(api_port), 30, "pdns_server", proc, log)
     except BaseException:
