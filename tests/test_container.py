@@ -439,26 +439,32 @@ def test_docker_client_through_certproxy(engine: Engine, tls: dict[str, Path], a
     measure("container tier: docker pull of the same, through certproxy / direct",
             f"{pull[PROXIED]:.1f} s / {pull[DIRECT]:.1f} s = {pull[PROXIED] / pull[DIRECT]:.2f}x")
 
-    # A push interrupted mid-layer (the user's Ctrl-C), then pushed again.
-    make_big_image(engine, tmp_path, f"{PROXIED}/interrupted/app:1", 128 << 20, layers=2)
-    proc = subprocess.Popen([DOCKER, "--config", str(engine.client_config), "-H", engine.sock, "push",
-                             f"{PROXIED}/interrupted/app:1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    uploads = "/var/lib/registry/docker/registry/v2/repositories/interrupted/app/_uploads"
+    # A push interrupted mid-layer (the user's Ctrl-C), then pushed again. On a loaded
+    # machine the push may finish before the interrupt lands: then again, with more to send.
+    for attempt, size in enumerate((128 << 20, 256 << 20, 512 << 20)):
+        repo = f"interrupted/app{attempt}"
+        make_big_image(engine, tmp_path, f"{PROXIED}/{repo}:1", size, layers=2)
+        proc = subprocess.Popen([DOCKER, "--config", str(engine.client_config), "-H", engine.sock, "push",
+                                 f"{PROXIED}/{repo}:1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        uploads = f"/var/lib/registry/docker/registry/v2/repositories/{repo}/_uploads"
 
-    def uploading() -> bool:
-        out = engine.docker("exec", "cpauth_registry_1", "du", "-sb", uploads, check=False).stdout
-        return bool(out) and int(out.split()[0]) > 8 << 20
+        def uploading() -> bool:
+            out = engine.docker("exec", "cpauth_registry_1", "du", "-sb", uploads, check=False).stdout
+            return bool(out) and int(out.split()[0]) > 8 << 20
 
-    wait_until(uploading, 120, "the interrupted push under way")
-    proc.send_signal(signal.SIGINT)
-    proc.wait(30)
-    manifest = curl(engine, f"https://{PROXIED}/v2/interrupted/app/manifests/1", "--cacert", str(tls["ca"]),
+        wait_until(lambda: uploading() or proc.poll() is not None, 120, "the interrupted push under way")
+        proc.send_signal(signal.SIGINT)
+        if proc.wait(30) != 0:
+            break
+    else:
+        raise AssertionError("every push finished before it could be interrupted")
+    manifest = curl(engine, f"https://{PROXIED}/v2/{repo}/manifests/1", "--cacert", str(tls["ca"]),
                     "-u", f"{USER}:{PASSWORD}", "-o", "/dev/null", "-w", "%{http_code}")
     assert manifest.stdout == "404"  # nothing half-pushed is visible as an image
-    _, out = timed(engine, "push", f"{PROXIED}/interrupted/app:1")
+    _, out = timed(engine, "push", f"{PROXIED}/{repo}:1")
     again = digest_of(out)
-    engine.docker("rmi", f"{PROXIED}/interrupted/app:1")
-    _, out = timed(engine, "pull", f"{PROXIED}/interrupted/app:1")
+    engine.docker("rmi", f"{PROXIED}/{repo}:1")
+    _, out = timed(engine, "pull", f"{PROXIED}/{repo}:1")
     assert f"Digest: {again}" in out
 
     # docker logout: a pull is refused.
