@@ -264,3 +264,61 @@ def test_the_throttle_counts_per_address_within_its_window_and_is_bounded() -> N
     for i in range(20_000):
         throttle.failed(f"10.0.{i // 256}.{i % 256}")
     assert len(throttle._windows) <= 10_000
+
+
+async def test_wrong_passwords_sent_at_once_are_throttled_too(gate: AccessGate) -> None:
+    """Logins being checked count against the limit: 30 guesses in one burst cannot all
+    be checked (bcrypt runs in a thread, so they would all be in flight together)."""
+    plane = make_plane(gate=gate)
+    conns = []
+    for _ in range(30):
+        conn, client = plane.connect_client()
+        conn.data_received(b"GET /token?service=x HTTP/1.1\r\nHost: %s\r\nAuthorization: %s\r\n\r\n"
+                           % (HOST, basic("bob", "wrong")))
+        conns.append(client)
+    statuses: list[int] = []
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        statuses = [responses(c.written)[0][0] for c in conns if responses(c.written)]
+        if len(statuses) == 30:
+            break
+    assert sorted(statuses) == [401] * 10 + [429] * 20, statuses
+
+
+async def test_a_user_removed_from_htpasswd_loses_their_tokens(gate: AccessGate, tmp_path: Path) -> None:
+    plane = make_plane(gate=gate)
+    bearer = await token(plane, "repository:team/app:pull", basic("bob", "bobpw"))
+    assert (await ask(plane, b"GET", b"/v2/team/app/manifests/v1", bearer))[0] == 200
+    users = tmp_path / "htpasswd"
+    users.write_text("".join(line + "\n" for line in users.read_text().splitlines() if not line.startswith("bob:")))
+    os.utime(users, (time.time() + 5, time.time() + 5))
+    gate.users._checked = 0.0  # the once-a-second look is due
+    await asyncio.to_thread(gate.poll)
+    status, head, _, sent = await ask(plane, b"GET", b"/v2/team/app/manifests/v1", bearer)
+    assert status == 401 and b'error="invalid_token"' in head and not sent
+
+
+async def test_bounds_on_what_one_request_may_ask(gate: AccessGate) -> None:
+    plane = make_plane(gate=gate)
+    scopes = "&".join(f"scope=repository:r{i}/x:pull" for i in range(40))
+    status, _, body, _ = await ask(plane, b"GET", b"/token?service=x&" + scopes.encode())
+    assert status == 400 and b"scopes" in body
+    alice = basic("alice", "alicepw")
+    status, _, body, sent = await ask(plane, b"GET", b"/v2/_catalog?n=%C2%B2", alice)
+    assert status == 400 and json.loads(body)["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID" and not sent
+    # a browser page of another site may not change the registry with the browser's login
+    status, _, _, sent = await ask(plane, b"DELETE", b"/v2/team/app/manifests/v1", alice,
+                                   b"Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\n")
+    assert status == 403 and not sent
+    # long targets are read every time, not remembered
+    long = b"/v2/public/app/manifests/v1?" + b"x" * 4000
+    assert (await ask(plane, b"GET", long))[0] == 200 and (b"GET", long) not in gate._calls
+
+
+def test_a_policy_that_would_guard_no_port_stops_start_up(tmp_path: Path) -> None:
+    from certproxy.service.config import ConfigError, load_config
+
+    env = {"CERTPROXY_ACCESS": str(tmp_path / "access.toml"), "CERTPROXY_ROUTES": "15443=http://127.0.0.1:9"}
+    with pytest.raises(ConfigError, match="CERTPROXY_ACCESS_PORTS: the access policy would guard no port"):
+        load_config(env)
+    assert load_config({**env, "CERTPROXY_ACCESS_PORTS": "15443"}).gated_ports == (15443,)

@@ -41,7 +41,7 @@ async def test_wrong_passwords_are_throttled_per_address(site: Site) -> None:
         assert (await conn.send("GET", token_path, {"Authorization": basic("bob")})).status == 200
     log = logged(site.cp, "throttled logins from 127.0.0.3")
     assert log.count("throttled logins from 127.0.0.3") == 1  # once per window
-    assert log.count("failed login from 127.0.0.3: user bob") == 10
+    assert log.count("failed login from 127.0.0.3: user 'bob'") == 10
     assert "guess" not in log
 
 

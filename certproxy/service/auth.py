@@ -94,7 +94,10 @@ class BasicAuth:
     def load(self) -> None:
         """Read the file (raises HtpasswdError or OSError); blocking."""
         st = os.stat(self.path)
-        text = Path(self.path).read_text(encoding="utf-8")
+        try:
+            text = Path(self.path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise HtpasswdError(f"{self.path}: not UTF-8 text (byte {exc.start})") from None
         self._users = parse_htpasswd(text, str(self.path))
         self._mtime = st.st_mtime
         self._ok.clear()
@@ -114,6 +117,13 @@ class BasicAuth:
             # Said once per change of the file; the users loaded last stay in service.
             self._rejected = mtime if isinstance(exc, HtpasswdError) else None
             log.error("not using the changed %s, keeping the last good one: %s", self.path, exc)
+
+    def refresh(self) -> None:
+        """Take a changed file now (blocking): what ``allowed`` does at most once a second."""
+        self._maybe_reload()
+
+    def has_user(self, name: str) -> bool:
+        return name in self._users
 
     def _key(self, creds: tuple[str, str]) -> bytes:
         return hashlib.sha256(f"{self._mtime}\0{creds[0]}\0{creds[1]}".encode()).digest()

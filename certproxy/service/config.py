@@ -120,6 +120,12 @@ class Config:
             if unknown:
                 routed = ", ".join(str(p) for p in ports)
                 raise ConfigError(setting, f"port {unknown[0]} is not a TLS route (routed: {routed})")
+        if self.access is not None and not self.gated_ports:
+            routed = ", ".join(str(p) for p in ports)
+            raise ConfigError(
+                "CERTPROXY_ACCESS_PORTS",
+                f"the access policy would guard no port: name the registry's (routed: {routed})",
+            )
         both = set(self.gated_ports) & set(self.protected_ports) if self.auth_htpasswd else set()
         if both:
             raise ConfigError(

@@ -112,8 +112,12 @@ class Front:
         (the shutdown grace by default), the reloader and the probes stop."""
         self._grace = self.config.shutdown_grace if grace is None else grace
         while self._steps:
-            with contextlib.suppress(StopAsyncIteration):
+            try:
                 await anext(self._steps.pop())
+            except StopAsyncIteration:
+                pass
+            except Exception:  # a defect in one tear-down: said, and the others still run
+                log.exception("stopping: a tear-down step failed")
 
     async def _check_files(self) -> None:
         """Files named by settings first: a mistake there stops start-up before anything is made."""
@@ -230,6 +234,10 @@ class Front:
                     raise StartupError("CERTPROXY_ACCESS", str(exc)) from None
                 except OSError as exc:
                     raise StartupError("CERTPROXY_ACCESS", os_problem(exc, cfg.access)) from None
+                try:
+                    await asyncio.to_thread(gate.check_signing)
+                except OSError as exc:  # a read-only or full store cannot keep a token key
+                    raise StartupError("CERTPROXY_STORE", f"cannot keep a token-signing key: {exc}") from None
                 self._gates[route.port] = gate
         watchers = [asyncio.create_task(gate.watch()) for gate in self._gates.values()]
         log.info("access policy %s on port %s", cfg.access, ", ".join(map(str, self._gates)))
@@ -280,11 +288,13 @@ class Front:
             for path in sockets:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-            await asyncio.gather(*(listener.drain(self._grace) for listener in listeners))
-            if sweeper is not None:
-                sweeper.cancel()
-            for pool in pools:
-                pool.close()
+            try:
+                await asyncio.gather(*(listener.drain(self._grace) for listener in listeners))
+            finally:
+                if sweeper is not None:
+                    sweeper.cancel()
+                for pool in pools:
+                    pool.close()
 
     async def _maintaining(self, acme: CertManager | None) -> AsyncIterator[None]:
         if acme is None:

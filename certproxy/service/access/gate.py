@@ -49,7 +49,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 import httptools
 
-from ...certs import FileStore
+from ...certs import FileStore, os_problem
 from ...proxy.headers import Answer, Headers
 from ...proxy.routes import Pass, Request
 from ...proxy.wire import REGISTRY_API_HEADER
@@ -70,6 +70,8 @@ POLL = 0.5  # seconds between looks at the policy file
 BROWSER_CHALLENGE = b'Basic realm="certproxy", charset="UTF-8"'
 ADDRESSES_MAX = 4096
 CALLS_MAX = 4096
+CALL_KEY_MAX = 512  # longer targets are read every time (the cache stays small)
+SCOPES_MAX = 32  # scopes one token request may ask for (clients ask for a handful)
 
 
 class Caller(NamedTuple):
@@ -144,6 +146,11 @@ class AccessGate:
         self._loaded = _Loaded(policy, users, stamp)
         self.tokens.load()
 
+    def check_signing(self) -> None:
+        """Make sure a token can be signed: a key exists or can be kept in the store
+        (blocking; OSError when the store cannot keep one)."""
+        self.tokens.issue(None, "", {}, False)
+
     @property
     def policy(self) -> Policy:
         assert self._loaded is not None, "AccessGate.load() first"
@@ -166,6 +173,8 @@ class AccessGate:
             return
         self._unseen = None
         loaded = self._loaded
+        if loaded is not None:
+            loaded.users.refresh()  # a user removed from htpasswd loses their tokens too
         if loaded is None or stamp in (loaded.stamp, self._rejected):
             return
         try:
@@ -186,7 +195,10 @@ class AccessGate:
         """Look at the policy file every ``POLL`` seconds, until cancelled."""
         while True:
             await asyncio.sleep(POLL)
-            await asyncio.to_thread(self.poll)
+            try:
+                await asyncio.to_thread(self.poll)
+            except Exception:  # a defect: said, and the watch goes on
+                log.exception("access policy: looking at %s failed", self.path.name)
 
     # -- deciding ----------------------------------------------------------------
     def check(self, request: Request, path: bytes, host: bytes) -> Pass | Answer | None:
@@ -229,9 +241,10 @@ class AccessGate:
             return answer(404, "UNSUPPORTED", "not part of the registry API")
         if isinstance(read, Refused):
             return answer(read.status, read.code, read.message)
-        if len(self._calls) >= CALLS_MAX:
-            self._calls.clear()
-        self._calls[key] = read
+        if len(path) <= CALL_KEY_MAX:
+            if len(self._calls) >= CALLS_MAX:
+                self._calls.clear()
+            self._calls[key] = read
         return read
 
     def _caller_now(self, request: Request, host: bytes) -> Caller | Answer | None:
@@ -248,7 +261,7 @@ class AccessGate:
                 return None  # decide() rereads the store's keys first
             if grant is None:
                 return _invalid_token(request, host)
-            return Caller(grant.user, grant, True)
+            return self._bearer(grant, request, host)
         if scheme == b"basic":
             if value == ANONYMOUS_BASIC:
                 return Caller(None)
@@ -269,7 +282,7 @@ class AccessGate:
                 grant = self.tokens.verify(token, service)
             except UnknownKey:
                 grant = await self._verify_after_reread(token, service)
-            return Caller(grant.user, grant, True) if grant is not None else _invalid_token(request, host)
+            return self._bearer(grant, request, host) if grant is not None else _invalid_token(request, host)
         now = self._caller_now(request, host)
         if now is not None:
             return now
@@ -290,20 +303,30 @@ class AccessGate:
         except UnknownKey:
             return None
 
+    def _bearer(self, grant: Grant, request: Request, host: bytes) -> Caller | Answer:
+        """A valid token's bearer, unless its user has left the htpasswd file since."""
+        if grant.user is not None and not self.users.has_user(grant.user):
+            return _invalid_token(request, host)
+        return Caller(grant.user, grant, True)
+
     async def _login(self, request: Request, header: bytes | None, host: bytes) -> Caller | Answer:
         """Basic credentials: a user of the policy, or a failed login."""
         text = header.decode("latin-1") if header is not None else None
         creds = basic_credentials(text)
         if creds is not None and creds == ("", ""):
             return Caller(None)
-        retry = self.throttle.retry_after(request.client_ip)
+        retry = self.throttle.begin(request.client_ip)
         if retry is not None:
             return _throttled(retry)
-        if creds is not None and await self.users.allowed(text):
+        ok = False
+        try:
+            ok = creds is not None and await self.users.allowed(text)
+        finally:
+            self.throttle.end(request.client_ip, failed=not ok)
+        if ok and creds is not None:
             return Caller(creds[0], None, True)
-        self.throttle.failed(request.client_ip)
         user = creds[0] if creds else "-"
-        log.warning("failed login from %s: user %s", request.client_ip, user or "-")
+        log.warning("failed login from %s: user %r", request.client_ip, user)
         request.note(None, "login", None)
         return _login_challenge(request, host, message="incorrect username or password")
 
@@ -314,18 +337,25 @@ class AccessGate:
         request.note(caller.user, call.action, repository)
         if call.action == "ping":
             return Pass() if caller.shown else _login_challenge(request, host)
-        assert repository is not None  # every other call names one
+        if repository is None:  # every other call names one
+            return answer(400, "NAME_INVALID", "no repository name")
+        if request.method not in (b"GET", b"HEAD") and _first(request, b"sec-fetch-site") == b"cross-site":
+            # a page of another site, in a browser that logged in here, may not change anything
+            _log_refusal(caller, request, call, "a cross-site request from a browser")
+            return answer(403, "DENIED", "a cross-site request may not change the registry")
         address = self._address(request.client_ip)
         granted = self.policy.actions(caller.user, address, repository)
         if call.action in granted and (caller.grant is None or caller.grant.allows(repository, call.action)):
             if call.kind == "uploads" and form_body(_first(request, b"content-type")):
                 # the registry would read mount and from out of such a body too
+                _log_refusal(caller, request, call, "an upload with a form body")
                 return answer(400, "UNSUPPORTED", "an upload with a form body is not accepted")
             if call.mount_from is not None and not self._may_pull(caller, address, call.mount_from):
                 return Pass(target=without_mount(path))
             return Pass()
         scope = _scope(repository, call.action)
         if call.action in granted:  # the token lacks a scope the policy would grant
+            _log_refusal(caller, request, call, "the token lacks the scope (insufficient_scope)")
             return _challenge(host, scope, "insufficient_scope")
         _log_refusal(caller, request, call, "not granted by the policy")
         if caller.user is not None:
@@ -356,20 +386,24 @@ class AccessGate:
         address = self._address(request.client_ip)
         access: dict[str, frozenset[str]] = {}
         catalog = False
-        for key, value in params:
-            if key != "scope":
-                continue
-            for scope in value.split(" "):
-                kind, name, actions = _parse_scope(scope)
-                if kind == "registry" and name == "catalog":
-                    catalog = catalog or self.policy.may_catalog(caller.user, address)
-                elif kind == "repository" and valid_name(name.encode()):
-                    wanted = ALL_ACTIONS if "*" in actions else actions
-                    granted = wanted & self.policy.actions(caller.user, address, name)
-                    if granted:
-                        access[name] = access.get(name, frozenset()) | granted
+        scopes = [scope for key, value in params if key == "scope" for scope in value.split(" ") if scope]
+        if len(scopes) > SCOPES_MAX:
+            return answer(400, "UNSUPPORTED", f"more than {SCOPES_MAX} scopes in one token request")
+        for scope in scopes:
+            kind, name, actions = _parse_scope(scope)
+            if kind == "registry" and name == "catalog":
+                catalog = catalog or self.policy.may_catalog(caller.user, address)
+            elif kind == "repository" and valid_name(name.encode()):
+                wanted = ALL_ACTIONS if "*" in actions else actions
+                granted = wanted & self.policy.actions(caller.user, address, name)
+                if granted:
+                    access[name] = access.get(name, frozenset()) | granted
         request.note(caller.user, "token", None)
-        token = await asyncio.to_thread(self.tokens.issue, caller.user, service, access, catalog)
+        try:
+            token = await asyncio.to_thread(self.tokens.issue, caller.user, service, access, catalog)
+        except OSError as exc:
+            log.error("no token: the store keeps no signing key: %s", os_problem(exc, "tokens"))
+            return answer(503, "UNAVAILABLE", "cannot sign a token now", [(b"Retry-After", b"10")])
         issued = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {"token": token, "access_token": token, "expires_in": LIFETIME, "issued_at": issued}
         return 200, [(b"Cache-Control", b"no-store")], json.dumps(body).encode(), JSON
@@ -390,18 +424,23 @@ class AccessGate:
             if caller.user is not None:
                 return answer(403, "DENIED", "requested access to the resource is denied", detail=CATALOG)
             return _login_challenge(request, host, "registry:catalog:*", detail=CATALOG)
+        params = dict(parse_qsl(call.query.decode("latin-1")))
+        number = params.get("n", "")
+        if number and not (number.isascii() and number.isdigit()):
+            return answer(400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested")
         try:
             names = await self._all_repositories()
         except (OSError, ValueError, TimeoutError) as exc:
             log.warning("catalog: the registry did not list its repositories: %s", exc)
             return answer(502, "UNAVAILABLE", "the registry is not reachable")
-        visible = [n for n in names if "pull" in policy.actions(caller.user, address, n)]
-        params = dict(parse_qsl(call.query.decode("latin-1")))
         last = params.get("last", "")
-        page = [n for n in visible if n > last] if last else visible
+
+        def visible() -> list[str]:  # a thread's work: a registry may hold many repositories
+            return [n for n in names if n > last and "pull" in policy.actions(caller.user, address, n)]
+
+        page = await asyncio.to_thread(visible)
         headers: Headers = [REGISTRY_API_HEADER, (b"Cache-Control", b"no-store")]
-        number = params.get("n", "")
-        if number.isdigit() and int(number) < len(page):
+        if number and int(number) < len(page):
             page = page[: int(number)]
             if page:
                 link = "/v2/_catalog?" + urlencode({"n": number, "last": page[-1]})
@@ -417,7 +456,8 @@ class AccessGate:
             status, headers, body = await asyncio.wait_for(self._get(f"/v2/_catalog?{query}"), 30)
             if status != 200:
                 raise ValueError(f"HTTP {status}")
-            page = [str(n) for n in json.loads(body).get("repositories") or []]
+            listing = await asyncio.to_thread(json.loads, body)
+            page = [str(n) for n in listing.get("repositories") or []]
             names.extend(page)
             if not page or not any(n.lower() == b"link" for n, _ in headers):
                 break
@@ -487,6 +527,12 @@ def _login_challenge(
 
 def _invalid_token(request: Request, host: bytes) -> Answer:
     """An invalid or expired token: a 401 that sends the client for a new one (not a failed login)."""
+    log.info(
+        "refused %s %s from %s: invalid or expired token",
+        request.method.decode("latin-1"),
+        request.target.decode("latin-1")[:200],
+        request.client_ip,
+    )
     return answer(
         401,
         "UNAUTHORIZED",
