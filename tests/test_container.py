@@ -447,8 +447,11 @@ def test_docker_client_through_certproxy(engine: Engine, tls: dict[str, Path], a
     for attempt, size in enumerate((128 << 20, 256 << 20, 512 << 20)):
         repo = f"interrupted/app{attempt}"
         make_big_image(engine, tmp_path, f"{PROXIED}/{repo}:1", size, layers=2)
+        # Ctrl-C must reach it: a run started in the background (as `make test &`) ignores
+        # SIGINT, and so would every program it starts.
         proc = subprocess.Popen([DOCKER, "--config", str(engine.client_config), "-H", engine.sock, "push",
-                                 f"{PROXIED}/{repo}:1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                 f"{PROXIED}/{repo}:1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         uploads = volume / "docker/registry/v2/repositories" / repo / "_uploads"
 
         def uploading() -> bool:
