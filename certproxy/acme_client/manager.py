@@ -67,7 +67,9 @@ async def in_daemon_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(done, True, result)
 
-    threading.Thread(target=target, name="certproxy-acme", daemon=True).start()
+    thread = threading.Thread(target=target, name="certproxy-acme", daemon=True)
+    # Thread.start waits until the new thread runs: on a loaded machine, a while. Not on the loop.
+    await asyncio.to_thread(thread.start)
     return await future
 
 
@@ -343,8 +345,6 @@ class CertManager:
             folder = await asyncio.to_thread(self.store.write_live, s.name, chain, key, meta)
         except (AcmeError, StoreError, PairError) as exc:
             return self._failed(exc)
-        # Said before the reloader can serve the pair: /healthz never lags the handshake.
-        self.status.last_success = issued
         self.progress(f"written to {folder}")
         self.status.failures = 0
         self.status.last_error = None
