@@ -295,7 +295,7 @@ class AccessGate:
         being refused, and the rereads of concurrent requests are one."""
         asked = time.monotonic()
         await asyncio.sleep(self.tokens.reread_in())  # a timer may end a little early:
-        async with self._rereading:  # so not needs_keys, but "not reread since asked"
+        async with self._rereading:  # so "not reread since asked"
             if self.tokens.read_at < asked:
                 await asyncio.to_thread(self.tokens.load)
         try:

@@ -14,9 +14,9 @@ mode 0600), so every replica checks every other's tokens. The newest key signs
 for ``ROTATE``; after that the next process that signs makes a new one, and
 old keys stay for checking until the tokens they signed have expired, so a
 rotation never breaks a token in flight. A token naming a key this process has
-not read yet makes the caller reread the keys (``needs_keys``), at most once a
-second; one that comes sooner waits for the next reread (``reread_in``) rather
-than being refused, since another replica may have made that key a moment ago.
+not read yet makes the caller reread the keys, at most once a second; one
+that comes sooner waits for the next reread (``reread_in``) rather than being
+refused, since another replica may have made that key a moment ago.
 A verified token is remembered until it expires (bounded), so a request
 that carries one costs a dictionary lookup.
 """
@@ -84,11 +84,6 @@ class TokenKeys:
         began = time.monotonic()
         self.keys = self.store.token_keys()
         self.read_at = began
-
-    @property
-    def needs_keys(self) -> bool:
-        """Whether a reread is allowed now (at most once per ``RELOAD_EVERY``)."""
-        return time.monotonic() - self.read_at >= RELOAD_EVERY
 
     def reread_in(self) -> float:
         """Seconds until a reread is allowed (0: now)."""
