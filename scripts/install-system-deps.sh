@@ -3,7 +3,8 @@
 # the real registry, the real skopeo and podman clients, htpasswd, Pebble (an ACME test CA),
 # what a Python virtualenv needs, and for the container tier a Docker engine
 # (docker.io), debootstrap (its base image), busybox-static (the stand-ins'
-# wget), iproute2 (its network namespace) and Chromium. Idempotent; apt-get runs only if needed.
+# wget), iproute2 (its network namespace) and Chromium; Prometheus and nginx for the
+# metrics and doctor tests. Idempotent; apt-get runs only if needed.
 set -euo pipefail
 
 need=()
@@ -25,6 +26,8 @@ command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 [ -x /usr/bin/busybox ] || need+=(busybox-static)   # wget in the registry:2 stand-in, as the real image has
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)   # the metrics tests scrape certproxy with it (promtool too)
+command -v nginx >/dev/null 2>&1 || need+=(nginx-light)   # certproxy doctor's tests: deliberately broken fronts
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -eq 0 ]; then
