@@ -121,6 +121,7 @@ class Exchange:
         "user",
         "action",
         "repository",
+        "kept",
     )
 
     def __init__(
@@ -166,7 +167,10 @@ class Exchange:
         self.user: str | None = None  # what the route's gate noted, for the access log
         self.action: str | None = None
         self.repository: str | None = None
+        self.kept: bytes | None = None  # the response header the route's observer keeps
         self.prepare(upgrade)
+        if self.route.observer is not None:
+            self.route.observer.begin(self)
 
     # deciding what to do with the request
     def prepare(self, upgrade: bool) -> None:
@@ -447,6 +451,8 @@ class Exchange:
         route = self.route
         if self.sent_at and route.stats is not None:
             route.stats.upstream_response(time.monotonic() - self.sent_at)
+        if route.observer is not None:
+            self.kept = first(headers, route.observer.keep)
         self.status = status
         if needs_framing:
             if self.http10:
@@ -564,24 +570,28 @@ class Exchange:
         route = self.route
         if route.stats is not None:
             route.stats.request(status, self.bytes_in, self.bytes_out)
+        observer = route.observer
+        if route.access_log is None and observer is None:
+            return
+        record = AccessRecord(
+            self.conn.client_ip,
+            self.method.decode("latin-1"),
+            self.target.decode("latin-1"),
+            status,
+            self.bytes_in,
+            self.bytes_out,
+            time.monotonic() - self.started,
+            route.base if self.head else "-",  # "-": never meant for the upstream
+            route.port,
+            self._host_for_log(),
+            self.user,
+            self.action,
+            self.repository,
+        )
+        if observer is not None:
+            record = observer.observe(self, record)
         if route.access_log is not None:
-            route.access_log(
-                AccessRecord(
-                    self.conn.client_ip,
-                    self.method.decode("latin-1"),
-                    self.target.decode("latin-1"),
-                    status,
-                    self.bytes_in,
-                    self.bytes_out,
-                    time.monotonic() - self.started,
-                    route.base if self.head else "-",  # "-": never meant for the upstream
-                    route.port,
-                    self._host_for_log(),
-                    self.user,
-                    self.action,
-                    self.repository,
-                )
-            )
+            route.access_log(record)
 
     # what the client connection asks
     def waiting_for_upstream(self) -> bool:

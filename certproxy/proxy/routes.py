@@ -7,7 +7,8 @@ one-line refusals). What the data plane needs from the running program comes
 in as small interfaces, so this package imports nothing above ``certs``:
 ``/healthz`` and a control listener's answers are ``Responder`` callables,
 credentials are checked by an ``Authenticator``, counters go to a
-``RouteStats`` and access lines to an ``AccessLog``.
+``RouteStats`` and access lines to an ``AccessLog``; a registry route's
+``Observer`` reads what each request did there before its line is written.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ class Request(Protocol):
 
     def note(self, user: str | None, action: str, repository: str | None) -> None:
         """Who made the request and what it does, for the access log (a ``Gate`` says)."""
+
+    @property
+    def kept(self) -> bytes | None:
+        """The value of the response header the route's ``Observer`` keeps (None: none yet)."""
 
 
 Responder = Callable[[Request], Awaitable[Answer]]
@@ -112,13 +117,28 @@ class AccessRecord(NamedTuple):
     upstream: str  # "-": certproxy answered by itself
     port: int
     host: str  # "-": none, or none that was valid
-    # what a Gate noted (registry routes behind CERTPROXY_ACCESS); None elsewhere
+    # what a Gate noted (registry routes behind CERTPROXY_ACCESS), or on a registry route
+    # what its Observer read; None elsewhere
     user: str | None = None
     action: str | None = None
     repository: str | None = None
+    reference: str | None = None  # a tag or digest
+    upload: str | None = None  # an upload's session id
 
 
 AccessLog = Callable[[AccessRecord], None]
+
+
+class Observer(Protocol):
+    """Reads a route's requests as calls of the registry API, for the access log and
+    the metrics. ``begin`` when a request arrives, ``observe`` when it ends (the record
+    it returns is the one logged); each exactly once per request."""
+
+    keep: bytes  # a response header whose first value the exchange keeps (lower case)
+
+    def begin(self, request: Request) -> None: ...
+
+    def observe(self, request: Request, record: AccessRecord) -> AccessRecord: ...
 
 
 class ControlRoute:
@@ -127,6 +147,7 @@ class ControlRoute:
     pool: UpstreamPool | None = None
     auth: Authenticator | None = None
     gate: Gate | None = None
+    observer: Observer | None = None
     hsts: bytes | None = None
     healthz: Responder | None = None
     base = "-"
@@ -164,9 +185,11 @@ class ProxyRoute:
         hsts_max_age: int = 0,
         access_log: AccessLog | None = None,
         gate: Gate | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.route = route
         self.gate = gate
+        self.observer = observer
         self.port = route.port
         self.pool: UpstreamPool | None = pool
         self.healthz: Responder | None = healthz
@@ -191,6 +214,7 @@ __all__ = [
     "ControlRoute",
     "Headers",
     "Limits",
+    "Observer",
     "Pass",
     "ProxyRoute",
     "Request",

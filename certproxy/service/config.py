@@ -101,6 +101,9 @@ class Config:
     admin_socket: Path | None = None  # /healthz and /metrics of this process on a unix socket
     access: Path | None = None  # the registry routes' access policy (TOML); off when unset
     access_ports: tuple[int, ...] | None = None  # None: 5000 when it is routed
+    registry_ports: tuple[int, ...] | None = None  # None: the access ports, else 5000 when routed
+    metrics_repositories: tuple[str, ...] | int = 50  # names and patterns, or the busiest N
+    metrics_upload_window: float = 3600.0  # an upload silent this long counts as abandoned
 
     def __post_init__(self) -> None:
         if not self.routes:
@@ -115,6 +118,7 @@ class Config:
         for setting, chosen in (
             ("CERTPROXY_AUTH_PORTS", self.auth_ports),
             ("CERTPROXY_ACCESS_PORTS", self.access_ports),
+            ("CERTPROXY_REGISTRY_PORTS", self.registry_ports),
         ):
             unknown = [p for p in chosen or () if p not in ports]
             if unknown:
@@ -155,6 +159,13 @@ class Config:
         if self.access_ports is not None:
             return self.access_ports
         return (5000,) if any(r.port == 5000 for r in self.routes) else ()
+
+    @property
+    def watched_ports(self) -> tuple[int, ...]:
+        """The TLS ports whose requests are read as the registry API (access lines, metrics)."""
+        if self.registry_ports is not None:
+            return self.registry_ports
+        return self.gated_ports or ((5000,) if any(r.port == 5000 for r in self.routes) else ())
 
     @property
     def protected_ports(self) -> tuple[int, ...]:
@@ -303,6 +314,28 @@ def parse_count(raw: Any, source: str) -> int:
 
 
 MAX_WORKERS = 64
+
+
+_REPOSITORY_PATTERN = re.compile(r"[a-z0-9*]+([._/-]+[a-z0-9*]+)*|\*")
+
+
+def parse_repositories(raw: Any, source: str) -> tuple[str, ...] | int:
+    """The repositories with metric series of their own: a number (the busiest N, 0 for
+    none), or a comma list (or TOML list) of names and ``*`` patterns."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)
+    entries = raw if isinstance(raw, list) else str(raw).split(",")
+    names = tuple(str(e).strip() for e in entries if str(e).strip())
+    if len(names) == 1 and names[0].isdigit():
+        if int(names[0]) > 10_000:
+            raise ConfigError(source, f"{names[0]} repositories is more than 10000 series")
+        return int(names[0])
+    if not names:
+        raise ConfigError(source, "name repositories (comma list, * patterns) or give a number")
+    for name in names:
+        if not _REPOSITORY_PATTERN.fullmatch(name):
+            raise ConfigError(source, f"{name!r} is not a repository name or * pattern")
+    return names
 
 
 def parse_workers(raw: Any, source: str) -> int:
@@ -505,6 +538,9 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "auth_ports": lambda raw, src: _ports(raw, src),
     "access": _optional_path,
     "access_ports": lambda raw, src: _ports(raw, src),
+    "registry_ports": lambda raw, src: _ports(raw, src),
+    "metrics_repositories": parse_repositories,
+    "metrics_upload_window": parse_seconds,
 }
 
 

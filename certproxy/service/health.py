@@ -71,6 +71,11 @@ class UpstreamProbe:
         if self._task is not None:
             self._task.cancel()
 
+    @property
+    def last(self) -> bool | None:
+        """Whether the upstream answered the last probe (None: none made yet)."""
+        return None if self._probe is None else self._probe[1]
+
     async def reachable(self) -> tuple[bool, str | None]:
         now = time.monotonic()
         if self._probe is not None and now - self._probe[0] < PROBE_TTL:
@@ -172,6 +177,13 @@ class Health:
         if self.worker is not None and self.worker.shares_ports:
             body["worker"] = self.worker.describe()
         return (503 if status == "failing" else 200), body
+
+    async def probe(self) -> None:
+        """Probe the upstreams now, unless done in the last ``PROBE_TTL`` (before a scrape)."""
+        await asyncio.gather(*(u.reachable() for u in self._upstreams))
+
+    def upstreams_up(self) -> list[tuple[str, bool | None]]:
+        return [(str(u.route.port), u.last) for u in self._upstreams]
 
     async def answer(self, request: Request | None = None) -> Answer:
         """``/healthz`` as an answer: the full report for the admin listener (no request)

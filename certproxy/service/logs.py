@@ -39,7 +39,7 @@ _ACCESS_FIELDS = (
     "port",
     "host",
 )
-_GATE_FIELDS = ("user", "action", "repository")
+_REGISTRY_FIELDS = ("user", "action", "repository", "reference", "upload")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ACCESS_BATCH = 64
 
@@ -53,7 +53,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key in (*_ACCESS_FIELDS, *_GATE_FIELDS):
+        for key in (*_ACCESS_FIELDS, *_REGISTRY_FIELDS):
             if key in record.__dict__:
                 out[key] = record.__dict__[key]
         if record.exc_info:
@@ -158,11 +158,13 @@ def access(record: AccessRecord) -> None:
         ms,
         upstream,
     )
-    if record.action is not None:  # a registry route behind the access policy
-        message += " user=%s action=%s repository=%s" % (
+    if record.action is not None:  # a registry route
+        message += " user=%s action=%s repository=%s reference=%s upload=%s" % (
             record.user or "anonymous",
             record.action,
             record.repository or "-",
+            record.reference or "-",
+            record.upload or "-",
         )
     fast = _fast
     if fast is not None and fast.usable():
@@ -192,10 +194,16 @@ def access(record: AccessRecord) -> None:
 
 
 def _fields(record: AccessRecord, ms: float) -> dict[str, object]:
-    """An access line's fields, by the names of ``_ACCESS_FIELDS``; the user, action and
-    repository when a registry route's access policy noted them."""
+    """An access line's fields, by the names of ``_ACCESS_FIELDS``; on a registry route
+    the user, action, repository, reference and upload session too (null when none)."""
     values = (*record[:6], ms, *record[7:10])
     fields = dict(zip(_ACCESS_FIELDS, values, strict=True))
     if record.action is not None:
-        fields.update(user=record.user or "anonymous", action=record.action, repository=record.repository)
+        fields.update(
+            user=record.user or "anonymous",
+            action=record.action,
+            repository=record.repository,
+            reference=record.reference,
+            upload=record.upload,
+        )
     return fields

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Sized
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -127,6 +127,63 @@ class _Scraped:
         yield failures
 
 
+class Collector(Protocol):
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class AccessFigures(Protocol):
+    """An access gate's counts (``access.gate.AccessGate``)."""
+
+    refusals: dict[str, int]
+    failed_logins: int
+
+
+class _Access:
+    """The access policy's refusals and failed logins, summed over the gated ports."""
+
+    def __init__(self, gates: Callable[[], Iterable[AccessFigures]]) -> None:
+        self._gates = gates
+
+    def collect(self) -> Iterable[Metric]:
+        gates = list(self._gates())
+        refusals = CounterMetricFamily(
+            "certproxy_access_refusals",
+            "Registry requests the access policy refused, by reason",
+            labels=["reason"],
+        )
+        totals: dict[str, int] = {}
+        for gate in gates:
+            for reason, count in gate.refusals.copy().items():
+                totals[reason] = totals.get(reason, 0) + count
+        for reason, count in sorted(totals.items()):
+            refusals.add_metric([reason], count)
+        yield refusals
+        yield CounterMetricFamily(
+            "certproxy_access_failed_logins",
+            "Logins with a wrong user or password (Basic credentials, the token endpoint)",
+            value=sum(gate.failed_logins for gate in gates),
+        )
+
+
+class _Upstreams:
+    """Whether each route's upstream answered its last health probe."""
+
+    def __init__(self, probes: Callable[[], Iterable[tuple[str, bool | None]]]) -> None:
+        self._probes = probes
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "certproxy_upstream_up",
+            "1 when the route's upstream answered certproxy's last probe (made at most every"
+            " 5 s, when /metrics or /healthz is asked), 0 when it did not",
+            labels=["route"],
+        )
+        for route, ok in self._probes():
+            if ok is not None:
+                up.add_metric([route], 1.0 if ok else 0.0)
+        yield up
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -154,6 +211,17 @@ class Metrics:
     def watch(self, tls: TLSState, renewals: list[Any]) -> None:
         self._tls = tls
         self._renewals = renewals
+
+    def watch_registry(self, observer: Collector) -> None:
+        """The registry routes' figures (``registry.RegistryObserver``): one per process."""
+        self.registry.register(observer)
+
+    def watch_access(self, gates: Callable[[], Iterable[AccessFigures]]) -> None:
+        self.registry.register(_Access(gates))
+
+    def watch_upstreams(self, probes: Callable[[], Iterable[tuple[str, bool | None]]]) -> None:
+        """``probes``: each route's name and whether its upstream answered (None: not asked yet)."""
+        self.registry.register(_Upstreams(probes))
 
     def worker_info(self, worker: Worker) -> None:
         """Which worker these figures cover (each worker has its own admin port)."""

@@ -45,6 +45,7 @@ from .health import Health, HealthState, UpstreamProbe
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .plain import PlainHandler
+from .registry import RegistryObserver
 from .reload import Reloader, load_certificates
 from .trust import trust_recipe
 from .workers import Worker, instance_id
@@ -81,6 +82,12 @@ class Front:
         self.auth = BasicAuth(config.auth_htpasswd) if config.auth_htpasswd else None
         self._steps: list[AsyncIterator[None]] = []  # set up, in order
         self._gates: dict[int, AccessGate] = {}  # TLS port -> its access policy's gate
+        # the registry routes' reader (CERTPROXY_REGISTRY_PORTS), one for all of them
+        self.observer = (
+            RegistryObserver(config.metrics_repositories, config.metrics_upload_window)
+            if config.watched_ports
+            else None
+        )
         self._grace = 0.0  # how long the listeners' tear-down lets requests finish (stop() sets it)
 
     async def start(self) -> None:
@@ -176,6 +183,11 @@ class Front:
             lambda: self.health_state.last_reload.timestamp() if self.health_state.last_reload else 0
         )
         self.metrics.worker_info(self.worker)
+        self.metrics.watch_upstreams(health.upstreams_up)
+        if self.observer is not None:
+            self.metrics.watch_registry(self.observer)
+        if self.config.access is not None:
+            self.metrics.watch_access(self._gates.values)
 
     async def _certificate_manager(self, health: Health) -> CertManager | None:
         """The local CA made or checked, and the manager that keeps the certificates
@@ -326,6 +338,10 @@ class Front:
         """The admin listener: metrics and health, for the operator's network only."""
         path = ex.target.partition(b"?")[0]
         if path == b"/metrics":
+            if self.health is not None:
+                await self.health.probe()  # upstream_up as of now (cached a few seconds)
+            if self.observer is not None:
+                self.observer.sweep()  # abandoned uploads counted before the figures are read
             body = await asyncio.to_thread(self.metrics.render)
             return 200, NO_STORE, body, METRICS_CONTENT_TYPE.encode()
         if path == b"/healthz" and self.health is not None:
@@ -346,6 +362,7 @@ class Front:
             hsts_max_age=self.config.hsts_max_age,
             access_log=logs.access,
             gate=self._gates.get(route.port),
+            observer=self.observer if route.port in self.config.watched_ports else None,
         )
         alpn = (
             self._alpn_context
@@ -361,6 +378,8 @@ class Front:
             on_handshake_failure=self.metrics.handshake_failures.labels(str(route.port)).inc,
         )
         guard = "access policy" if route.port in self._gates else f"basic auth {'on' if auth else 'off'}"
+        if proxy.observer is not None:
+            guard += ", read as the registry API"
         log.info("route :%d -> %s (%s)", route.port, route.url, guard)
         return listener
 

@@ -125,6 +125,8 @@ class AccessGate:
         self._rereading = asyncio.Lock()
         self._addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
         self._calls: dict[tuple[bytes, bytes], Call] = {}
+        self.refusals: dict[str, int] = {}  # reason -> requests refused (metrics.AccessFigures)
+        self.failed_logins = 0
 
     def _address(self, client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         """The client's address, parsed once per address (bounded)."""
@@ -203,6 +205,35 @@ class AccessGate:
     # -- deciding ----------------------------------------------------------------
     def check(self, request: Request, path: bytes, host: bytes) -> Pass | Answer | None:
         """Decide now when nothing needs a thread; None: ask ``decide``."""
+        verdict = self._check(request, path, host)
+        if verdict is not None and not isinstance(verdict, Pass):
+            self._count(verdict)
+        return verdict
+
+    async def decide(self, request: Request, path: bytes, host: bytes) -> Pass | Answer:
+        verdict = await self._decide(request, path, host)
+        if not isinstance(verdict, Pass):
+            self._count(verdict)
+        return verdict
+
+    def _count(self, answer: Answer) -> None:
+        """A refusal, counted by reason for the metrics (a token's answer is none)."""
+        status, headers = answer[0], answer[1]
+        if status < 400 or status >= 500:
+            return
+        if status == 401:
+            challenge = next((v for k, v in headers if k == b"WWW-Authenticate"), b"")
+            if b'error="insufficient_scope"' in challenge:
+                reason = "insufficient_scope"
+            elif b'error="invalid_token"' in challenge:
+                reason = "invalid_token"
+            else:
+                reason = "unauthenticated"
+        else:
+            reason = {403: "denied", 429: "throttled"}.get(status, "invalid_request")
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+
+    def _check(self, request: Request, path: bytes, host: bytes) -> Pass | Answer | None:
         call = self._read(request, path)
         if not isinstance(call, Call):
             return call  # a refusal, or None: the token endpoint waits for a thread
@@ -213,7 +244,7 @@ class AccessGate:
             return None
         return self._authorize(call, caller, request, path, host)
 
-    async def decide(self, request: Request, path: bytes, host: bytes) -> Pass | Answer:
+    async def _decide(self, request: Request, path: bytes, host: bytes) -> Pass | Answer:
         call = self._read(request, path)
         if call is None:
             return await self._token(request, path, host)
@@ -327,6 +358,7 @@ class AccessGate:
             return Caller(creds[0], None, True)
         user = creds[0] if creds else "-"
         log.warning("failed login from %s: user %r", request.client_ip, user)
+        self.failed_logins += 1
         request.note(None, "login", None)
         return _login_challenge(request, host, message="incorrect username or password")
 
