@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"certproxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_serve_args, _status_args, _renew_args, _htpasswd_args, _healthcheck_args):
+    for add in (_serve_args, _status_args, _renew_args, _htpasswd_args, _healthcheck_args, _doctor_args):
         add(sub)
     return parser
 
@@ -110,6 +110,29 @@ def _healthcheck_args(sub: Commands) -> None:
     health.add_argument("--timeout", type=float, default=5.0)
 
 
+def _doctor_args(sub: Commands) -> None:
+    doctor = sub.add_parser(
+        "doctor", help="check the path to a registry from this machine: TLS, login, a push and a pull"
+    )
+    doctor.add_argument("url", metavar="URL", help="the registry, https://HOST[:PORT]")
+    doctor.add_argument("--user", metavar="NAME", help="log in as NAME (the password from a prompt or stdin)")
+    doctor.add_argument(
+        "--ca", type=Path, metavar="FILE", help="CA file to trust (default: the system store)"
+    )
+    doctor.add_argument(
+        "--size", metavar="SIZE", help="test blob size: bytes or KiB/MiB/GiB (default 128MiB)"
+    )
+    doctor.add_argument(
+        "--idle",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="pause mid-body to find idle timeouts (default 5)",
+    )
+    doctor.add_argument("--repository", metavar="NAME", help="repository to push the throwaway blobs to")
+    doctor.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
 def _command(name: str) -> Callable[[argparse.Namespace], int]:
     # Each command's module loads only when it runs (serve never imports the acme library).
     if name == "serve":
@@ -124,6 +147,10 @@ def _command(name: str) -> Callable[[argparse.Namespace], int]:
         from .renew import cmd_renew
 
         return cmd_renew
+    if name == "doctor":
+        from .doctor import cmd_doctor
+
+        return cmd_doctor
     if name == "healthcheck":
         from .healthcheck import cmd_healthcheck
 
