@@ -214,12 +214,12 @@ class RegistryObserver:
             action, repository, reference = call.action, call.repository, call.reference
         else:
             call, action, repository, reference = None, OTHER, None, None
+        label = self.labels.label(repository)  # first: a new repository may get its place now
         upload = None
         if call is not None and call.kind == "uploads":
             upload, reference = self._upload(request, call, record.status)
         status = record.status
         user = record.user if record.action is not None else self._user(request, status)
-        label = self.labels.label(repository)
         figures = self._figures
         key = (action, label, str(status))
         figures.requests[key] = figures.requests.get(key, 0) + 1
