@@ -85,8 +85,38 @@ def test_compose_config_accepts_every_documented_combination(files: list[str], t
         scrape = yaml.safe_load((COMPOSE_DIR / "metrics" / "prometheus.yml").read_text())
         [target] = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
         assert target == f"certproxy:{env['CERTPROXY_ADMIN_PORT']}" and env["CERTPROXY_ADMIN_BIND"] == "0.0.0.0"
-        assert "ports" not in services["prometheus"]
+        assert "ports" not in services["prometheus"] and "ports" not in services["grafana"]
+        assert "9100" not in str(cp.get("ports"))
         load_config({k: str(v) for k, v in env.items()})  # certproxy accepts the layer's settings
+        # Prometheus loads the alert rules beside its configuration; Grafana is provisioned with
+        # the Prometheus data source and certproxy's dashboard.
+        prom_mounts = mounts(services["prometheus"], stack.work / "compose")
+        assert prom_mounts["/etc/prometheus/prometheus.yml"] == COMPOSE_DIR / "metrics" / "prometheus.yml"
+        [rules] = scrape["rule_files"]
+        assert prom_mounts[f"/etc/prometheus/{rules}"] == COMPOSE_DIR / "metrics" / "alerts.yml"
+        grafana = services["grafana"]
+        assert grafana["image"].startswith("grafana/grafana:") and grafana["image"] != "grafana/grafana:latest"
+        g_mounts = mounts(grafana, stack.work / "compose")
+        provisioning = g_mounts["/etc/grafana/provisioning"]
+        assert provisioning == COMPOSE_DIR / "metrics" / "grafana" / "provisioning"
+        [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+        assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+        [provider] = yaml.safe_load((provisioning / "dashboards" / "certproxy.yml").read_text())["providers"]
+        folder = provider["options"]["path"]
+        dashboards = {target: host for target, host in g_mounts.items() if target.startswith(folder + "/")}
+        assert list(dashboards.values()) == [COMPOSE_DIR / "metrics" / "certproxy-dashboard.json"]
+        assert grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] in dashboards
+
+
+def mounts(service: dict, copy: Path) -> dict[str, Path]:
+    """A service's bind mounts from ``copy`` (the prepared copy of compose/), container path ->
+    the file or folder of the checkout's compose/ it comes from."""
+    out = {}
+    for volume in service.get("volumes") or []:
+        source, target = volume.split(":")[:2]
+        if source.startswith("/"):
+            out[target] = COMPOSE_DIR / Path(source).relative_to(copy)
+    return out
 
 
 def test_the_access_layer_example_policy_loads_with_its_three_roles(tmp_path: Path) -> None:
