@@ -65,6 +65,8 @@ REBALANCE = 600.0  # seconds between rankings of the busiest repositories
 SWEEP_EVERY = 1.0  # seconds between looks for abandoned uploads
 MATCHES_MAX = 4096  # remembered pattern results
 USERS_MAX = 1024  # remembered bearer tokens' subjects
+CALLS_MAX = 4096  # remembered request lines
+CALL_KEY_MAX = 512  # longer targets are read every time
 CLIENT_GONE = 499
 
 
@@ -195,6 +197,7 @@ class RegistryObserver:
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._swept = clock()
         self._subjects: dict[str, str | None] = {}
+        self._calls: dict[tuple[bytes, bytes], Call | None] = {}
 
     # -- the request path -----------------------------------------------------------
     def begin(self, request: Request) -> None:
@@ -209,11 +212,12 @@ class RegistryObserver:
 
     def observe(self, request: Request, record: AccessRecord) -> AccessRecord:
         """What the request did; counted, and returned as the fields of its access line."""
-        call = classify(request.method, request.target)
-        if isinstance(call, Call):
+        line = (request.method, request.target)
+        call = self._calls[line] if line in self._calls else self._read(line)
+        if call is not None:
             action, repository, reference = call.action, call.repository, call.reference
         else:
-            call, action, repository, reference = None, OTHER, None, None
+            action, repository, reference = OTHER, None, None
         label = self.labels.label(repository)  # first: a new repository may get its place now
         upload = None
         if call is not None and call.kind == "uploads":
@@ -221,8 +225,8 @@ class RegistryObserver:
         status = record.status
         user = record.user if record.action is not None else self._user(request, status)
         figures = self._figures
-        key = (action, label, str(status))
-        figures.requests[key] = figures.requests.get(key, 0) + 1
+        counted = (action, label, str(status))
+        figures.requests[counted] = figures.requests.get(counted, 0) + 1
         figures.durations[action][bisect.bisect_left(LATENCY_BUCKETS, record.seconds)] += 1
         figures.duration_sums[action] += record.seconds
         if action == "push" and record.bytes_in:
@@ -230,9 +234,18 @@ class RegistryObserver:
         elif action == "pull" and record.bytes_out:
             _add(figures.pulled, label, record.bytes_out)
         self.sweep()
-        return record._replace(
-            user=user, action=action, repository=repository, reference=reference, upload=upload
-        )
+        return AccessRecord(*record[:10], user, action, repository, reference, upload)
+
+    def _read(self, key: tuple[bytes, bytes]) -> Call | None:
+        """The call a request line makes (None: none of the API); recent ones remembered
+        (bounded): many clients pull the same manifests and blobs."""
+        read = classify(*key)
+        call = read if isinstance(read, Call) else None
+        if len(key[1]) <= CALL_KEY_MAX:
+            if len(self._calls) >= CALLS_MAX:
+                self._calls.clear()
+            self._calls[key] = call
+        return call
 
     def _upload(self, request: Request, call: Call, status: int) -> tuple[str | None, str | None]:
         """An upload's request: counted; its session id and the digest it names."""

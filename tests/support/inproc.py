@@ -118,7 +118,7 @@ async def healthz(_request: Request) -> Answer:
 
 def make_plane(*, limits: Limits | None = None, settings: PoolSettings | None = None,
                auth: Any = None, hsts_max_age: int = 0, stats: Any = None, access_log: Any = None,
-               gate: Any = None) -> Plane:
+               gate: Any = None, observer: Any = None) -> Plane:
     """Call with a running event loop."""
     clock = Clock()
     plane: Plane
@@ -135,7 +135,7 @@ def make_plane(*, limits: Limits | None = None, settings: PoolSettings | None = 
 
     pool = UpstreamPool(ROUTE.host, ROUTE.upstream_port, settings or PoolSettings(), None, connector=connector, clock=clock)
     route = ProxyRoute(ROUTE, pool, healthz=healthz, auth=auth, hsts_max_age=hsts_max_age, stats=stats,
-                       access_log=access_log, gate=gate)
+                       access_log=access_log, gate=gate, observer=observer)
     listener = Listener(route, limits or Limits(), clock=clock)
     plane = Plane(clock, listener, pool)
     return plane
