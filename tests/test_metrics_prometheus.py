@@ -25,13 +25,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import trustme
 import yaml
-
 from support.oci import layer_digests, make_image
 from support.procs import ROOT, CertproxyProcess, free_port, http_ok, stop_process, wait_for
 from support.registry import Registry
@@ -123,7 +123,8 @@ def without_threshold(expr: str) -> str:
 def test_without_threshold() -> None:
     assert without_threshold('sum(rate(x{code="5xx"}[5m])) / sum(rate(x[5m])) > 0.05') == \
         'sum(rate(x{code="5xx"}[5m])) / sum(rate(x[5m]))'
-    assert without_threshold('increase(f{a!="b"}[6h]) > 0\nand on (name) n < time()') == 'increase(f{a!="b"}[6h])'
+    assert without_threshold('increase(f{a!="b"}[6h]) > 0\nand on (name) n < time()') == \
+        'increase(f{a!="b"}[6h])'
     assert without_threshold('(e{kind="live"} - time()) < 7 * 86400') == '(e{kind="live"} - time())'
     assert without_threshold("up == 0") == "up"
     assert without_threshold("up") == "up"
@@ -132,7 +133,8 @@ def test_without_threshold() -> None:
 def test_the_dashboard_is_importable_with_a_datasource_variable() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    source = variables["datasource"]
+    assert source["type"] == "datasource" and source["query"] == "prometheus"
     assert dashboard["uid"] and dashboard["id"] is None and dashboard["schemaVersion"] >= 36
     seen_ids, cells = set(), set()
     for panel in dashboard["panels"]:
@@ -171,7 +173,8 @@ class Prometheus:
             with urllib.request.urlopen(url, timeout=20) as r:
                 body = json.loads(r.read())
         except urllib.error.HTTPError as exc:  # a bad query: 400 with Prometheus' error
-            raise AssertionError(f"{path} {params}: {exc.code} {exc.read().decode(errors='replace')}") from None
+            error = exc.read().decode(errors="replace")
+            raise AssertionError(f"{path} {params}: {exc.code} {error}") from None
         assert body["status"] == "success", body
         return body["data"]
 
@@ -191,8 +194,23 @@ class Prometheus:
     def scraped_after(self, moment: float, timeout: float = 60) -> float:
         """Waits for a scrape that started at least a second after ``moment`` (the counters of
         what ended at ``moment`` are in it); its time."""
-        wait_for(lambda: self.last_scrape() >= moment + 1, timeout, "a scrape of certproxy", self.proc, self.log)
+        wait_for(lambda: self.last_scrape() >= moment + 1, timeout, "a scrape of certproxy",
+                 self.proc, self.log)
         return self.last_scrape()
+
+    def settled(self, expr: str, moment: float, timeout: float = 60) -> dict[str, str]:
+        """``expr``'s series once two scrapes in a row after ``moment`` agree on them."""
+        deadline = time.monotonic() + timeout
+        at = self.scraped_after(moment, timeout)
+        seen = _series(self.query(expr, at))
+        while time.monotonic() < deadline:
+            at = self.scraped_after(at, timeout)
+            again = _series(self.query(expr, at))
+            if again == seen:
+                return seen
+            print(f"not settled at {at:.3f} (after {moment:.3f}): {_changed(seen, again)}")
+            seen = again
+        raise TimeoutError(f"{expr} still changing {timeout} s after {moment:.3f}")
 
 
 @pytest.fixture
@@ -240,7 +258,7 @@ def _rules_for_the_test(folder: Path) -> Path:
 
 
 def _store_with_a_certificate_expiring_in_3_days(root: Path, ca: trustme.CA) -> trustme.LeafCert:
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     leaf = ca.issue_cert("localhost", "127.0.0.1", not_before=now - dt.timedelta(days=60),
                         not_after=now + dt.timedelta(days=3))
     folder = root / "live" / "localhost"
@@ -325,12 +343,13 @@ def test_every_panel_and_rule_returns_data_and_the_alerts_fire(
     image = tmp_path / "image"
     make_image(image, 1 << 20)
     ref = f"docker://localhost:{port}/metrics/app:v1"
-    before = _series(prom.query('{__name__=~"certproxy_registry_.+"}'))
+    registry_series = '{__name__=~"certproxy_registry_.+"}'
+    before = prom.settled(registry_series, time.time())
     _skopeo("copy", "--dest-cert-dir", str(ca_dir), f"oci:{image}:v1", ref)
-    pushed = _series(prom.query('{__name__=~"certproxy_registry_.+"}', prom.scraped_after(time.time())))
+    pushed = prom.settled(registry_series, time.time())
     _skopeo("copy", "--src-cert-dir", str(ca_dir), ref, f"oci:{tmp_path / 'pulled'}:v1")
     assert layer_digests(tmp_path / "pulled") == layer_digests(image)
-    pulled = _series(prom.query('{__name__=~"certproxy_registry_.+"}', prom.scraped_after(time.time())))
+    pulled = prom.settled(registry_series, time.time())
     print(f"\n== certproxy_registry_* series changed by one push:\n{_changed(before, pushed)}")
     print(f"== changed by one pull:\n{_changed(pushed, pulled)}")
     assert float(pushed['certproxy_registry_pushed_bytes_total{repository="metrics/app"}']) > 1 << 20
@@ -349,9 +368,8 @@ def test_every_panel_and_rule_returns_data_and_the_alerts_fire(
         with pytest.raises(urllib.error.HTTPError) as bad_gateway:
             urllib.request.urlopen(f"https://localhost:{dead_route}/", context=ctx, timeout=30)
         assert bad_gateway.value.code == 502
-    with pytest.raises(ssl.SSLError):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            ssl.create_default_context().wrap_socket(raw, server_hostname="localhost")
+    with pytest.raises(ssl.SSLError), socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        ssl.create_default_context().wrap_socket(raw, server_hostname="localhost")
     wait_for(lambda: bool(prom.query("increase(certproxy_renewal_failures_total[6h]) > 0")), 120,
              "a failed renewal order seen by Prometheus", prom.proc, prom.log)
     at = prom.scraped_after(time.time())
