@@ -473,3 +473,208 @@ def test_child_exits_when_the_server_goes_away(tmp_path: Path) -> None:
         if child.poll() is None:
             child.kill()
         silent.close()
+
+
+# --- IP addresses (RFC 8738) --------------------------------------------------------------
+
+def test_a_csr_names_addresses_as_ip_addresses_beside_dns_names() -> None:
+    import ipaddress
+
+    from certproxy.acme_client.client import make_csr
+    from certproxy.certs.keys import new_private_key
+    csr = x509.load_pem_x509_csr(make_csr(new_private_key("ec256"), ("reg.example.com", "192.0.2.7", "::1")))
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["reg.example.com"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("192.0.2.7"),
+                                                       ipaddress.ip_address("::1")]
+
+
+@pytest.mark.parametrize("configured, offered, addresses, chosen, why", [
+    (None, {"classic": {}, "shortlived": {}}, ("192.0.2.7",), "shortlived", "names the IP address 192.0.2.7"),
+    (None, {"classic": {}, "shortlived": {}}, (), None, "the CA's default"),
+    ("classic", {"classic": {}, "shortlived": {}}, ("192.0.2.7",), "classic", "CERTPROXY_ACME_PROFILE"),
+    ("tlsserver", {"classic": {}}, (), None, "does not offer CERTPROXY_ACME_PROFILE=tlsserver"),
+    (None, {"classic": {}}, ("192.0.2.7",), None, "offers no shortlived profile"),
+    (None, {}, ("192.0.2.7",), None, "offers no profiles"),
+])
+def test_the_profile_is_shortlived_for_an_address_unless_configured(
+        configured: str | None, offered: dict, addresses: tuple[str, ...], chosen: str | None, why: str) -> None:
+    from certproxy.acme_client.client import choose_profile
+    profile, reason = choose_profile(configured, offered, addresses)
+    assert profile == chosen and why in reason
+
+
+def test_tls_alpn_01_for_an_address_answers_its_reverse_dns_name() -> None:
+    import ipaddress
+
+    from certproxy.certs.alpn import ACME_IDENTIFIER, sni_for, validation_certificate
+    assert sni_for("192.0.2.7") == "7.2.0.192.in-addr.arpa"
+    assert sni_for("::1") == "1." + "0." * 31 + "ip6.arpa"
+    assert sni_for("reg.example.com") == "reg.example.com"
+    pem = validation_certificate("::1", "token.thumbprint", dt.datetime.now(dt.timezone.utc))
+    cert = x509.load_pem_x509_certificate(pem)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(san) == [x509.IPAddress(ipaddress.ip_address("::1"))]
+    assert cert.extensions.get_extension_for_oid(ACME_IDENTIFIER).critical
+
+
+def test_the_store_keeps_an_address_challenge_under_the_name_the_ca_sends(tmp_path: Path) -> None:
+    from acme import challenges
+
+    from certproxy.acme_client.solvers import solver_for
+    from certproxy.acme_client.tlsalpn import TLSALPN01
+    store = FileStore(tmp_path)
+    store.ensure_layout()
+    settings = AcmeSettings(directory="https://ca.test/dir", domains=("::1",), challenge="tls-alpn-01")
+    solver = solver_for(settings, store, lambda _: None)
+    solver.present("::1", TLSALPN01(token=b"x" * 32), "key.auth")
+    assert store.alpn_challenge(ipaddress_reverse("::1")) is not None
+    solver.clean_up()
+    assert store.alpn_challenge(ipaddress_reverse("::1")) is None
+    assert isinstance(solver_for(settings, store, print, "http-01").challenge(), challenges.HTTP01)
+
+
+def ipaddress_reverse(address: str) -> str:
+    import ipaddress
+    return ipaddress.ip_address(address).reverse_pointer
+
+
+@pytest.mark.parametrize("env, message", [
+    # the store's folder name holds ::1; a scoped address is refused naming the setting
+    ({"CERTPROXY_DOMAINS": "fe80::1%eth0", "CERTPROXY_ACME": "off"}, "CERTPROXY_DOMAINS: 'fe80::1%eth0': a scoped"),
+    ({"CERTPROXY_DOMAINS": "reg.example.com,2001:db8::1::2"},
+     "CERTPROXY_DOMAINS: '2001:db8::1::2' is not a domain name or an IP address"),
+    # dns-01 cannot prove an address; without a plain-HTTP listener nothing can
+    ({"CERTPROXY_DOMAINS": "*.example.com,192.0.2.7", "CERTPROXY_CHALLENGE": "dns-01",
+      "CERTPROXY_DNS_SERVER": "ns1.example.com", "CERTPROXY_HTTP_PORT": "off"},
+     "CERTPROXY_CHALLENGE: dns-01 cannot prove the IP address 192.0.2.7"),
+])
+def test_address_mistakes_stop_start_up_naming_the_setting(env: dict[str, str], message: str) -> None:
+    from certproxy.service.config import ConfigError
+    with pytest.raises(ConfigError) as caught:
+        load_config(env)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_addresses_are_kept_in_canonical_form_and_dns_01_lends_them_http_01() -> None:
+    cfg = load_config({"CERTPROXY_DOMAINS": "[::1],0:0::2,192.0.2.7"})
+    assert cfg.domains == ("::1", "::2", "192.0.2.7")
+    assert cfg.acme_settings().name == "::1" and cfg.acme_settings().addresses == cfg.domains
+    mixed = load_config({"CERTPROXY_DOMAINS": "*.example.com,192.0.2.7", "CERTPROXY_CHALLENGE": "dns-01",
+                         "CERTPROXY_DNS_SERVER": "ns1.example.com"}).acme_settings()
+    assert mixed.challenge_for("*.example.com") == "dns-01"
+    assert mixed.challenge_for("192.0.2.7") == "http-01"
+
+
+class ProfileStandIn(AcmeStandIn):
+    """An ACME directory that offers profiles, as Let's Encrypt's does (Pebble 2.4 offers
+    none): it records each newOrder and refuses it, which is all the choice needs."""
+
+    async def directory(self, request: web.Request) -> web.Response:
+        answer = await super().directory(request)
+        body = json.loads(answer.body)  # type: ignore[arg-type]
+        body["meta"] = {"profiles": {"classic": "90 days", "shortlived": "160 hours",
+                                     "tlsserver": "no client auth"}}
+        return web.json_response(body)
+
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/order", self.order)
+
+    async def order(self, request: web.Request) -> web.Response:
+        await self.record_order(request)
+        return web.json_response(
+            {"type": "urn:ietf:params:acme:error:rejectedIdentifier", "detail": "stand-in: recorded"},
+            status=400, content_type="application/problem+json", headers=self.nonce_headers())
+
+
+@pytest.mark.parametrize("domains, configured, sent, said", [
+    (("192.0.2.7",), None, "shortlived", "profile shortlived (the order names the IP address 192.0.2.7)"),
+    (("reg.example.com", "2001:db8::7"), None, "shortlived", "profile shortlived (the order names the IP"),
+    (("192.0.2.7",), "classic", "classic", "profile classic (CERTPROXY_ACME_PROFILE)"),
+    (("reg.example.com",), None, None, "profile none (the CA's default)"),
+])
+async def test_the_shortlived_profile_is_ordered_for_addresses_against_a_ca_offering_profiles(
+        no_blocking: None, tmp_path: Path, domains: tuple[str, ...], configured: str | None,
+        sent: str | None, said: str) -> None:
+    stand_in = ProfileStandIn()
+    directory = await stand_in.start()
+    try:
+        store = FileStore(tmp_path)
+        await asyncio.to_thread(store.ensure_layout)
+        settings = AcmeSettings(directory=directory, domains=domains, profile=configured)
+        said_lines: list[str] = []
+        issuer = AcmeIssuer(store, settings, progress=said_lines.append)
+        with pytest.raises(AcmeError) as caught:
+            await asyncio.to_thread(issuer.issue, domains)
+        assert "rejectedIdentifier" in str(caught.value)
+        order = stand_in.orders[0]
+        assert order.get("profile") == sent
+        assert order["identifiers"] == [
+            {"type": "ip" if ":" in d or d[0].isdigit() else "dns", "value": d} for d in domains]
+        assert any(said in line for line in said_lines), said_lines
+    finally:
+        await stand_in.stop()
+
+
+# --- short lifetimes: retries and wake-ups scaled with the certificate's lifetime ------------
+
+@pytest.mark.parametrize("lifetime, longest_step, idle", [
+    (90 * DAY, 21600, dt.timedelta(hours=12)),                       # as before: 6 h, 12 h
+    (dt.timedelta(hours=160), 6000, dt.timedelta(hours=2.5)),      # 1 h 40 min, 2.5 h
+    (dt.timedelta(seconds=24), 1.0, dt.timedelta(seconds=1)),       # test certificates: 1 s floors
+])
+def test_retry_steps_and_idle_wake_ups_scale_with_the_lifetime(
+        lifetime: dt.timedelta, longest_step: float, idle: dt.timedelta) -> None:
+    steps = [policy.retry_delay(n, lifetime=lifetime) for n in range(1, 30)]
+    assert max(steps) == pytest.approx(longest_step) and steps == sorted(steps)
+    assert policy.idle_limit(lifetime) == idle
+    assert policy.idle_limit(None) == dt.timedelta(hours=12)
+    assert policy.retry_delay(1, lifetime=90 * DAY) == 60  # the front of the schedule is kept
+
+
+async def test_a_failing_renewal_of_a_160_hour_certificate_is_retried_many_times_before_expiry(
+        no_blocking: None, tmp_path: Path, ca: trustme.CA, measure: Any) -> None:
+    lifetime = dt.timedelta(hours=160)
+    start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    not_before = start - lifetime * 3 / 4  # past any renewal time (half the lifetime, spread)
+
+    def set_up() -> CertManager:
+        store = FileStore(tmp_path)
+        store.ensure_layout()
+        pair = issue(ca, "192.0.2.7", not_before=not_before, not_after=not_before + lifetime)
+        store.write_live("192.0.2.7", pair.chain, pair.key,
+                         {"directory": "https://ca.test/dir", "issued_at": not_before.isoformat(),
+                          "domains": ["192.0.2.7"]})
+        settings = AcmeSettings(directory="https://ca.test/dir", domains=("192.0.2.7",))
+        fake = FakeIssuer(ca)
+        fake.fail = AcmeError("order: urn:ietf:params:acme:error:connection: the CA is down")
+        return CertManager(store, settings, fake, jitter=lambda: 0.5)  # type: ignore[arg-type]
+
+    manager = await asyncio.to_thread(set_up)
+    now = [start]
+    manager.clock = lambda: now[0]
+    expiry = not_before + lifetime
+    attempts: list[dt.datetime] = []
+    while now[0] < expiry:
+        before = manager.status.attempts
+        when = await manager.maintain()
+        if manager.status.attempts > before:
+            attempts.append(now[0])
+        assert when > now[0]
+        now[0] = when
+    gaps = [(b - a).total_seconds() for a, b in zip(attempts, attempts[1:])]
+    window_h = (expiry - start).total_seconds() / 3600
+    unscaled = _attempts_within(expiry - start, None)
+    measure("160-hour certificate, CA down for the last 40 h: attempts with / without scaling",
+            f"{len(attempts)} / {unscaled} in {window_h:.0f} h")
+    assert max(gaps) <= 6000 * 1.1 + 1  # never more than 1 h 40 min (+ jitter) apart
+    assert len(attempts) >= 25 > unscaled
+    assert manager.status.last_error and "the CA is down" in manager.status.last_error
+
+
+def _attempts_within(window: dt.timedelta, lifetime: dt.timedelta | None) -> int:
+    spent, n = 0.0, 0
+    while spent < window.total_seconds():
+        n += 1
+        spent += policy.retry_delay(n, lifetime=lifetime)
+    return n

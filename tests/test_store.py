@@ -182,3 +182,43 @@ async def test_a_names_lock_is_held_with_its_heartbeat_and_waited_for(no_blockin
         assert not await asyncio.to_thread(store.lock("reg.example.com", ttl=0.3).try_acquire)
     assert not lock.path.exists()
 
+
+
+@pytest.mark.parametrize("given, folder", [
+    ("127.0.0.1", "127.0.0.1"),
+    ("::1", "::1"),                                   # certbot's lineage name: the address's text
+    ("2001:DB8:0:0::1", "2001:db8::1"),              # canonical: compressed, lower case
+    ("[2001:db8::1]", "2001:db8::1"),
+    ("*.Example.COM", "example.com"),
+])
+def test_certificate_folders_for_addresses_round_trip(given: str, folder: str, tmp_path: Path) -> None:
+    import ipaddress
+
+    from certproxy.certs import name_for_domain
+    from certproxy.certs.paths import StorePaths, canonical_ip
+    assert name_for_domain(given) == folder
+    path = StorePaths(tmp_path).live_dir(folder)
+    assert path.parent == tmp_path / "live" and path.name == folder
+    if canonical_ip(given):
+        assert str(ipaddress.ip_address(path.name)) == folder  # the folder name parses back
+
+
+@pytest.mark.parametrize("bad", ["::1/../x", "fe80::1%eth0", "0:0::1", "::1:", ":::", "../::1", "a:b"])
+def test_colons_name_a_folder_only_in_a_canonical_address(bad: str, tmp_path: Path) -> None:
+    from certproxy.certs import InvalidName
+    from certproxy.certs.paths import StorePaths
+    with pytest.raises(InvalidName):
+        StorePaths(tmp_path).live_dir(bad)
+
+
+def test_an_ipv6_pair_is_written_read_and_locked_under_its_address(tmp_path: Path, ca: trustme.CA) -> None:
+    leaf = ca.issue_cert("::1")
+    store = FileStore(tmp_path)
+    store.ensure_layout()
+    folder = store.write_live("::1", b"".join(b.bytes() for b in leaf.cert_chain_pems),
+                              leaf.private_key_pem.bytes(), {"directory": "x"})
+    assert folder == tmp_path / "live" / "::1"
+    assert _mode(folder / "privkey.pem") == 0o600
+    pair = store.load_live("::1")
+    assert pair.domains == ("::1",) and pair.covers("::1")
+    assert store.lock("::1").path.name == "::1.lock"

@@ -99,3 +99,90 @@ def test_tls12_offers_only_forward_secret_aead_ciphers(tmp_path: Path, ca: trust
     state = TLSState(_set(tmp_path, ca))
     names = [c["name"] for c in state.listener_context().get_ciphers() if c["protocol"] == "TLSv1.2"]
     assert names and all(n.startswith("ECDHE-") and ("GCM" in n or "CHACHA20" in n) for n in names)
+
+
+# --- serving by address (RFC 8738 certificates): no SNI, or SNI naming the address ---------
+
+def _by_address_set(tmp_path: Path, ca: trustme.CA) -> CertificateSet:
+    write_live(tmp_path, "registry.test", ca, "registry.test")
+    write_live(tmp_path, "127.0.0.1", ca, "127.0.0.1")
+    write_live(tmp_path, "::1", ca, "::1", "ip.registry.test")
+    inv = FileStore(tmp_path).inventory(("registry.test",))
+    return CertificateSet(inv.primary, inv.pairs)
+
+
+@pytest.mark.parametrize("sni, local, name", [
+    (None, "127.0.0.1", "127.0.0.1"),            # no SNI: the address the client connected to
+    (None, "::1", "::1"),
+    (None, "10.1.2.3", "registry.test"),         # an address no certificate names: the primary
+    (None, None, "registry.test"),
+    ("127.0.0.1", None, "127.0.0.1"),            # SNI naming the address (some clients send it)
+    ("0:0::1", None, "::1"),                      # ... in any of its spellings
+    ("[::1]", None, "::1"),
+    ("registry.test", "127.0.0.1", "registry.test"),  # a named host keeps its certificate
+    ("ip.registry.test", "127.0.0.1", "::1"),
+])
+def test_selection_by_address(sni: str | None, local: str | None, name: str, tmp_path: Path,
+                              ca: trustme.CA) -> None:
+    certs = _by_address_set(tmp_path, ca)
+    assert certs.by_address
+    assert certs.select_pair(sni, local).name == name
+
+
+def test_local_addresses_name_their_canonical_address() -> None:
+    from certproxy.proxy.tls import address_name
+    assert address_name("::ffff:127.0.0.1") == "127.0.0.1"  # a dual-stack socket's IPv4 client
+    assert address_name("0:0:0:0:0:0:0:1") == "::1"
+    assert address_name("fe80::1%eth0") == "fe80::1"
+    assert address_name(None) is None and address_name("") is None
+    assert not _set_without_addresses().by_address
+
+
+def _set_without_addresses() -> CertificateSet:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        ca = trustme.CA()
+        write_live(Path(tmp), "reg.example.com", ca, "reg.example.com")
+        inv = FileStore(Path(tmp)).inventory(("reg.example.com",))
+        return CertificateSet(inv.primary, inv.pairs)
+
+
+def _served(address: str, port: int, sni: str | None) -> x509.Certificate:
+    """The leaf OpenSSL's own client gets from ``address:port``: no SNI at all, or SNI
+    naming ``sni`` (Python's ssl never sends an IP address as SNI; s_client does)."""
+    import subprocess
+    target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    args = ["openssl", "s_client", "-connect", target, "-showcerts"]
+    args += ["-servername", sni] if sni else ["-noservername"]
+    run = subprocess.run(args, input=b"", capture_output=True, timeout=30)
+    pem = run.stdout.split(b"-----BEGIN CERTIFICATE-----", 1)[1].split(b"-----END CERTIFICATE-----")[0]
+    return x509.load_pem_x509_certificate(b"-----BEGIN CERTIFICATE-----" + pem + b"-----END CERTIFICATE-----\n")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+def test_a_listener_serves_the_certificate_of_the_address_dialled(
+        address: str, certproxy_factory, tmp_path: Path, ca: trustme.CA) -> None:  # type: ignore[no-untyped-def]
+    from support.procs import free_port, wait_for
+    store = tmp_path / "store"
+    named = write_live(store, "registry.test", ca, "registry.test")
+    by_ip = write_live(store, address, ca, address)  # as certbot names the folder
+    port = free_port()
+    cp = certproxy_factory({port: "http://127.0.0.1:9"}, store,
+                           extra_env={"CERTPROXY_DOMAINS": "registry.test", "CERTPROXY_ACME": "off",
+                                      "CERTPROXY_BIND": address}, wait=False)
+
+    def serial(leaf: trustme.LeafCert) -> int:
+        return x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).serial_number
+
+    wait_for(lambda: "certproxy ready" in cp.output(), 30, "certproxy", cp.proc, cp.log)
+    assert _served(address, port, None).serial_number == serial(by_ip)
+    assert _served(address, port, address).serial_number == serial(by_ip)
+    assert _served(address, port, "registry.test").serial_number == serial(named)
+    assert _served(address, port, "other.test").serial_number == serial(named)  # the primary
+    # A client verifying the address (as docker does for https://IP:PORT) accepts it.
+    ctx = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+    import socket
+    with socket.create_connection((address, port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=address) as conn:
+        assert conn.version() in ("TLSv1.3", "TLSv1.2")

@@ -19,6 +19,7 @@ Encrypt's rate limits, and the response headers of a failed request (so a
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from .. import __version__
-from ..certs import FileStore
+from ..certs import FileStore, canonical_ip
 from ..certs.keys import new_private_key
 from .errors import AcmeError, translate
 from .settings import AcmeSettings
@@ -76,6 +77,34 @@ class _Network(acme_client.ClientNetwork):
         response = super()._send_request(method, url, *args, **kwargs)
         self.last_headers = response.headers
         return response
+
+
+SHORTLIVED = "shortlived"  # Let's Encrypt's profile, the one that issues for IP addresses
+
+
+def make_csr(key_pem: bytes, domains: tuple[str, ...]) -> bytes:
+    """A CSR naming every DNS name as a dNSName and every IP address as an iPAddress."""
+    names = [d for d in domains if canonical_ip(d) is None]
+    ips = [ipaddress.ip_address(ip) for ip in (canonical_ip(d) for d in domains) if ip]
+    return crypto_util.make_csr(key_pem, names or None, ipaddrs=ips or None)
+
+
+def choose_profile(
+    configured: str | None, offered: dict[str, Any], addresses: tuple[str, ...]
+) -> tuple[str | None, str]:
+    """The profile to order (None: the CA's default) and why, as the log says it."""
+    if configured:
+        if configured in offered:
+            return configured, "CERTPROXY_ACME_PROFILE"
+        listed = ", ".join(offered) or "none"
+        return None, f"the CA does not offer CERTPROXY_ACME_PROFILE={configured} (it offers: {listed})"
+    if addresses and SHORTLIVED in offered:
+        return SHORTLIVED, f"the order names the IP address {addresses[0]}"
+    if addresses and offered:
+        return None, f"the order names an IP address, but the CA offers no {SHORTLIVED} profile"
+    if addresses:
+        return None, "the CA offers no profiles"
+    return None, "the CA's default"
 
 
 POLL_FIRST = 0.2  # seconds before the first poll of an authorization or an order
@@ -257,13 +286,13 @@ class AcmeIssuer:
         progress = progress or self.progress
         client = self.connect(progress)
         key_pem = new_private_key(self.settings.key_type)
-        csr_pem = crypto_util.make_csr(key_pem, list(domains))
-        solver = solver_for(self.settings, self.store, progress)
+        csr_pem = make_csr(key_pem, domains)
+        solvers: dict[str, Solver] = {}
         stage = "order"
         try:
             client, orderr = self._order(client, csr_pem, domains, replaces, progress)
             stage = "challenge"
-            self._prove(client, orderr, solver, progress)
+            self._prove(client, orderr, solvers, progress)
             stage = "finalize"
             deadline = time.monotonic() + ORDER_DEADLINE.total_seconds()
             orderr = _poll_authorizations(client, orderr, deadline)
@@ -272,7 +301,8 @@ class AcmeIssuer:
         except Exception as exc:
             raise self._translate(exc, stage) from None
         finally:
-            solver.clean_up()
+            for solver in solvers.values():
+                solver.clean_up()
         chain = (
             orderr.fullchain_pem.encode() if isinstance(orderr.fullchain_pem, str) else orderr.fullchain_pem
         )
@@ -289,22 +319,27 @@ class AcmeIssuer:
         """``newOrder``; a CA that no longer knows the account gets a new one, once per
         order (never a loop). Returns the client the order was placed with."""
         try:
-            orderr = self._new_order(client, csr_pem, replaces)
+            orderr = self._new_order(client, csr_pem, replaces, progress)
         except messages.Error as error:
             if not _account_lost(error):
                 raise
             client = self._register_again(progress, error)
-            orderr = self._new_order(client, csr_pem, replaces)
+            orderr = self._new_order(client, csr_pem, replaces, progress)
         progress(
             f"order: {orderr.uri} for {', '.join(domains)}" + (f" (replaces {replaces})" if replaces else "")
         )
         return client, orderr
 
     def _prove(
-        self, client: acme_client.ClientV2, orderr: messages.OrderResource, solver: Solver, progress: Progress
+        self,
+        client: acme_client.ClientV2,
+        orderr: messages.OrderResource,
+        solvers: dict[str, Solver],
+        progress: Progress,
     ) -> None:
-        """For every name not yet valid, the solver presents the answer; once all are
-        visible, the CA is told to validate them."""
+        """For every identifier not yet valid, the solver of its challenge (an IP address
+        never takes dns-01) presents the answer; once all are visible, the CA is told to
+        validate them. ``solvers`` collects the solvers made, for the clean-up."""
         answers = []
         for authzr in orderr.authorizations:
             ident = authzr.body.identifier.value
@@ -313,18 +348,21 @@ class AcmeIssuer:
             if authzr.body.status == messages.STATUS_VALID:
                 progress(f"challenge {ident}: already valid")
                 continue
+            kind = self.settings.challenge_for(ident)
+            if kind not in solvers:
+                solvers[kind] = solver_for(self.settings, self.store, progress, kind)
+            solver = solvers[kind]
             challb = next((c for c in authzr.body.challenges if isinstance(c.chall, solver.challenge)), None)
             if challb is None:
-                raise AcmeError(
-                    f"challenge {ident}: the CA offers no {self.settings.challenge} challenge", permanent=True
-                )
+                raise AcmeError(f"challenge {ident}: the CA offers no {kind} challenge", permanent=True)
             response, validation = challb.response_and_validation(client.net.key)
             solver.present(ident, challb.chall, validation)
-            answers.append((ident, challb, response))
-        solver.wait_visible()
-        for ident, challb, response in answers:
+            answers.append((ident, challb, response, kind))
+        for solver in solvers.values():
+            solver.wait_visible()
+        for ident, challb, response, kind in answers:
             client.answer_challenge(challb, response)
-            progress(f"challenge {ident}: {self.settings.challenge} answered")
+            progress(f"challenge {ident}: {kind} answered")
 
     def _register_again(self, progress: Progress, error: messages.Error) -> acme_client.ClientV2:
         """The CA no longer knows the account (its state was reset): keep the old key aside,
@@ -342,18 +380,18 @@ class AcmeIssuer:
         return self.connect(progress)
 
     def _new_order(
-        self, client: acme_client.ClientV2, csr_pem: bytes, replaces: str | None
+        self,
+        client: acme_client.ClientV2,
+        csr_pem: bytes,
+        replaces: str | None,
+        progress: Progress | None = None,
     ) -> messages.OrderResource:
-        profile = self.settings.profile
-        meta = client.directory.meta
-        offered = getattr(meta, "profiles", None) or {}
-        if profile and profile not in offered:
-            log.warning(
-                "the CA does not offer profile %r (it offers: %s); ordering without it",
-                profile,
-                ", ".join(offered) or "none",
-            )
-            profile = None
+        offered = getattr(client.directory.meta, "profiles", None) or {}
+        profile, why = choose_profile(self.settings.profile, offered, self.settings.addresses)
+        if self.settings.profile and profile is None:
+            log.warning("%s; ordering without a profile", why)
+        elif offered or self.settings.addresses:
+            (progress or self.progress)(f"order: profile {profile or 'none'} ({why})")
         if not replaces:
             return client.new_order(csr_pem, profile=profile)
         # acme's new_order cannot send "replaces": same request, one more field.

@@ -11,7 +11,8 @@ From there the hot-reload path serves it: nothing here talks to the proxy.
 
 ``run()`` repeats ``maintain()`` at the time it says is next: the renewal
 time, the next renewal-information poll, the next retry after a failure, or
-twelve hours, whichever is first. Blocking ``acme`` calls run in daemon
+twelve hours (less for short-lived certificates: ``policy.idle_limit``),
+whichever is first. Blocking ``acme`` calls run in daemon
 threads, so a slow CA never holds up the event loop or the exit.
 """
 
@@ -39,7 +40,7 @@ from .settings import AcmeSettings
 
 log = logging.getLogger("certproxy.acme")
 
-MAX_SLEEP = dt.timedelta(hours=12)
+MAX_SLEEP = policy.MAX_IDLE
 LOCK_BUSY_RETRY = 15.0
 T = TypeVar("T")
 
@@ -145,6 +146,7 @@ class CertManager:
         self._ari_serial: str | None = None
         self._wake = asyncio.Event()
         self._said: tuple[dt.datetime, str] | None = None
+        self.lifetime: dt.timedelta | None = None  # of the certificate in service, once seen
 
     # -- the decision (blocking: runs in a thread) ------------------------
     def _current(self) -> tuple[CertPair | None, str | None]:
@@ -175,7 +177,9 @@ class CertManager:
         replace_reason = self._must_replace(pair, missing)
         ari_time = None
         replaces = None
-        next_check = now + MAX_SLEEP
+        if pair is not None:
+            self.lifetime = pair.not_after - pair.not_before
+        next_check = now + policy.idle_limit(self.lifetime)
         if pair is not None and replace_reason is None:
             ari_time, ari_next = self._renewal_info(pair, now)
             if ari_next is not None:
@@ -232,7 +236,9 @@ class CertManager:
             when, next_poll = self.issuer.renewal_info(leaf_pem)
         except AcmeError as exc:
             log.warning("renewal information: %s", exc)
-            return None, now + dt.timedelta(hours=1)
+            return None, now + min(dt.timedelta(hours=1), policy.idle_limit(self.lifetime))
+        # The CA's Retry-After is honoured (RFC 9773), within five minutes and twelve hours;
+        # the window itself wakes the loop (renewal_time), however short the lifetime.
         next_poll = min(max(next_poll, now + dt.timedelta(minutes=5)), now + MAX_SLEEP)
         self._ari_serial, self._ari_time, self._ari_until = pair.serial, when, next_poll
         return when, next_poll
@@ -371,6 +377,7 @@ class CertManager:
             retry_after=retry_after,
             jitter=self.jitter(),
             minimum=self.settings.retry_min,
+            lifetime=self.lifetime,
         )
         self.status.next_attempt = next_attempt
         log.error(

@@ -13,6 +13,11 @@ configuration is a new request and is not held back.
 
 Failures retry on a front-weighted schedule (a minute, then a few minutes,
 growing to six hours) with jitter, never sooner than the CA's Retry-After.
+Short lifetimes shorten both the longest step and the longest the loop
+sleeps without looking (``idle_limit``): a 160-hour certificate is retried at
+least every 1 h 40 min (a 96th of its lifetime) and looked at every 2.5 h (a
+64th), so a failing renewal is tried many times in the days left before
+expiry. An ARI window wakes the loop at the moment drawn in it, however short.
 """
 
 from __future__ import annotations
@@ -24,6 +29,18 @@ REORDER_GUARD = dt.timedelta(hours=1)
 # Seconds to wait after the n-th consecutive failure (then the last one, repeated).
 RETRY_SCHEDULE = (60, 120, 120, 300, 600, 600, 1200, 1800, 3600, 3600, 7200, 14400, 21600)
 JITTER = 0.1
+MAX_IDLE = dt.timedelta(hours=12)  # the loop looks at least this often
+IDLE_SHARE = 64  # ... and at least 64 times per lifetime
+RETRY_SHARE = 96  # a retry step is at most this share of the lifetime
+MIN_STEP = 1.0  # seconds: the shortest step either is ever cut to
+
+
+def idle_limit(lifetime: dt.timedelta | None) -> dt.timedelta:
+    """The longest the maintenance loop sleeps without looking: twelve hours, or a 64th
+    of a shorter certificate's lifetime (2.5 h for 160 hours), never under a second."""
+    if lifetime is None or lifetime <= dt.timedelta(0):
+        return MAX_IDLE
+    return max(min(MAX_IDLE, lifetime / IDLE_SHARE), dt.timedelta(seconds=MIN_STEP))
 
 
 def lifetime_renewal_time(
@@ -69,17 +86,22 @@ def renewal_time(
     return when
 
 
-def retry_delay(failures: int, *, jitter: float = 0.5, minimum: float = 0.0) -> float:
+def retry_delay(
+    failures: int, *, jitter: float = 0.5, minimum: float = 0.0, lifetime: dt.timedelta | None = None
+) -> float:
     """Seconds before the next attempt after ``failures`` consecutive failures.
 
     ``jitter`` in [0, 1) spreads replicas apart (+-10 %); ``minimum`` scales the
-    whole schedule down (tests) or is the floor the configuration asks for.
+    whole schedule down (tests) or is the floor the configuration asks for;
+    ``lifetime`` (of the certificate in service) caps a step at a 96th of it.
     """
     if failures <= 0:
         return 0.0
     base = float(RETRY_SCHEDULE[min(failures, len(RETRY_SCHEDULE)) - 1])
     if minimum:
         base = base * minimum / RETRY_SCHEDULE[0]
+    if lifetime is not None and lifetime > dt.timedelta(0):
+        base = min(base, max(lifetime.total_seconds() / RETRY_SHARE, MIN_STEP))
     return base * (1 - JITTER + 2 * JITTER * jitter)
 
 
@@ -90,9 +112,11 @@ def next_attempt(
     retry_after: dt.datetime | None = None,
     jitter: float = 0.5,
     minimum: float = 0.0,
+    lifetime: dt.timedelta | None = None,
 ) -> dt.datetime:
     """The next attempt after a failure, honouring the CA's Retry-After."""
-    when = now + dt.timedelta(seconds=retry_delay(failures, jitter=jitter, minimum=minimum))
+    delay = retry_delay(failures, jitter=jitter, minimum=minimum, lifetime=lifetime)
+    when = now + dt.timedelta(seconds=delay)
     if retry_after is not None and retry_after > when:
         when = retry_after
     return when

@@ -7,7 +7,7 @@ import binascii
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..certs import name_for_domain
+from ..certs import InvalidName, canonical_ip, name_for_domain
 
 KEY_TYPES = ("ec256", "ec384", "rsa2048", "rsa3072", "rsa4096")
 CHALLENGES = ("http-01", "dns-01", "tls-alpn-01")
@@ -65,6 +65,9 @@ class AcmeSettings:
     network_timeout: float = 30.0  # seconds for one request to the CA
     challenge: str = "http-01"
     dns: DnsSettings | None = None  # dns-01: the server to update
+    # dns-01 cannot prove an IP address (RFC 8738): the challenge its IP addresses take
+    # instead (http-01 when a plain-HTTP listener answers), or None: refused.
+    address_challenge: str | None = None
 
     def __post_init__(self) -> None:
         if not self.domains:
@@ -79,6 +82,17 @@ class AcmeSettings:
                 "challenge",
                 f"{wildcards[0]} needs CERTPROXY_CHALLENGE=dns-01 ({self.challenge} cannot prove a wildcard)",
             )
+        if (
+            self.challenge == "dns-01"
+            and self.addresses
+            and self.directory != LOCAL_CA_DIRECTORY
+            and self.address_challenge not in ("http-01", "tls-alpn-01")
+        ):
+            raise SettingsError(
+                "challenge",
+                f"dns-01 cannot prove the IP address {self.addresses[0]} (RFC 8738): "
+                "it needs the plain-HTTP listener (CERTPROXY_HTTP_PORT) for http-01",
+            )
         if self.challenge == "dns-01":
             if self.dns is None:
                 raise SettingsError("dns_server", NEEDS_DNS)
@@ -88,6 +102,23 @@ class AcmeSettings:
                 raise SettingsError(setting, reason)
         if bool(self.eab_kid) != bool(self.eab_hmac_key):
             raise SettingsError("eab_kid", "external account binding needs both a key id and an HMAC key")
+        try:
+            name_for_domain(self.domains[0])
+        except InvalidName:
+            raise SettingsError(
+                "domains", f"{self.domains[0]!r} cannot name the certificate's folder in the store"
+            ) from None
+
+    def challenge_for(self, identifier: str) -> str:
+        """The challenge that proves ``identifier`` (an IP address never takes dns-01)."""
+        if self.challenge == "dns-01" and canonical_ip(identifier) and self.address_challenge:
+            return self.address_challenge
+        return self.challenge
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The IP addresses among the identifiers (RFC 8738), in canonical form."""
+        return tuple(ip for ip in (canonical_ip(d) for d in self.domains) if ip)
 
     @property
     def name(self) -> str:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from acme import challenges
 
 from ..certs import FileStore
-from ..certs.alpn import validation_certificate
+from ..certs.alpn import sni_for, validation_certificate
 from .errors import AcmeError
 from .settings import NEEDS_DNS, AcmeSettings, DnsSettings
 from .tlsalpn import TLSALPN01
@@ -82,8 +82,11 @@ class TlsAlpn01:
 
     def present(self, identifier: str, chall: challenges.Challenge, validation: str) -> None:
         pem = validation_certificate(identifier, validation, dt.datetime.now(dt.UTC))
-        self.store.write_alpn_challenge(identifier, pem)
-        self.names.append(identifier)
+        # Kept under the name the CA's ClientHello carries: for an IP address, its
+        # reverse-DNS name (RFC 8738, section 6).
+        name = sni_for(identifier)
+        self.store.write_alpn_challenge(name, pem)
+        self.names.append(name)
 
     def wait_visible(self) -> None:
         """Visible once written: every TLS listener reads the store."""
@@ -124,12 +127,15 @@ class Dns01:
                 log.warning("%s", problem)
 
 
-def solver_for(settings: AcmeSettings, store: FileStore, progress: Callable[[str], None]) -> Solver:
-    """The solver of the challenge the settings name (one per order)."""
-    if settings.challenge == "dns-01":
+def solver_for(
+    settings: AcmeSettings, store: FileStore, progress: Callable[[str], None], challenge: str | None = None
+) -> Solver:
+    """The solver of ``challenge`` (by default the one the settings name); one per order."""
+    challenge = challenge or settings.challenge
+    if challenge == "dns-01":
         if settings.dns is None:  # AcmeSettings refuses this; the type does not know it
             raise AcmeError(f"dns-01: {NEEDS_DNS}", permanent=True)
         return Dns01(settings.dns, progress)
-    if settings.challenge == "tls-alpn-01":
+    if challenge == "tls-alpn-01":
         return TlsAlpn01(store)
     return Http01(store)

@@ -3,7 +3,7 @@
 from .errors import InvalidName, LockBusy, PairError, StoreError, os_problem, os_reason
 from .lock import IssuanceLock
 from .pair import CertPair, load_pair, parse_pair
-from .paths import is_valid_token, name_for_domain
+from .paths import canonical_ip, is_valid_token, name_for_domain
 from .store import FileStore, Inventory, utcnow
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "LockBusy",
     "PairError",
     "StoreError",
+    "canonical_ip",
     "is_valid_token",
     "os_problem",
     "os_reason",

@@ -17,6 +17,7 @@ percent-encoded dots, NUL bytes all fail the pattern).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,19 +44,41 @@ def is_valid_token(token: str) -> bool:
     return _TOKEN_RE.fullmatch(token) is not None
 
 
+def canonical_ip(text: str) -> str | None:
+    """The text form of an IP address, as certificates and certbot write it (IPv6
+    compressed, lower case: ``::1``), or None when ``text`` is not one. A scoped
+    address (``fe80::1%eth0``) is not: it cannot stand in a certificate."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if "%" in text:
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
 def check_name(name: str) -> str:
-    """Return ``name`` if it may name a certificate folder, else raise InvalidName."""
+    """Return ``name`` if it may name a certificate folder, else raise InvalidName.
+
+    An IPv6 address names its folder in its canonical form (``live/::1``, as
+    certbot names it): colons are fine in a file name, and the folder name
+    parses back to the address."""
+    if ":" in name and canonical_ip(name) == name:
+        return name
     if not _NAME_RE.fullmatch(name) or ".." in name:
         raise InvalidName(f"invalid certificate name {name!r}")
     return name
 
 
 def name_for_domain(domain: str) -> str:
-    """The folder name certbot would use for a domain (``*.x`` becomes ``x``)."""
+    """The folder name certbot would use for a domain (``*.x`` becomes ``x``) or an IP
+    address (its canonical text)."""
     domain = domain.strip().lower().rstrip(".")
     if domain.startswith("*."):
         domain = domain[2:]
-    return check_name(domain)
+    return check_name(canonical_ip(domain) or domain)
 
 
 @dataclass(frozen=True)
@@ -127,7 +150,8 @@ class StorePaths:
         return self.locks / f"{check_name(name)}.lock"
 
     def alpn_challenge(self, domain: str) -> Path:
-        """TLS-ALPN-01: the validation certificate and key for ``domain`` (one PEM)."""
+        """TLS-ALPN-01: the validation certificate and key for ``domain`` (one PEM), by the
+        name the CA's ClientHello carries (for an IP address, its reverse-DNS name)."""
         return self.challenges / "tls-alpn-01" / f"{check_name(domain)}.pem"
 
     def challenge(self, token: str) -> Path:

@@ -5,7 +5,10 @@ A ``CertificateSet`` is an immutable index of those contexts by name (exact
 names, then one-label wildcards, then the primary). Each listener gets one
 base context whose SNI callback asks ``TLSState.current`` for the context of
 the requested name and switches the connection to it: a dictionary lookup, no
-disk, no network. A reload builds a complete new ``CertificateSet`` and swaps
+disk, no network. A client that connects to an IP address sends no SNI: the
+address it connected to (the connection's local address, kept by the
+transport) stands for the name, so a certificate for that address is chosen,
+and the primary only when none covers it. A reload builds a complete new ``CertificateSet`` and swaps
 the single ``current`` reference; handshakes already done keep their context.
 
 Policy is Mozilla's "intermediate": TLS 1.2 and 1.3 only, forward-secret AEAD
@@ -20,7 +23,7 @@ import ssl
 import tempfile
 from collections.abc import Iterable
 
-from ..certs import CertPair
+from ..certs import CertPair, canonical_ip
 
 log = logging.getLogger("certproxy.tls")
 
@@ -82,7 +85,19 @@ def context_for(pair: CertPair) -> ssl.SSLContext:
 def normalize_server_name(name: str | None) -> str | None:
     if not name:
         return None
-    return name.lower().rstrip(".")
+    name = name.lower().rstrip(".")
+    return canonical_ip(name) or name  # some clients send the address they dialled
+
+
+def address_name(host: str | None) -> str | None:
+    """The name a local socket address stands for: its canonical IP text, an
+    IPv4-mapped IPv6 address as IPv4, without a scope."""
+    if not host:
+        return None
+    host = host.partition("%")[0].lower()
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return canonical_ip(host)
 
 
 class CertificateSet:
@@ -107,6 +122,9 @@ class CertificateSet:
                 table = self._wildcard if domain.startswith("*.") else self._exact
                 key = domain[2:] if domain.startswith("*.") else domain
                 table.setdefault(key, pair)
+        # Whether any certificate is for an IP address: only then does a handshake
+        # without SNI need the address the client connected to.
+        self.by_address = any(canonical_ip(name) for name in self._exact)
 
     def _context_of(self, pair: CertPair) -> ssl.SSLContext | None:
         if any(pair is p for p in self.pairs):
@@ -121,18 +139,21 @@ class CertificateSet:
             and all(a is b for a, b in zip(self.pairs, other.pairs, strict=True))
         )
 
-    def select_pair(self, server_name: str | None) -> CertPair:
+    def select_pair(self, server_name: str | None, local_address: str | None = None) -> CertPair:
+        """The pair for ``server_name``; without one, the pair for ``local_address`` (the
+        address the client connected to), else the primary."""
         name = normalize_server_name(server_name)
         if name is None:
-            return self.primary
+            by_address = self._exact.get(local_address) if local_address else None
+            return by_address or self.primary
         pair = self._exact.get(name)
         if pair is not None:
             return pair
         _, _, parent = name.partition(".")
         return self._wildcard.get(parent, self.primary) if parent else self.primary
 
-    def select(self, server_name: str | None) -> ssl.SSLContext:
-        return self._contexts[id(self.select_pair(server_name))]
+    def select(self, server_name: str | None, local_address: str | None = None) -> ssl.SSLContext:
+        return self._contexts[id(self.select_pair(server_name, local_address))]
 
 
 class TLSState:
@@ -146,7 +167,12 @@ class TLSState:
         return old
 
     def _sni_callback(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        sslobj.context = self.current.select(server_name)
+        current = self.current
+        local = None
+        if not server_name and current.by_address:
+            # certproxy's transport hands itself (the owner) here, and knows its address.
+            local = getattr(sslobj, "local_address", None)
+        sslobj.context = current.select(server_name, local)
 
     def listener_context(self) -> ssl.SSLContext:
         """A base context for one listener; every handshake is pointed at ``current``."""

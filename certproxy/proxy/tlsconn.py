@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .hello import ACME_TLS_1, MAX_RECORD, NeedMore, parse_client_hello
+from .tls import address_name
 from .wire import plain_http_answer
 
 log = logging.getLogger("certproxy.tls")
@@ -179,6 +180,16 @@ class TLSConnection:
     @context.setter
     def context(self, ctx: ssl.SSLContext) -> None:
         self.ssl.context = ctx
+
+    @property
+    def local_address(self) -> str | None:
+        """The IP address the client connected to (canonical text): a handshake without
+        SNI picks the certificate by it. Asked only then."""
+        try:
+            host = self.sock.getsockname()[0]
+        except (OSError, IndexError, TypeError):
+            return None
+        return address_name(host) if isinstance(host, str) else None
 
     def _recv(self) -> int | None:
         """Read what the socket has into ``_RECV`` (at most READ_MAX bytes): how many

@@ -31,6 +31,7 @@ from ..acme_client.settings import (
     DnsSettings,
     SettingsError,
 )
+from ..certs import canonical_ip
 from ..certs.pair import is_ip
 from ..proxy.routes import Limits, Route
 from ..proxy.upstream import PoolSettings
@@ -209,6 +210,7 @@ class Config:
             retry_min=self.acme_retry_min,
             challenge=self.challenge,
             dns=self._dns_settings(),
+            address_challenge="http-01" if self.challenge == "dns-01" and self.http_port else None,
         )
 
     def _dns_settings(self) -> DnsSettings | None:
@@ -364,8 +366,11 @@ def parse_domains(raw: Any, source: str) -> tuple[str, ...]:
         name = str(item).strip().lower().rstrip(".")
         if not name:
             continue
+        if "%" in name and is_ip(name.strip("[]")):
+            raise ConfigError(source, f"{item!r}: a scoped address cannot be in a certificate")
+        name = canonical_ip(name) or name  # ::1, as certificates and certbot write it
         if not is_ip(name) and (len(name) > 253 or not _DOMAIN_RE.fullmatch(name)):
-            raise ConfigError(source, f"{item!r} is not a domain name")
+            raise ConfigError(source, f"{item!r} is not a domain name or an IP address")
         if name not in domains:
             domains.append(name)
     return tuple(domains)
