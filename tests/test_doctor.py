@@ -82,7 +82,7 @@ def test_nginx_with_its_default_body_limit_is_named_as_a_cap(nginx_front: Callab
                                                               ca_file: Path) -> None:
     front = nginx_front(server="")  # client_max_body_size stays at its default, 1m
     run = run_doctor(front.url, "--ca", str(ca_file), "--size", SMALL, "--json", etc=etc)
-    assert run.code == 1
+    assert run.code == 1, run.stdout + run.stderr
     cap = run.check("push.cap")
     assert cap["status"] == "fail"
     assert "a cap at about 1.0 MB in front of the registry" in cap["summary"]
@@ -95,7 +95,7 @@ def test_nginx_without_x_forwarded_proto_is_named_by_the_location(nginx_front: C
                                                                    etc: Path, ca_file: Path) -> None:
     front = nginx_front(location="proxy_request_buffering off;")
     run = run_doctor(front.url, "--ca", str(ca_file), "--size", SMALL, "--json", etc=etc)
-    assert run.code == 1
+    assert run.code == 1, run.stdout + run.stderr
     location = run.check("push.location")
     assert location["status"] == "fail"
     assert "http://" in location["summary"] and "X-Forwarded-Proto" in location["summary"]
@@ -113,7 +113,7 @@ def test_a_bad_certificate_is_named(nginx_front: Callable[..., Nginx], ca: trust
         leaf = ca.issue_cert("other.example")
     front = nginx_front(leaf)
     run = run_doctor(front.url, "--ca", str(ca_file), "--size", SMALL, "--idle", "0", "--json", etc=etc)
-    assert run.code == 1
+    assert run.code == 1, run.stdout + run.stderr
     chain = run.check("tls.chain")
     assert chain["status"] == "fail"
     if fault == "expired":
@@ -130,7 +130,7 @@ def test_a_front_that_buffers_request_bodies_is_named(nginx_front: Callable[...,
                                                       ca_file: Path) -> None:
     front = nginx_front(location="proxy_set_header X-Forwarded-Proto $scheme;")  # buffering on: the default
     run = run_doctor(front.url, "--ca", str(ca_file), "--size", SMALL, "--idle", "0", "--json", etc=etc)
-    assert run.code == 1
+    assert run.code == 1, run.stdout + run.stderr
     buffering = run.check("push.buffering")
     assert buffering["status"] == "fail"
     assert "buffers request bodies" in buffering["summary"]
@@ -142,7 +142,7 @@ def test_a_front_with_a_short_idle_timeout_is_named(nginx_front: Callable[..., N
                                                     ca_file: Path) -> None:
     front = nginx_front(server="client_max_body_size 0; client_body_timeout 2s;")
     run = run_doctor(front.url, "--ca", str(ca_file), "--size", SMALL, "--idle", "4", "--json", etc=etc)
-    assert run.code == 1
+    assert run.code == 1, run.stdout + run.stderr
     idle = run.check("push.idle")
     assert idle["status"] == "fail"
     assert "cut the connection after about" in idle["summary"]
@@ -183,7 +183,7 @@ def test_a_wrong_password_fails_the_login_and_a_right_one_from_stdin_pushes(
 def test_no_login_given_where_one_is_needed_fails(access_site: CertproxyProcess, etc: Path,
                                                   ca_file: Path) -> None:
     run = run_doctor(access_site.https(), "--ca", str(ca_file), "--json", etc=etc)
-    assert run.code == 1
+    assert run.code == 1, run.stdout + run.stderr
     assert run.check("auth.login")["status"] == "fail"
     assert "--user" in run.check("auth.login")["remedy"]
     assert run.failed() == ["auth.login"]

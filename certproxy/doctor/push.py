@@ -33,11 +33,12 @@ from .session import Session
 from .wire import Answer, RandomBlob, Request
 
 OCTETS = {"Content-Type": "application/octet-stream"}
-# Below nginx's default 1 MiB cap, so the probes run behind it; and below the 256 KiB a Go
-# server (the registry) reads of a body its handler left: it then keeps the connection
-# instead of resetting it under the front, which could lose the answer (a 502).
-PROBE_BODY = 192 * 1024
-HEAD_START = 32 * 1024
+# Below nginx's default 1 MiB cap, so the probes run behind it; and above the 256 KiB a Go
+# server (the registry) reads of a body its handler left before it answers: past that it
+# answers at once (and closes the connection, so a front may lose the answer: the probe
+# is tried again when no answer of the registry's comes).
+PROBE_BODY = 768 * 1024
+HEAD_START = 64 * 1024
 BUFFER_WAIT = 5.0  # how long the registry's early answer may take through a streaming front
 CAP_WAIT = 3.0
 
@@ -214,16 +215,32 @@ def _cap_remedy(s: Session) -> str:
     )
 
 
-def _buffer_probe(s: Session) -> Answer:
-    """The probe (see the module's comment), again when the answer does not come from the
-    registry: a front may lose it when the registry closes the connection it answered on."""
+def _streamed(answer: Answer) -> bool:
+    """An answer before the whole body (during the pause, or even before it): the front
+    passed the head on before the body was complete.
+    A 502 counts: the front lost the registry's answer when the registry closed the
+    connection (see the comment at PROBE_BODY), which a front that holds the body would not
+    have opened yet."""
+    return answer.sent < PROBE_BODY and answer.status not in (None, 401, 403, 408, 413)
+
+
+def _buffer_probe(s: Session) -> tuple[str, Answer]:
+    """The probe (see the module's comment): "streams", "buffers" (twice the registry's
+    answer only after the whole body) or "unknown"."""
+    late = 0
     for _ in range(3):
         body = RandomBlob(PROBE_BODY, secrets.token_hex(4))
         request = Request("PATCH", _nowhere(s), dict(OCTETS), body, pause_after=HEAD_START, pause=BUFFER_WAIT)
         answer = s.send(request)
-        if _from_registry(answer) or answer.status in (401, 403, 413):
+        if _streamed(answer):
+            return "streams", answer
+        if answer.status in (401, 403, 413):
             break
-    return answer
+        if _from_registry(answer):
+            late += 1
+            if late == 2:
+                return "buffers", answer
+    return "unknown", answer
 
 
 def _from_registry(answer: Answer) -> bool:
@@ -231,19 +248,19 @@ def _from_registry(answer: Answer) -> bool:
 
 
 def check_buffering(s: Session) -> None:
-    answer = _buffer_probe(s)
-    if not _from_registry(answer):
+    verdict, answer = _buffer_probe(s)
+    if verdict == "unknown":
         s.report.add(
             "push.buffering",
             INFO,
             f"request buffering: cannot tell (the probe got {answer.status or answer.error})",
             status=answer.status,
         )
-    elif answer.pause_event is not None:
+    elif verdict == "streams":
         s.report.add(
             "push.buffering",
             OK,
-            f"the front streams request bodies (the registry answered after {mib(answer.sent)} of "
+            f"the front streams request bodies (an answer came after {mib(answer.sent)} of "
             f"{mib(PROBE_BODY)}, in {answer.seconds * 1000:.0f} ms)",
             seconds=round(answer.seconds, 2),
             sent=answer.sent,

@@ -12,12 +12,11 @@ import email.utils
 import json
 import re
 import ssl
-import time
 from urllib.parse import urlencode, urlsplit
 
 from .report import FAIL, INFO, OK, WARN
 from .session import Session
-from .wire import Answer, Request, Target, describe, send
+from .wire import Answer, Request, Target, send
 
 API_HEADER = "docker-distribution-api-version"
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
@@ -26,8 +25,7 @@ SKEW_WARN, SKEW_FAIL = 120.0, 300.0
 
 def check_api(s: Session) -> bool:
     answer = s.send(Request("GET", "/v2/"), auth=False)
-    s.date, s.challenge = answer.header("date"), answer.header("www-authenticate")
-    s.date_seen = time.time()
+    s.challenge = answer.header("www-authenticate")
     if answer.status is None:
         s.report.add(
             "registry.api",
@@ -221,7 +219,6 @@ def _bearer(s: Session, basic: str, params: dict[str, str]) -> None:
         _refused(s, check.status, "/v2/ with the token", check.error)
         return
     s.report.add("auth.login", OK, f"{s.options.user} logged in (a token from {realm})")
-    s.authorization = f"Bearer {token}"
 
 
 def _basic(s: Session, basic: str, needs: bool) -> None:
@@ -297,6 +294,3 @@ def _renewal(r: dict[str, object]) -> str:
     if r.get("last_error"):
         text += f", failing: {r.get('last_error')} (next attempt {r.get('next_attempt') or '-'})"
     return text
-
-
-__all__ = ["check_api", "check_challenge", "check_clock", "check_health", "check_login", "describe"]
