@@ -78,3 +78,126 @@ def test_a_certificate_for_an_ip_address_from_pebble(
         assert "Traceback" not in cp.output()
     finally:
         pebble.stop()
+
+
+class Clients:
+    """Handshakes against ``address:port`` in a thread, as a client of the address does
+    (no SNI, the certificate checked against the address and ``roots``), until stopped:
+    how many succeeded, every failure, and each serial seen with its expiry."""
+
+    def __init__(self, address: str, port: int, roots: bytes) -> None:
+        self.address, self.port = address, port
+        self.roots = roots
+        self.ok = 0
+        self.failures: list[str] = []
+        self.seen: dict[int, x509.Certificate] = {}
+        self._stop = False
+        import threading
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def trust(self, roots: bytes) -> None:
+        self.roots += roots
+
+    def _run(self) -> None:
+        while not self._stop:
+            ctx = ssl.create_default_context(cadata=self.roots.decode())
+            try:
+                with socket.create_connection((self.address, self.port), timeout=10) as raw, \
+                        ctx.wrap_socket(raw, server_hostname=self.address) as conn:
+                    der = conn.getpeercert(binary_form=True)
+                leaf = x509.load_der_x509_certificate(der)  # type: ignore[arg-type]
+                self.seen.setdefault(leaf.serial_number, leaf)
+                self.ok += 1
+            except (OSError, ssl.SSLError) as exc:
+                self.failures.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._stop = True
+        self.thread.join(30)
+
+
+def _short_lived_proxy(certproxy_factory: Callable[..., CertproxyProcess], tmp_path: Path,
+                       pebble: Pebble, http_port: int, tls_port: int) -> CertproxyProcess:
+    env = {"CERTPROXY_DOMAINS": "127.0.0.1", "CERTPROXY_EMAIL": "ops@certproxy.test",
+           "CERTPROXY_ACME_DIRECTORY": pebble.directory, "CERTPROXY_ACME_CA_BUNDLE": str(pebble.ca_bundle),
+           "CERTPROXY_ACME_RETRY_MIN": "1"}
+    # This installation renews when the last half begins (its spread, kept in the store, is
+    # 0): the most time left for retries, whatever the machine's load.
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "installation.json").write_text('{"renewal_spread": 0.0}\n')
+    return certproxy_factory({tls_port: "http://127.0.0.1:9"}, tmp_path / "store", http_port=http_port,
+                             extra_env=env)
+
+
+def test_short_lived_address_certificates_are_renewed_repeatedly_under_load(
+        certproxy_factory: Callable[..., CertproxyProcess], tmp_path: Path, ca: trustme.CA,
+        measure: Callable[[str, str], None]) -> None:
+    http_port, tls_port = free_port(), free_port()
+    pebble = start_pebble(tmp_path, ca, http_port, validity=30)
+    try:
+        cp = _short_lived_proxy(certproxy_factory, tmp_path, pebble, http_port, tls_port)
+        roots = pebble.roots_pem()
+        wait_for(lambda: verifies_address("127.0.0.1", tls_port, roots), 60, "the first certificate",
+                 cp.proc, cp.log)
+        clients = Clients("127.0.0.1", tls_port, roots)
+        try:
+            # Four renewals of 30-second certificates (each due in the last half of its life).
+            wait_for(lambda: len(clients.seen) >= 5, 150, "four renewals", cp.proc, cp.log)
+        finally:
+            clients.stop()
+        certs = sorted(clients.seen.values(), key=lambda c: c.not_valid_before_utc)
+        lifetime = certs[0].not_valid_after_utc - certs[0].not_valid_before_utc
+        measure("RFC 8738, 30-second Pebble certificates under load: renewals seen / handshakes ok / failed",
+                f"{len(certs) - 1} / {clients.ok} / {len(clients.failures)}")
+        assert not clients.failures, clients.failures[:5]  # never an expired certificate, never a failure
+        assert lifetime.total_seconds() <= 31
+        for old, new in zip(certs, certs[1:]):  # each renewed before the one it replaced expired
+            assert new.not_valid_before_utc < old.not_valid_after_utc
+        assert "Traceback" not in cp.output()
+    finally:
+        pebble.stop()
+
+
+def test_a_ca_outage_across_the_renewal_window_is_recovered_before_expiry(
+        certproxy_factory: Callable[..., CertproxyProcess], tmp_path: Path, ca: trustme.CA,
+        measure: Callable[[str, str], None]) -> None:
+    import json
+    import urllib.request
+    http_port, tls_port = free_port(), free_port()
+    validity = 120  # renewal due 60 s after issuance; the CA is down from 30 s to 85 s
+    pebble = start_pebble(tmp_path, ca, http_port, validity=validity)
+    cp = _short_lived_proxy(certproxy_factory, tmp_path, pebble, http_port, tls_port)
+    roots = pebble.roots_pem()
+    wait_for(lambda: verifies_address("127.0.0.1", tls_port, roots), 60, "the first certificate",
+             cp.proc, cp.log)
+    clients = Clients("127.0.0.1", tls_port, roots)
+    try:
+        first = _served("127.0.0.1", tls_port, None)
+        issued = first.not_valid_before_utc.timestamp()
+        time.sleep(max(0.0, issued + 30 - time.time()))
+        port = pebble.port
+        pebble.stop()  # the CA goes away before the renewal window opens
+
+        def renewal() -> dict:
+            with urllib.request.urlopen(cp.healthz, timeout=10) as r:
+                return json.load(r)["renewals"][0]
+
+        time.sleep(max(0.0, issued + 85 - time.time()))
+        during = renewal()
+        pebble = start_pebble(tmp_path, ca, http_port, validity=validity, port=port)  # a new root
+        clients.trust(pebble.roots_pem())
+        wait_for(lambda: len(clients.seen) >= 2, 60, "the renewal once the CA is back", cp.proc, cp.log)
+        renewed_at = time.time()
+        clients.stop()
+        assert during["failures"] >= 3 and "cannot reach the ACME server" in (during["last_error"] or ""), during
+        assert renewed_at < first.not_valid_after_utc.timestamp()  # before the old one expired
+        assert not clients.failures, clients.failures[:5]
+        measure("RFC 8738, CA down across the renewal window of a 120-second certificate: "
+                "failed attempts during the outage / renewed s before expiry / handshakes failed",
+                f"{during['failures']} / {first.not_valid_after_utc.timestamp() - renewed_at:.0f} / "
+                f"{len(clients.failures)}")
+    finally:
+        clients.stop()
+        pebble.stop()

@@ -678,3 +678,10 @@ def _attempts_within(window: dt.timedelta, lifetime: dt.timedelta | None) -> int
         n += 1
         spent += policy.retry_delay(n, lifetime=lifetime)
     return n
+
+
+@pytest.mark.parametrize("days, shown", [
+    (89.52, "89.5d"), (5.93, "5.9d"), (1.5, "36h00m"), (0.3, "7h12m"), (0.01, "14m"), (0.0, "expired")])
+def test_status_shows_the_last_two_days_of_a_lifetime_in_hours(days: float, shown: str) -> None:
+    from certproxy.cli.status import time_left
+    assert time_left(days) == shown

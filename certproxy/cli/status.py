@@ -120,7 +120,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _print_table(rows: list[dict[str, object]]) -> None:
     """The store's certificates, one row each, in aligned columns."""
-    header = ("NAME", "KIND", "EXPIRES", "DAYS", "ISSUER", "SERIAL", "DOMAINS")
+    header = ("NAME", "KIND", "EXPIRES", "LEFT", "ISSUER", "SERIAL", "DOMAINS")
     table = [header]
     for r in rows:
         if "error" in r:
@@ -132,7 +132,7 @@ def _print_table(rows: list[dict[str, object]]) -> None:
                     str(r["name"]),
                     str(r["kind"]),
                     str(r["not_after"])[:19],
-                    f"{r['days_left']:.1f}",
+                    time_left(float(str(r["days_left"]))),
                     str(r["issuer"]),
                     str(r["serial"])[:16],
                     ",".join(domains) if isinstance(domains, list) else str(domains),
@@ -141,6 +141,17 @@ def _print_table(rows: list[dict[str, object]]) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def time_left(days: float) -> str:
+    """What is left of a certificate's lifetime: days, or hours and minutes for the last
+    two days (a short-lived certificate spends a third of its life there)."""
+    if days <= 0:
+        return "expired"
+    if days >= 2:
+        return f"{days:.1f}d"
+    minutes = round(days * 1440)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
 def _local_ca(store: FileStore, config: Config) -> dict[str, Any] | None:
