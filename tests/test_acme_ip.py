@@ -75,6 +75,7 @@ def test_a_certificate_for_an_ip_address_from_pebble(
         assert cp.wait_output(f"challenge {address}: {challenge} answered")
         alpn = store / "challenges" / "tls-alpn-01"
         assert not alpn.exists() or not list(alpn.iterdir())
+        assert f"{address} is not a public address: a public ACME CA cannot connect" in cp.output()
         assert "Traceback" not in cp.output()
     finally:
         pebble.stop()

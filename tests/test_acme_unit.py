@@ -685,3 +685,14 @@ def _attempts_within(window: dt.timedelta, lifetime: dt.timedelta | None) -> int
 def test_status_shows_the_last_two_days_of_a_lifetime_in_hours(days: float, shown: str) -> None:
     from certproxy.cli.status import time_left
     assert time_left(days) == shown
+
+
+@pytest.mark.parametrize("domains, noted", [
+    (("reg.example.com", "10.0.0.5"), "10.0.0.5"), (("192.168.1.10",), "192.168.1.10"),
+    (("fd00::5",), "fd00::5"), (("8.8.8.8",), None), (("2606:4700::1111",), None), (("reg.example.com",), None)])
+def test_a_private_address_is_noted_at_start_up_when_acme_is_on(domains: tuple[str, ...], noted: str | None) -> None:
+    note = AcmeSettings(directory="https://ca.test/dir", domains=domains).private_address_note()
+    assert (note is None) if noted is None else note.startswith(f"{noted} is not a public address")
+    if note:
+        assert "CERTPROXY_LOCAL_CA=1" in note and "\n" not in note
+    assert AcmeSettings(directory="certproxy-local-ca", domains=domains).private_address_note() is None

@@ -387,6 +387,9 @@ class CertManager:
 
     # -- the loop ------------------------------------------------------------
     async def run(self) -> None:
+        note = self.settings.private_address_note()
+        if note:
+            log.warning("%s", note)
         while True:
             self._wake.clear()
             try:

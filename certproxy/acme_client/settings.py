@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,6 +120,18 @@ class AcmeSettings:
     def addresses(self) -> tuple[str, ...]:
         """The IP addresses among the identifiers (RFC 8738), in canonical form."""
         return tuple(ip for ip in (canonical_ip(d) for d in self.domains) if ip)
+
+    def private_address_note(self) -> str | None:
+        """One line for the start-up log when an address of the order is not public: a
+        public CA cannot reach it to validate (the local CA is the answer there)."""
+        private = [a for a in self.addresses if not ipaddress.ip_address(a).is_global]
+        if not private or self.directory == LOCAL_CA_DIRECTORY:
+            return None
+        return (
+            f"{private[0]} is not a public address: a public ACME CA cannot connect to it to "
+            "validate it; for a registry on a private address, use the local CA "
+            '(CERTPROXY_LOCAL_CA=1; docs/certificates.md, "A registry without a DNS name")'
+        )
 
     @property
     def name(self) -> str:
