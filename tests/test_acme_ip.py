@@ -202,3 +202,30 @@ def test_a_ca_outage_across_the_renewal_window_is_recovered_before_expiry(
     finally:
         clients.stop()
         pebble.stop()
+
+
+def test_a_wildcard_over_dns_01_and_an_address_over_http_01_in_one_certificate(
+        certproxy_factory: Callable[..., CertproxyProcess], tmp_path: Path, ca: trustme.CA) -> None:
+    from support.bind import KEY_NAME, start_bind
+    bind = start_bind(tmp_path)
+    http_port, tls_port = free_port(), free_port()
+    pebble = start_pebble(tmp_path, ca, http_port, dns_server=bind.server)
+    try:
+        env = {"CERTPROXY_CHALLENGE": "dns-01", "CERTPROXY_DOMAINS": "example.test,*.example.test,127.0.0.1",
+               "CERTPROXY_EMAIL": "ops@example.test", "CERTPROXY_ACME_DIRECTORY": pebble.directory,
+               "CERTPROXY_ACME_CA_BUNDLE": str(pebble.ca_bundle), "CERTPROXY_ACME_RETRY_MIN": "1",
+               "CERTPROXY_DNS_SERVER": bind.server, "CERTPROXY_DNS_TSIG_KEY": KEY_NAME,
+               "CERTPROXY_DNS_TSIG_SECRET": bind.secret}
+        cp = certproxy_factory({tls_port: "http://127.0.0.1:9"}, tmp_path / "store", http_port=http_port,
+                               extra_env=env)
+        roots = pebble.roots_pem()
+        wait_for(lambda: verifies_address("127.0.0.1", tls_port, roots), 90,
+                 "one certificate for the wildcard and the address", cp.proc, cp.log)
+        names, ips = sans(_served("127.0.0.1", tls_port, None))
+        assert sorted(names) == ["*.example.test", "example.test"] and ips == ["127.0.0.1"]
+        out = cp.output()
+        assert "challenge *.example.test: dns-01 answered" in out
+        assert "challenge 127.0.0.1: http-01 answered" in out
+    finally:
+        pebble.stop()
+        bind.stop()
