@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -75,6 +76,8 @@ class Session:
         )
         if answer.header("server") and not self.server:
             self.server = answer.header("server")
+        if answer.header("date") and not self.date:
+            self.date, self.date_seen = answer.header("date"), time.time()
         return answer
 
     def follow(self, request_name: str, location: str) -> str | None:
