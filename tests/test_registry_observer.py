@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -297,22 +298,27 @@ def assert_monotonic(before: dict, after: dict) -> None:
 EXAMPLES = int(os.environ.get("CERTPROXY_FUZZ_EXAMPLES", "200"))
 
 
-@given(STEPS, st.integers(0, 3))
+CHOSEN = st.integers(0, 3) | st.sampled_from([("team/*",), ("a", "lib/*"), ("*",)])
+
+
+@given(STEPS, CHOSEN)
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_generated_traffic_keeps_the_invariants(steps: list, top: int) -> None:
+def test_generated_traffic_keeps_the_invariants(steps: list, chosen: int | tuple[str, ...]) -> None:
     clock = Clock()
-    obs = RegistryObserver(top, 600, clock)
+    obs = RegistryObserver(chosen, 600, clock)
+    top = chosen if isinstance(chosen, int) else 1000
     previous = collected(obs)
     previous_balance = 0.0
     for method, target, status, kept, size, begin, later, auth in steps:
         password = b"SECRET" + auth.hex().encode()
-        header = b"Basic " + base64.b64encode(auth[:3] + b":" + password)
+        header = b"Basic " + base64.b64encode(auth[:6] + b":" + password)  # any user name, forged ones too
         req = Req(method, target, {b"authorization": header}, kept)
         if begin:
             obs.begin(req)
         rec = obs.observe(req, record(req, status, bytes_in=size, bytes_out=size))
         assert rec.action in ("ping", "pull", "push", "delete", "catalog", "other")
         assert b"SECRET" not in repr(rec).encode() and header[6:].decode() not in repr(rec)
+        assert rec.user is None or re.fullmatch(r"[\x21-\x7e]{1,128}", rec.user), rec.user
         clock.now += later
         obs.sweep()
         samples = collected(obs)
@@ -329,6 +335,11 @@ def test_generated_traffic_keeps_the_invariants(steps: list, top: int) -> None:
         else:
             assert balance == previous_balance  # every upload started is ended or in progress
         previous, previous_balance = samples, balance
+    # whatever happened, every upload ends: nothing stays in progress past the window
+    for _ in range(2):
+        clock.now += 600 + 301
+        obs.sweep()
+    assert value(collected(obs), "certproxy_registry_uploads_in_progress") == 0
 
 
 @pytest.fixture(autouse=True)
@@ -336,6 +347,99 @@ def _quiet_logging() -> Iterator[None]:
     handlers = logging.getLogger().handlers[:]
     yield
     logging.getLogger().handlers[:] = handlers
+
+
+# --- what a client or an upstream may send ------------------------------------------------
+
+
+def test_made_up_credentials_neither_raise_nor_forge_a_line() -> None:
+    obs = RegistryObserver(50, 3600)
+    nested = base64.urlsafe_b64encode(b"[" * 11000).rstrip(b"=")
+    for token in (b"a." + nested + b".c", b"a." + b"x" * 5000 + b".c"):
+        rec = run(obs, b"GET", b"/v2/a/manifests/v1", 200, headers={b"authorization": b"Bearer " + token})
+        assert rec.user is None
+    forged = json.dumps({"sub": 'x\n2099-01-01 00:00:00,000 INFO certproxy.access: 1.2.3.4 "DELETE /v2/p" 202'})
+    token = b"e30." + base64.urlsafe_b64encode(forged.encode()).rstrip(b"=") + b".c2ln"
+    rec = run(obs, b"GET", b"/v2/a/manifests/v1", 200, headers={b"authorization": b"Bearer " + token})
+    assert rec.user is not None and "\n" not in rec.user and " " not in rec.user
+    basic = {b"authorization": b"Basic " + base64.b64encode(b"mallory:pw")}
+    assert run(obs, b"GET", b"/v2/a/manifests/v1", 404, headers=basic).user is None  # no success
+    assert run(obs, b"GET", b"/admin", 200, headers=basic).user is None  # not the API
+
+
+def test_made_up_repositories_and_statuses_get_no_series() -> None:
+    obs = RegistryObserver(("team/*",), 3600)
+    for i in range(3000):
+        run(obs, b"GET", b"/v2/team/r%d/manifests/v1" % i, 401)
+        run(obs, b"GET", b"/v2/team/r%d/manifests/v1" % i, 404)
+    for i in range(1200):
+        run(obs, b"PUT", b"/v2/team/s%d/manifests/v1" % i, 201)
+    run(obs, b"GET", b"/v2/", 799)
+    samples = collected(obs)
+    repos = {dict(labels).get("repository") for (_, labels) in samples} - {None}
+    assert len(repos - {"other", "-"}) == 1000  # the pattern's bound
+    assert not any(r.startswith("team/r") for r in repos)
+    statuses = {dict(labels).get("status") for (_, labels) in samples} - {None}
+    assert statuses == {"401", "404", "201", "5xx"}
+
+
+def test_a_request_the_api_refuses_does_not_keep_a_session_alive() -> None:
+    clock = Clock()
+    obs = RegistryObserver(50, 600, clock)
+    run(obs, b"POST", b"/v2/a/blobs/uploads/", 202, kept=b"s1")
+    for method in (b"HEAD", b"OPTIONS", b"TRACE"):
+        run(obs, method, b"/v2/a/blobs/uploads/s1", 405)
+    clock.now += 601
+    obs.sweep()
+    samples = collected(obs)
+    assert value(samples, "certproxy_registry_uploads_failed_total", repository="a", reason="abandoned") == 1
+    assert value(samples, "certproxy_registry_uploads_in_progress") == 0
+
+
+def test_a_step_retried_after_a_server_error_is_one_upload() -> None:
+    clock = Clock()
+    obs = RegistryObserver(50, 3600, clock)
+    run(obs, b"POST", b"/v2/a/blobs/uploads/", 202, kept=b"s1")
+    run(obs, b"PATCH", b"/v2/a/blobs/uploads/s1", 503)
+    run(obs, b"PATCH", b"/v2/a/blobs/uploads/s1", 429)
+    run(obs, b"PATCH", b"/v2/a/blobs/uploads/s1", 202)
+    run(obs, b"PUT", b"/v2/a/blobs/uploads/s1?digest=" + D1.encode(), 201)
+    run(obs, b"POST", b"/v2/a/blobs/uploads/", 202, kept=b"s2")
+    run(obs, b"PATCH", b"/v2/a/blobs/uploads/s2", 500)  # and nothing after it
+    clock.now += 299
+    obs.sweep()
+    assert value(collected(obs), "certproxy_registry_uploads_failed_total", repository="a", reason="error") == 0
+    clock.now += 2
+    obs.sweep()
+    samples = collected(obs)
+    assert value(samples, "certproxy_registry_uploads_started_total", repository="a") == 2
+    assert value(samples, "certproxy_registry_uploads_completed_total", repository="a") == 1
+    assert value(samples, "certproxy_registry_uploads_failed_total", repository="a", reason="error") == 1
+    assert value(samples, "certproxy_registry_uploads_in_progress") == 0
+
+
+async def test_a_defect_in_the_observer_costs_neither_the_answer_nor_the_connection() -> None:
+    from support.inproc import make_plane, settle
+
+    class Broken:
+        keep = b"docker-upload-uuid"
+
+        def begin(self, request: object) -> None:
+            pass
+
+        def observe(self, request: object, record: AccessRecord) -> AccessRecord:
+            raise RecursionError("made up")
+
+    lines: list[AccessRecord] = []
+    plane = make_plane(access_log=lines.append, observer=Broken())
+    conn, client = plane.connect_client()
+    for _ in range(2):
+        conn.data_received(b"GET /v2/ HTTP/1.1\r\nHost: r.example\r\n\r\n")
+        await settle()
+        plane.upstream_protocol().data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await settle()
+        assert client.take().startswith(b"HTTP/1.1 200 OK")
+    assert len(lines) == 2 and lines[0].status == 200
 
 
 # --- the settings -------------------------------------------------------------------------

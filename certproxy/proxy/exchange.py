@@ -589,7 +589,10 @@ class Exchange:
             self.repository,
         )
         if observer is not None:
-            record = observer.observe(self, record)
+            try:
+                record = observer.observe(self, record)
+            except Exception:  # a defect: the line is still written, the connection goes on
+                log.exception("reading %s as the registry API failed", self.method.decode("latin-1"))
         if route.access_log is not None:
             route.access_log(record)
 

@@ -12,9 +12,11 @@ that opens it, from the answer's ``Docker-Upload-UUID``: one ``grep`` for the id
 follows a layer through its requests.
 
 The user: the one the access policy (or certproxy's basic auth) checked; without
-either, the user whose credentials the registry accepted (the name in ``Basic``
-credentials, or the ``sub`` of a bearer token, when the answer is not a 401), never
-the credentials themselves. None is anonymous.
+either, on a call of the API that the registry answered with success, the name in the
+request's credentials (the user of ``Basic`` credentials, the ``sub`` of a bearer
+token): checked by the registry when it has auth of its own, only what the client
+says when it has none. Never the credentials themselves; nothing outside printable
+ASCII (a forged line break or space becomes ``?``). None is anonymous.
 
 Uploads are followed by session: started (a ``POST`` answered 202, or a session this
 process first sees continue), completed (its ``PUT`` answered 201; a ``POST`` answered
@@ -22,18 +24,23 @@ process first sees continue), completed (its ``PUT`` answered 201; a ``POST`` an
 
 - ``aborted``: the client went away in the middle of one of its requests;
 - ``cancelled``: the client deleted the session;
-- ``error``: the registry refused or failed a step (any status from 400 on but 401,
-  which only sends the client for a fresh token);
+- ``error``: the registry refused a step (a status from 400 on, but 401, which only
+  sends the client for a fresh token, and 429); or a step failed (5xx, 429) and no
+  request of the session followed within ``ERROR_GRACE`` (a client may retry a step);
 - ``abandoned``: no request of the session for ``CERTPROXY_METRICS_UPLOAD_WINDOW``
   (none in flight either), or pushed out by ``SESSIONS_MAX`` newer sessions.
 
-Per-repository series are bounded (``RepositoryLabels``): the repositories named by
-``CERTPROXY_METRICS_REPOSITORIES`` (names, ``*`` patterns), or the busiest N (that
-setting as a number): the first N repositories seen get a series; every
-``REBALANCE`` seconds a repository that got more requests in that time than the
-quietest of them takes its place (a series that moves starts at zero, and what was
-counted under ``other`` stays there, so no counter ever goes down). Every other
-repository counts as ``other``; calls that name none as ``-``.
+Per-repository series are bounded (``RepositoryLabels``), and only a request the
+registry answered with success (2xx, 3xx) gives a repository its series, so made-up
+names cannot take them: the repositories named by ``CERTPROXY_METRICS_REPOSITORIES``
+(names, and at most ``PATTERN_NAMES_MAX`` repositories matched by its ``*``
+patterns), or the busiest N (that setting as a number): the first N repositories get a
+series; every ``REBALANCE`` seconds a repository that got more requests in that time
+than the quietest of them takes its place (a series that moves starts at zero, and what
+was counted under ``other`` stays there, so no counter ever goes down). Every other
+repository counts as ``other``; calls that name none as ``-``. The ``status`` label is
+a registered status code (or 499: the client went away first), else its class
+(``5xx``).
 
 All of this runs on the event loop; the metrics are copied out at scrape time.
 """
@@ -44,7 +51,9 @@ import base64
 import binascii
 import bisect
 import fnmatch
+import http
 import json
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -64,6 +73,11 @@ SESSIONS_MAX = 10_000
 REBALANCE = 600.0  # seconds between rankings of the busiest repositories
 SWEEP_EVERY = 1.0  # seconds between looks for abandoned uploads
 MATCHES_MAX = 4096  # remembered pattern results
+PATTERN_NAMES_MAX = 1000  # repositories that a pattern of CERTPROXY_METRICS_REPOSITORIES may name
+SUBJECT_MAX = 4096  # longer bearer tokens are not read for a user
+ERROR_GRACE = 300.0  # seconds an upload whose step failed (5xx, 429) has to go on before it counts as failed
+_SAFE = re.compile(r"[^\x21-\x7e]|\\")  # in a user name: what could forge a log line or a field
+_SESSION = re.compile(r"[A-Za-z0-9_.=-]{1,128}")
 USERS_MAX = 1024  # remembered bearer tokens' subjects
 CALLS_MAX = 4096  # remembered request lines
 CALL_KEY_MAX = 512  # longer targets are read every time
@@ -82,17 +96,24 @@ class RepositoryLabels:
         self._matches: dict[str, bool] = {}
         self._ranked = clock()
 
-    def label(self, repository: str | None) -> str:
-        """The label of a request's repository, counting the request for the ranking."""
+    def label(self, repository: str | None, admit: bool = True) -> str:
+        """The label of a request's repository, counting the request for the ranking.
+        ``admit``: the registry answered it with success; only such a request may give a
+        repository a series (a scanner's made-up names get 401s and 404s)."""
         if repository is None:
             return NONE
-        if self.patterns is not None:
-            return repository if self._match(repository) else OTHER
         named = self._named
         count = named.get(repository)
         if count is not None:
             named[repository] = count + 1
             return repository
+        if not admit:
+            return OTHER
+        if self.patterns is not None:
+            if len(named) < PATTERN_NAMES_MAX and self._match(repository):
+                named[repository] = 1
+                return repository
+            return OTHER
         if len(named) < self.top:
             named[repository] = 1
             return repository
@@ -107,15 +128,13 @@ class RepositoryLabels:
         """The label of ``repository`` now, counting nothing."""
         if repository is None:
             return NONE
-        if self.patterns is not None:
-            return repository if self._match(repository) else OTHER
         return repository if repository in self._named else OTHER
 
     def rebalance(self) -> list[str]:
         """Every ``REBALANCE`` seconds: let busier repositories take the places of quieter
         ones; the repositories that lost their series (their counters are dropped)."""
         now = self._clock()
-        if now - self._ranked < REBALANCE:
+        if self.patterns is not None or now - self._ranked < REBALANCE:
             return []
         self._ranked = now
         dropped: list[str] = []
@@ -143,12 +162,13 @@ class RepositoryLabels:
 
 
 class _Session:
-    __slots__ = ("repository", "last", "in_flight")
+    __slots__ = ("repository", "last", "in_flight", "failing")
 
     def __init__(self, repository: str | None, now: float) -> None:
         self.repository = repository
         self.last = now
         self.in_flight = 0
+        self.failing = False  # its last step got a 5xx or 429
 
 
 class _Figures:
@@ -198,34 +218,40 @@ class RegistryObserver:
         self._swept = clock()
         self._subjects: dict[str, str | None] = {}
         self._calls: dict[tuple[bytes, bytes], Call | None] = {}
+        self._failing: OrderedDict[str, float] = OrderedDict()  # session -> when its step failed
 
     # -- the request path -----------------------------------------------------------
     def begin(self, request: Request) -> None:
         """A request arrives: an upload's session with a request in flight is alive."""
-        target = request.target
-        if b"/blobs/uploads/" not in target:
-            return
-        session = self._sessions.get(target.partition(b"?")[0].rpartition(b"/")[2].decode("latin-1"))
+        session = self._sessions.get(_session_of(request.target))
         if session is not None:
             session.in_flight += 1
             session.last = self._clock()
 
     def observe(self, request: Request, record: AccessRecord) -> AccessRecord:
         """What the request did; counted, and returned as the fields of its access line."""
+        bumped = self._sessions.get(_session_of(request.target))
+        if bumped is not None:  # what begin() counted, undone whatever the request was
+            bumped.in_flight = max(0, bumped.in_flight - 1)
         line = (request.method, request.target)
         call = self._calls[line] if line in self._calls else self._read(line)
+        status = record.status
+        success = 200 <= status < 400
         if call is not None:
             action, repository, reference = call.action, call.repository, call.reference
         else:
             action, repository, reference = OTHER, None, None
-        label = self.labels.label(repository)  # first: a new repository may get its place now
+        # first: a repository the registry accepted may get its place now
+        label = self.labels.label(repository, success)
         upload = None
         if call is not None and call.kind == "uploads":
-            upload, reference = self._upload(request, call, record.status)
-        status = record.status
-        user = record.user if record.action is not None else self._user(request, status)
+            upload, reference = self._upload(request, call, status, label)
+        if record.action is not None:  # what the access policy checked
+            user = record.user
+        else:
+            user = self._user(request) if success and call is not None else None
         figures = self._figures
-        counted = (action, label, str(status))
+        counted = (action, label, _status_label(status))
         figures.requests[counted] = figures.requests.get(counted, 0) + 1
         figures.durations[action][bisect.bisect_left(LATENCY_BUCKETS, record.seconds)] += 1
         figures.duration_sums[action] += record.seconds
@@ -247,20 +273,22 @@ class RegistryObserver:
             self._calls[key] = call
         return call
 
-    def _upload(self, request: Request, call: Call, status: int) -> tuple[str | None, str | None]:
+    def _upload(self, request: Request, call: Call, status: int, label: str) -> tuple[str | None, str | None]:
         """An upload's request: counted; its session id and the digest it names."""
         digest = call.mount_digest or _digest(call.query)
         if call.reference is None:  # the POST that opens it
             kept = request.kept
-            upload = kept.decode("latin-1") if kept is not None and status == 202 else None
+            upload = None
+            if kept is not None and status == 202 and _SESSION.fullmatch(kept.decode("latin-1")):
+                upload = kept.decode("latin-1")
             if status == 201 or upload is not None:
-                _add(self._figures.started, self.labels.peek(call.repository))
+                _add(self._figures.started, label)
             if status == 201:
-                _add(self._figures.completed, self.labels.peek(call.repository))
+                _add(self._figures.completed, label)
             elif upload is not None:
                 self._open(upload, call.repository)
             return upload, digest
-        self._step(call, request.method, status)
+        self._step(call, request.method, status, label)
         return call.reference, digest
 
     def _open(self, upload: str, repository: str | None) -> _Session:
@@ -271,7 +299,7 @@ class RegistryObserver:
             self._fail(oldest.repository, "abandoned")
         return session
 
-    def _step(self, call: Call, method: bytes, status: int) -> None:
+    def _step(self, call: Call, method: bytes, status: int, label: str) -> None:
         """A request of an open session (``PATCH``, ``PUT``, ``GET``, ``DELETE``)."""
         upload = call.reference
         assert upload is not None
@@ -279,12 +307,17 @@ class RegistryObserver:
         if session is None:
             if status >= 400:
                 return  # a session this process never saw working: nothing to follow
-            _add(self._figures.started, self.labels.peek(call.repository))
+            _add(self._figures.started, label)
             session = self._open(upload, call.repository)
         else:
-            session.in_flight = max(0, session.in_flight - 1)
             session.last = self._clock()
             self._sessions.move_to_end(upload)
+        if status >= 500 or status == 429:
+            # the client may try the step again: failed only if nothing follows in time
+            session.failing = True
+            self._failing[upload] = session.last
+            return
+        session.failing = False
         if status == CLIENT_GONE:
             outcome = "aborted"
         elif method == b"PUT" and status == 201:
@@ -306,14 +339,15 @@ class RegistryObserver:
         self._figures.failed[key] = self._figures.failed.get(key, 0) + 1
 
     def sweep(self) -> None:
-        """Count the uploads abandoned by now, and rank the busiest repositories when
-        it is time (at most every ``SWEEP_EVERY`` seconds; on the event loop)."""
+        """Count the uploads abandoned or failed by now, and rank the busiest repositories
+        when it is time (at most every ``SWEEP_EVERY`` seconds; on the event loop)."""
         now = self._clock()
         if now - self._swept < SWEEP_EVERY:
             return
         self._swept = now
         for dropped in self.labels.rebalance():
             self._figures.drop(dropped)
+        self._end_failing(now)
         limit = now - self.upload_window
         sessions = self._sessions
         for _ in range(len(sessions)):
@@ -327,25 +361,39 @@ class RegistryObserver:
             del sessions[upload]
             self._fail(session.repository, "abandoned")
 
-    def _user(self, request: Request, status: int) -> str | None:
-        """The user the registry accepted (see the module's docstring)."""
-        if status == 401:
-            return None
+    def _end_failing(self, now: float) -> None:
+        """Sessions whose last step failed (5xx, 429) and that did not go on within
+        ``ERROR_GRACE``: failed, reason ``error``."""
+        failing = self._failing
+        while failing:
+            upload, since = next(iter(failing.items()))
+            if since > now - ERROR_GRACE:
+                break
+            del failing[upload]
+            session = self._sessions.get(upload)
+            if session is not None and session.failing and not session.in_flight and session.last <= since:
+                del self._sessions[upload]
+                self._fail(session.repository, "error")
+
+    def _user(self, request: Request) -> str | None:
+        """The name in the request's credentials (see the module's docstring), made safe
+        for a log line: nothing outside printable ASCII, at most 128 characters."""
         header = request.header(b"authorization")
         if len(header) != 1:
             return None
         scheme, _, value = header[0].partition(b" ")
         scheme = scheme.lower()
+        name: str | None = None
         if scheme == b"basic":
             try:
                 decoded = base64.b64decode(value.strip(), validate=True)
             except (binascii.Error, ValueError):
                 return None
             user, sep, _ = decoded.partition(b":")
-            return user.decode("utf-8", "replace") if sep and user else None
-        if scheme == b"bearer":
-            return self._subject(value.strip().decode("latin-1"))
-        return None
+            name = user.decode("utf-8", "replace") if sep and user else None
+        elif scheme == b"bearer":
+            name = self._subject(value.strip().decode("latin-1"))
+        return _SAFE.sub("?", name[:128]) if name else None
 
     def _subject(self, token: str) -> str | None:
         """A JWT's ``sub`` (unverified: the registry verified the token), remembered."""
@@ -354,12 +402,12 @@ class RegistryObserver:
             return subjects[token]
         subject: str | None = None
         parts = token.split(".")
-        if len(parts) == 3:
+        if len(token) <= SUBJECT_MAX and len(parts) == 3:
             try:
                 claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
                 found = claims.get("sub") if isinstance(claims, dict) else None
-                subject = found[:256] if isinstance(found, str) and found else None
-            except (ValueError, binascii.Error):
+                subject = found if isinstance(found, str) and found else None
+            except Exception:  # noqa: BLE001 - whatever a client made up: no user
                 subject = None
         if len(subjects) >= USERS_MAX:
             subjects.clear()
@@ -415,6 +463,25 @@ def _by_repository(name: str, documentation: str, table: dict[str, int]) -> Metr
     for label, count in table.copy().items():
         family.add_metric([label], count)
     return family
+
+
+def _session_of(target: bytes) -> str:
+    """The upload session a target names ("" when none): its last path segment."""
+    if b"/blobs/uploads/" not in target:
+        return ""
+    return target.partition(b"?")[0].rpartition(b"/")[2].decode("latin-1")
+
+
+# the registered codes, and 499 (the client went away first): a bounded label
+_REGISTERED_STATUSES = {str(int(code)) for code in http.HTTPStatus} | {str(CLIENT_GONE)}
+
+
+def _status_label(status: int) -> str:
+    """The ``status`` label: the code, or its class outside the registered ones."""
+    text = str(status)
+    if text in _REGISTERED_STATUSES:
+        return text
+    return f"{min(max(status // 100, 1), 5)}xx"
 
 
 def _digest(query: bytes) -> str | None:
