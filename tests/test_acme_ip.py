@@ -120,10 +120,10 @@ class Clients:
 
 
 def _short_lived_proxy(certproxy_factory: Callable[..., CertproxyProcess], tmp_path: Path,
-                       pebble: Pebble, http_port: int, tls_port: int) -> CertproxyProcess:
+                       pebble: Pebble, http_port: int, tls_port: int, **extra: str) -> CertproxyProcess:
     env = {"CERTPROXY_DOMAINS": "127.0.0.1", "CERTPROXY_EMAIL": "ops@certproxy.test",
            "CERTPROXY_ACME_DIRECTORY": pebble.directory, "CERTPROXY_ACME_CA_BUNDLE": str(pebble.ca_bundle),
-           "CERTPROXY_ACME_RETRY_MIN": "1"}
+           "CERTPROXY_ACME_RETRY_MIN": "1", **extra}
     # This installation renews when the last half begins (its spread, kept in the store, is
     # 0): the most time left for retries, whatever the machine's load.
     (tmp_path / "store").mkdir()
@@ -138,7 +138,9 @@ def test_short_lived_address_certificates_are_renewed_repeatedly_under_load(
     http_port, tls_port = free_port(), free_port()
     pebble = start_pebble(tmp_path, ca, http_port, validity=30)
     try:
-        cp = _short_lived_proxy(certproxy_factory, tmp_path, pebble, http_port, tls_port)
+        admin = free_port()
+        cp = _short_lived_proxy(certproxy_factory, tmp_path, pebble, http_port, tls_port,
+                                CERTPROXY_ADMIN_PORT=str(admin))
         roots = pebble.roots_pem()
         wait_for(lambda: verifies_address("127.0.0.1", tls_port, roots), 60, "the first certificate",
                  cp.proc, cp.log)
@@ -146,6 +148,7 @@ def test_short_lived_address_certificates_are_renewed_repeatedly_under_load(
         try:
             # Four renewals of 30-second certificates (each due in the last half of its life).
             wait_for(lambda: len(clients.seen) >= 5, 150, "four renewals", cp.proc, cp.log)
+            _health_and_metrics_follow_the_short_lifetime(cp, admin, tls_port)
         finally:
             clients.stop()
         certs = sorted(clients.seen.values(), key=lambda c: c.not_valid_before_utc)
@@ -159,6 +162,37 @@ def test_short_lived_address_certificates_are_renewed_repeatedly_under_load(
         assert "Traceback" not in cp.output()
     finally:
         pebble.stop()
+
+
+def _health_and_metrics_follow_the_short_lifetime(cp: CertproxyProcess, admin: int, port: int) -> None:
+    """/healthz and /metrics of a certproxy serving 30-second certificates: the renewal is due
+    within the served certificate's lifetime, the expiry is the served certificate's. (Looked
+    at again when a renewal lands between the looks.)"""
+    import json
+    import urllib.request
+
+    from certproxy.certs.pair import serial_hex
+    from test_metrics_auth import scrape, value
+    for _ in range(20):  # a renewal written between the looks (the store ahead of the handshake)
+        served = _served("127.0.0.1", port, None)
+        with urllib.request.urlopen(cp.healthz, timeout=10) as r:
+            health = json.load(r)
+        samples = scrape(admin)
+        expiry = served.not_valid_after_utc.timestamp()
+        nxt = value(samples, "certproxy_renewal_next_timestamp_seconds", name="127.0.0.1")
+        if _served("127.0.0.1", port, None).serial_number == served.serial_number and nxt < expiry:
+            break
+        time.sleep(0.5)
+    serial = serial_hex(served.serial_number)
+    listed = {c["serial"]: c for c in health["certificates"]}
+    # (the route's upstream is a closed port: "degraded" for that alone)
+    assert [p for p in health["problems"] if "upstream" not in p] == [], health["problems"]
+    assert health["status"] != "failing" and listed[serial]["days_left"] < 30 / 86400
+    renewal = health["renewals"][0]
+    assert renewal["last_error"] is None and renewal["failures"] == 0
+    assert served.not_valid_before_utc.timestamp() < nxt < expiry
+    assert value(samples, "certproxy_certificate_expiry_timestamp_seconds",
+                 name="127.0.0.1", kind="live", serial=serial) == expiry
 
 
 def test_a_ca_outage_across_the_renewal_window_is_recovered_before_expiry(

@@ -290,6 +290,68 @@ def test_acme_stack_gets_a_pebble_certificate_without_a_restart(engine: Engine, 
         pebble.stop()
 
 
+def test_docker_pushes_to_the_registrys_ip_address_with_an_acme_certificate_for_it(
+        engine: Engine, tmp_path: Path, measure) -> None:  # type: ignore[no-untyped-def]
+    """A registry without a DNS name (RFC 8738): base + acme with the namespace's address in
+    CERTPROXY_DOMAINS; Pebble validates it over HTTP-01 on the published :80; the docker client
+    pushes to ADDRESS:5000 (sending no SNI), trusting Pebble's root through certs.d, and refuses
+    the certificate without it (the address is not loopback, so Docker checks it)."""
+    addr = engine.netns.addr
+    registry = f"{addr}:5000"
+    pebble: Pebble = start_pebble(tmp_path, trustme.CA(), 80, listen=addr, names_resolve_to=addr,
+                                  prefix=engine.netns.enter)
+    folder = stack_dir(tmp_path)
+    trust = tmp_path / "pebble-ca"
+    trust.mkdir(mode=0o755)
+    shutil.copy(pebble.ca_bundle, trust / "ca.pem")
+    (trust / "ca.pem").chmod(0o644)
+    (folder / ".env").write_text(f"CERTPROXY_DOMAINS={addr}\nCERTPROXY_EMAIL=ops@certproxy.test\n"
+                                 f"CERTPROXY_STAGING=0\nCERTPROXY_ACME_DIRECTORY={pebble.directory}\n"
+                                 f"PEBBLE_CA_DIR={trust}\n")
+    fs = [*files(folder, "acme"), REPO / "tests" / "container" / "compose.pebble.yml"]
+    name = "cpip_certproxy_1"
+    certs_d = engine.netns.certs_d(registry)
+    try:
+        started = time.monotonic()
+        engine.compose("cpip", fs, "up", "-d")
+
+        def from_pebble() -> bool:
+            try:
+                return "Pebble" in served_cert(engine, 5000).issuer.rfc4514_string()
+            except OSError:
+                return False
+
+        try:
+            wait_until(from_pebble, 90, "a Pebble certificate for the address on :5000")
+            took = time.monotonic() - started
+        except AssertionError:
+            logs = engine.docker("logs", "--tail", "40", name, check=False)
+            raise AssertionError(f"no Pebble certificate: {logs.stdout[-3000:]}{logs.stderr[-3000:]}") from None
+        san = served_cert(engine, 5000).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == [addr]
+        image = make_big_image(engine, tmp_path, f"{registry}/ip/app:1", 1 << 20, layers=2)
+        refused = engine.docker("push", f"{registry}/ip/app:1", check=False)
+        assert refused.returncode != 0 and "x509: certificate signed by unknown authority" in refused.stderr
+        certs_d.mkdir(parents=True)
+        (certs_d / "ca.crt").write_bytes(pebble.roots_pem())
+        pushed, out = timed(engine, "push", f"{registry}/ip/app:1")
+        digest = digest_of(out)
+        engine.docker("rmi", f"{registry}/ip/app:1")
+        pulled = engine.docker("pull", f"{registry}/ip/app:1")
+        assert f"Digest: {digest}" in pulled.stdout
+        assert engine.docker("image", "inspect", "-f", "{{.Id}}", f"{registry}/ip/app:1").stdout.strip() == image
+        listed = engine.docker("exec", name, "ls", "/var/lib/certproxy/live").stdout.split()
+        assert listed == [addr], listed
+        logs = engine.docker("logs", name, check=False)
+        assert f"{addr} is not a public address" in logs.stdout + logs.stderr  # 10.x: the local CA's case
+        measure("container tier: registry by IP address, `up -d` to Pebble's certificate for it / docker push",
+                f"{took:.1f} s / {pushed:.1f} s")
+    finally:
+        engine.compose("cpip", fs, "down", "-v", check=False)
+        shutil.rmtree(certs_d, ignore_errors=True)
+        pebble.stop()
+
+
 # -- the auth stack, the docker client and the browser ----------------------------------------
 
 
