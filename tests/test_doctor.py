@@ -195,6 +195,8 @@ def test_no_login_given_where_one_is_needed_fails(access_site: CertproxyProcess,
     (("localhost:5000",), "URL"),
     (("https://alice:pw@localhost:1",), "URL"),
     (("https://localhost:1", "--ca", "/nonexistent/ca.pem"), "--ca"),
+    (("https://localhost:1", "--idle", "inf"), "--idle"),
+    (("https://localhost:1", "--idle", "nan"), "--idle"),
     (("https://localhost:1", "--idle", "-1"), "--idle"),
 ])
 def test_bad_usage_exits_2_with_one_line_naming_the_flag(tmp_path: Path, args: tuple[str, ...],

@@ -72,11 +72,14 @@ def _password(user: str | None) -> str | None:
     return line.rstrip("\r\n")
 
 
+IDLE_MAX = 600  # seconds: a pause longer than any front's idle timeout worth testing
+
+
 def options_from(args: argparse.Namespace) -> Options:
     host, port = parse_url(args.url)
     size = parse_size(args.size) if args.size is not None else Options.size
-    if args.idle < 0:
-        raise ConfigError("--idle", f"{args.idle:g}: give seconds, 0 to skip the idle check")
+    if not 0 <= args.idle <= IDLE_MAX:  # also nan and inf
+        raise ConfigError("--idle", f"{args.idle:g}: give seconds up to {IDLE_MAX}, 0 to skip the idle check")
     if args.repository is not None and not _REPOSITORY.fullmatch(args.repository):
         raise ConfigError("--repository", f"{args.repository!r} is not a repository name")
     ca = _ca(args.ca)

@@ -161,6 +161,14 @@ def check_login(s: Session) -> None:
     pair = f"{options.user}:{options.password or ''}".encode()
     basic = "Basic " + base64.b64encode(pair).decode()
     scheme, params = _challenge(s.challenge)
+    if scheme == "bearer" and urlsplit(params.get("realm", "")).scheme != "https":
+        s.report.add(
+            "auth.login",
+            FAIL,
+            f"{options.user}: the password was not sent (the token realm is not an https:// URL)",
+            "Fix the challenge first (see auth.challenge above).",
+        )
+        return
     if scheme == "bearer":
         _bearer(s, basic, params)
     else:
