@@ -93,6 +93,7 @@ class Clients:
         self.failures: list[str] = []
         self.seen: dict[int, x509.Certificate] = {}
         self._stop = False
+        self.paused = False  # while the test swaps the CA (and the roots to trust)
         import threading
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -102,6 +103,9 @@ class Clients:
 
     def _run(self) -> None:
         while not self._stop:
+            if self.paused:
+                time.sleep(0.05)
+                continue
             ctx = ssl.create_default_context(cadata=self.roots.decode())
             try:
                 with socket.create_connection((self.address, self.port), timeout=10) as raw, \
@@ -221,8 +225,10 @@ def test_a_ca_outage_across_the_renewal_window_is_recovered_before_expiry(
 
         time.sleep(max(0.0, issued + 85 - time.time()))
         during = renewal()
-        pebble = start_pebble(tmp_path, ca, http_port, validity=validity, port=port)  # a new root
+        clients.paused = True  # the CA comes back with a new root: trusted before the next handshake
+        pebble = start_pebble(tmp_path, ca, http_port, validity=validity, port=port)
         clients.trust(pebble.roots_pem())
+        clients.paused = False
         wait_for(lambda: len(clients.seen) >= 2, 60, "the renewal once the CA is back", cp.proc, cp.log)
         renewed_at = time.time()
         clients.stop()
