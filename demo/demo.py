@@ -39,6 +39,22 @@ from support.pebble import start_pebble  # noqa: E402
 from support.procs import free_port, wait_for  # noqa: E402
 
 
+def show_upload(log: str) -> None:
+    """The push's biggest layer in certproxy's access log: one grep for its upload id."""
+    lines = [line for line in log.splitlines() if "certproxy.access" in line]
+    opened = [line.rsplit("upload=", 1)[1] for line in lines if '"POST ' in line and " 202 " in line
+              and "upload=" in line]
+    if not opened:
+        return
+    sizes = {u: sum(int(line.split(" in=")[1].split()[0]) for line in lines if f"upload={u}" in line)
+             for u in opened}
+    upload = max(sizes, key=lambda u: sizes[u])
+    say(f"its biggest layer in certproxy's access log (grep {upload[:8]}):")
+    for line in lines:
+        if f"upload={upload}" in line:
+            print("   ", line.split("certproxy.access: ", 1)[1], flush=True)
+
+
 def say(text: str) -> None:
     print(f"==> {text}", flush=True)
 
@@ -108,6 +124,7 @@ def main() -> int:
                         ref, f"oci:{work / 'pulled'}:v1"], check=True, timeout=300)
         ok = layer_digests(work / "pulled") == pushed
         say(f"digests {'match' if ok else 'DIFFER'}: {', '.join(d[:19] for d in pushed)}")
+        show_upload(cp.output())
 
         with urllib.request.urlopen(cp.healthz, timeout=10) as r:
             health = json.load(r)
@@ -118,6 +135,7 @@ def main() -> int:
                         "--url", cp.healthz], check=False, timeout=60)
         if oneshot:
             return 0 if ok else 1
+        say(f"check the path as a client would: certproxy doctor https://localhost:{reg} --ca {certs / 'ca.crt'}")
         say("serving; Ctrl-C to stop")
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -165,9 +165,16 @@ class NativeStack:
         env["CERTPROXY_STORE"] = self.host_path("certproxy", env.get("CERTPROXY_STORE", "/var/lib/certproxy"))
         if env.get("CERTPROXY_AUTH_HTPASSWD"):
             env["CERTPROXY_AUTH_HTPASSWD"] = self.host_path("certproxy", env["CERTPROXY_AUTH_HTPASSWD"])
-        if env.get("CERTPROXY_AUTH_PORTS"):
-            env["CERTPROXY_AUTH_PORTS"] = ",".join(
-                str(self.ports[int(p)]) for p in env["CERTPROXY_AUTH_PORTS"].split(","))
+        # Port settings name the container's ports: mapped to the ports used here; where
+        # one is unset, its default (5000, the registry's port, when routed) is mapped too.
+        routed = {int(item.strip().partition("=")[0]) for item in self.env("certproxy")["CERTPROXY_ROUTES"].split(",")}
+        if 5000 in routed:
+            env.setdefault("CERTPROXY_REGISTRY_PORTS", "5000")
+            if env.get("CERTPROXY_ACCESS"):
+                env.setdefault("CERTPROXY_ACCESS_PORTS", "5000")
+        for setting in ("CERTPROXY_AUTH_PORTS", "CERTPROXY_ACCESS_PORTS", "CERTPROXY_REGISTRY_PORTS"):
+            if env.get(setting):
+                env[setting] = ",".join(str(self.ports[int(p)]) for p in env[setting].split(","))
         http = self.ports[int(env.pop("CERTPROXY_HTTP_PORT", "80"))]
         env.update(extra_env or {})
         self.certproxy = start_certproxy(self.work, routes, Path(env.pop("CERTPROXY_STORE")),
