@@ -118,3 +118,17 @@ def test_connection_never_removes_what_frames_a_message_or_what_certproxy_sets()
     out = upstream_request_headers(request, client_ip=b"192.0.2.1", host=b"reg", listener_port=5000)
     assert (b"X-Forwarded-For", b"192.0.2.1") in out and (b"X-Real-IP", b"192.0.2.1") in out
     assert (b"X-Hop", b"1") not in out
+
+
+def test_certproxy_own_answers_carry_the_date() -> None:
+    """An origin with a clock sends Date (RFC 9110 6.6.1); clients compare it with theirs."""
+    import email.utils
+    import time
+
+    from certproxy.proxy.wire import own_response
+
+    head = own_response(401, b"{}\n", [(b"WWW-Authenticate", b"Bearer realm=x")]).split(b"\r\n\r\n")[0]
+    dates = [line[6:] for line in head.split(b"\r\n") if line.lower().startswith(b"date: ")]
+    assert len(dates) == 1
+    sent = email.utils.parsedate_to_datetime(dates[0].decode()).timestamp()
+    assert abs(sent - time.time()) < 5 and dates[0].endswith(b" GMT")

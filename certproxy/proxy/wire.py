@@ -10,7 +10,9 @@ from __future__ import annotations
 import html
 import http
 import re
+import time
 from collections.abc import Sequence
+from email.utils import formatdate
 
 from .headers import Headers, values
 
@@ -36,6 +38,20 @@ def reason_phrase(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 
 
+_date: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """Now as an HTTP date (RFC 9110's IMF-fixdate), made once a second: every answer of
+    certproxy's own carries one, as an origin with a clock must (clients compare it
+    with their own clock)."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return _date[1]
+
+
 def own_response(
     status: int,
     body: bytes,
@@ -48,8 +64,8 @@ def own_response(
 ) -> bytes:
     """A complete response of certproxy's own (the only place one is serialised)."""
     parts = [
-        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-        % (status, reason_phrase(status), content_type, len(body))
+        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\n"
+        % (status, reason_phrase(status), content_type, len(body), http_date())
     ]
     parts.extend(b"%s: %s\r\n" % h for h in headers)
     if close:
