@@ -445,7 +445,7 @@ def cleanup(s: Session) -> None:
             "cleanup",
             INFO,
             f"the probe blobs stay in {s.repository} (DELETE answered "
-            f"{', '.join(str(c) for c in statuses)}: no delete right?)",
+            f"{', '.join(str(c) for c in sorted(set(statuses), key=str))}: no delete right?)",
             "`registry garbage-collect CONFIG` frees blobs no manifest references.",
         )
 
