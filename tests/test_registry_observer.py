@@ -466,3 +466,9 @@ def test_the_settings_and_their_mistakes() -> None:
         with pytest.raises(ConfigError) as err:
             load_config({**routes, name: raw})
         assert err.value.source == name and says in str(err.value), (name, str(err.value))
+
+
+def test_doctors_variable_is_no_unknown_setting_of_serve() -> None:
+    from certproxy.service.config import load_config
+
+    assert load_config({"CERTPROXY_DOCTOR_CERTS_D": "/tmp/x"}).routes

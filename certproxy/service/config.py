@@ -38,6 +38,8 @@ from ..proxy.upstream import PoolSettings
 
 ENV_PREFIX = "CERTPROXY_"
 CONFIG_VAR = "CERTPROXY_CONFIG"  # the TOML file, when --config is not given
+# Variables of certproxy's that are no setting of serve's (certproxy doctor's certs.d root)
+OTHER_VARS = frozenset({CONFIG_VAR, "CERTPROXY_DOCTOR_CERTS_D"})
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 DEFAULT_ROUTES = "443=http://registry-ui:80,5000=http://registry:5000"
@@ -574,7 +576,7 @@ def read_config_file(path: Path, source: str | None = None) -> dict[str, Any]:
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """``CERTPROXY_*`` variables that name no setting (a typo is not silently ignored)."""
-    known = {env_name(k) for k in SETTINGS} | {CONFIG_VAR}
+    known = {env_name(k) for k in SETTINGS} | OTHER_VARS
     return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
 
 
