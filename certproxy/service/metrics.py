@@ -100,11 +100,18 @@ class _Scraped:
             "When each served certificate expires (Unix time)",
             labels=["name", "kind", "serial"],
         )
+        issued = GaugeMetricFamily(
+            "certproxy_certificate_not_before_timestamp_seconds",
+            "When each served certificate became valid (Unix time): with the expiry, its lifetime",
+            labels=["name", "kind", "serial"],
+        )
         tls = self._tls()
         if tls is not None:
             for pair in tls.current.pairs:
                 expiry.add_metric([pair.name, pair.kind, pair.serial], pair.not_after.timestamp())
+                issued.add_metric([pair.name, pair.kind, pair.serial], pair.not_before.timestamp())
         yield expiry
+        yield issued
         nxt = GaugeMetricFamily(
             "certproxy_renewal_next_timestamp_seconds",
             "When the next renewal is due (Unix time)",
