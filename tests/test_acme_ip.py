@@ -269,3 +269,33 @@ def test_a_wildcard_over_dns_01_and_an_address_over_http_01_in_one_certificate(
     finally:
         pebble.stop()
         bind.stop()
+
+
+def test_without_a_plain_http_listener_dns_01_lends_an_address_tls_alpn_01_on_port_443(
+        certproxy_factory: Callable[..., CertproxyProcess], tmp_path: Path, ca: trustme.CA) -> None:
+    """A wildcard over dns-01 and an address over tls-alpn-01 in one certificate, with no
+    plain-HTTP listener: the CA validates the address on its port 443 (certproxy's TLS
+    route of 443, here on 127.0.0.3 so that no other test's port is in the way)."""
+    from support.bind import KEY_NAME, start_bind
+    address = "127.0.0.3"
+    bind = start_bind(tmp_path)
+    pebble = start_pebble(tmp_path, ca, free_port(), dns_server=bind.server, extra_config={"tlsPort": 443})
+    try:
+        env = {"CERTPROXY_CHALLENGE": "dns-01", "CERTPROXY_HTTP_PORT": "off", "CERTPROXY_BIND": address,
+               "CERTPROXY_DOMAINS": f"example.test,*.example.test,{address}",
+               "CERTPROXY_EMAIL": "ops@example.test", "CERTPROXY_ACME_DIRECTORY": pebble.directory,
+               "CERTPROXY_ACME_CA_BUNDLE": str(pebble.ca_bundle), "CERTPROXY_ACME_RETRY_MIN": "1",
+               "CERTPROXY_DNS_SERVER": bind.server, "CERTPROXY_DNS_TSIG_KEY": KEY_NAME,
+               "CERTPROXY_DNS_TSIG_SECRET": bind.secret}
+        cp = certproxy_factory({443: "http://127.0.0.1:9"}, tmp_path / "store", extra_env=env, wait=False)
+        roots = pebble.roots_pem()
+        wait_for(lambda: verifies_address(address, 443, roots), 90,
+                 "one certificate for the wildcard and the address", cp.proc, cp.log)
+        names, ips = sans(_served(address, 443, None))
+        assert sorted(names) == ["*.example.test", "example.test"] and ips == [address]
+        out = cp.output()
+        assert "challenge *.example.test: dns-01 answered" in out
+        assert f"challenge {address}: tls-alpn-01 answered" in out
+    finally:
+        pebble.stop()
+        bind.stop()

@@ -544,9 +544,10 @@ def ipaddress_reverse(address: str) -> str:
     ({"CERTPROXY_DOMAINS": "fe80::1%eth0", "CERTPROXY_ACME": "off"}, "CERTPROXY_DOMAINS: 'fe80::1%eth0': a scoped"),
     ({"CERTPROXY_DOMAINS": "reg.example.com,2001:db8::1::2"},
      "CERTPROXY_DOMAINS: '2001:db8::1::2' is not a domain name or an IP address"),
-    # dns-01 cannot prove an address; without a plain-HTTP listener nothing can
+    # dns-01 cannot prove an address; without a plain-HTTP listener or a TLS route on 443 nothing can
     ({"CERTPROXY_DOMAINS": "*.example.com,192.0.2.7", "CERTPROXY_CHALLENGE": "dns-01",
-      "CERTPROXY_DNS_SERVER": "ns1.example.com", "CERTPROXY_HTTP_PORT": "off"},
+      "CERTPROXY_DNS_SERVER": "ns1.example.com", "CERTPROXY_HTTP_PORT": "off",
+      "CERTPROXY_ROUTES": "5000=http://registry:5000"},
      "CERTPROXY_CHALLENGE: dns-01 cannot prove the IP address 192.0.2.7"),
 ])
 def test_address_mistakes_stop_start_up_naming_the_setting(env: dict[str, str], message: str) -> None:
@@ -564,6 +565,18 @@ def test_addresses_are_kept_in_canonical_form_and_dns_01_lends_them_http_01() ->
                          "CERTPROXY_DNS_SERVER": "ns1.example.com"}).acme_settings()
     assert mixed.challenge_for("*.example.com") == "dns-01"
     assert mixed.challenge_for("192.0.2.7") == "http-01"
+    # no plain-HTTP listener: tls-alpn-01 on the route of port 443, whose listener answers it
+    cfg = load_config({"CERTPROXY_DOMAINS": "*.example.com,192.0.2.7", "CERTPROXY_CHALLENGE": "dns-01",
+                       "CERTPROXY_DNS_SERVER": "ns1.example.com", "CERTPROXY_HTTP_PORT": "off"})
+    assert cfg.acme_settings().challenge_for("192.0.2.7") == "tls-alpn-01"
+    assert cfg.acme_settings().challenge_for("*.example.com") == "dns-01"
+    assert cfg.answers_alpn_challenges
+    assert not mixed_cfg_answers_alpn()
+
+
+def mixed_cfg_answers_alpn() -> bool:
+    return load_config({"CERTPROXY_DOMAINS": "*.example.com,192.0.2.7", "CERTPROXY_CHALLENGE": "dns-01",
+                        "CERTPROXY_DNS_SERVER": "ns1.example.com"}).answers_alpn_challenges
 
 
 class ProfileStandIn(AcmeStandIn):

@@ -92,7 +92,8 @@ class AcmeSettings:
             raise SettingsError(
                 "challenge",
                 f"dns-01 cannot prove the IP address {self.addresses[0]} (RFC 8738): "
-                "it needs the plain-HTTP listener (CERTPROXY_HTTP_PORT) for http-01",
+                "it needs the plain-HTTP listener (CERTPROXY_HTTP_PORT) for http-01, "
+                "or a TLS route on port 443 for tls-alpn-01",
             )
         if self.challenge == "dns-01":
             if self.dns is None:

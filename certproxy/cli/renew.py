@@ -24,6 +24,7 @@ from ..acme_client.manager import CertManager
 from ..certs import FileStore, PairError, StoreError, os_problem, utcnow
 from ..proxy.client import Listener
 from ..proxy.headers import Answer
+from ..proxy.hostname import host_port
 from ..proxy.routes import ControlRoute, Request
 from ..service.checks import StartupError, check_ca_bundle, listen_error, port_owner
 from ..service.config import Config, ConfigError, load_config
@@ -131,7 +132,7 @@ async def _answer_challenges(
                 f"{listen_error(exc, '--http-port', config.bind, port)}{held}, and no "
                 "certproxy sharing this store answers there to serve the challenges"
             )
-        say(f"listening on {config.bind}:{port} for http-01 challenges")
+        say(f"listening on {host_port(config.bind, port)} for http-01 challenges")
         return server, None
     return None, None
 

@@ -56,6 +56,11 @@ def parse_host(value: str | None) -> tuple[str, int | None] | None:
     return host.lower(), port
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::1]:443``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def origin(scheme: str, hostname: str, port: int | None) -> str:
     default = 443 if scheme == "https" else 80
     if port is None or port == default:

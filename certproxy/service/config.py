@@ -212,8 +212,26 @@ class Config:
             retry_min=self.acme_retry_min,
             challenge=self.challenge,
             dns=self._dns_settings(),
-            address_challenge="http-01" if self.challenge == "dns-01" and self.http_port else None,
+            address_challenge=self._address_challenge(),
         )
+
+    def _address_challenge(self) -> str | None:
+        """With dns-01, how an IP address is proven (dns-01 cannot, RFC 8738): http-01 on
+        the plain-HTTP listener, else tls-alpn-01 on the TLS route of port 443, where the
+        CA connects; None: neither listener, and start-up stops."""
+        if self.challenge != "dns-01":
+            return None
+        if self.http_port:
+            return "http-01"
+        return "tls-alpn-01" if any(r.port == 443 for r in self.routes) else None
+
+    @property
+    def answers_alpn_challenges(self) -> bool:
+        """The TLS listeners answer tls-alpn-01 validations (the challenge, or dns-01's
+        addresses without a plain-HTTP listener)."""
+        if not self.acme_enabled:
+            return False
+        return self.challenge == "tls-alpn-01" or self._address_challenge() == "tls-alpn-01"
 
     def _dns_settings(self) -> DnsSettings | None:
         if self.dns_server is None and self.dns_provider is None:

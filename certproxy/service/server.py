@@ -31,6 +31,7 @@ from ..certs import FileStore, StoreError, os_problem, utcnow
 from ..proxy.client import SWEEP_INTERVAL, Listener
 from ..proxy.headers import NO_STORE, Answer
 from ..proxy.hello import ACME_TLS_1
+from ..proxy.hostname import host_port
 from ..proxy.routes import ControlRoute, ProxyRoute, Request, Route
 from ..proxy.tls import TLSState, load_pem_into
 from ..proxy.tlsconn import AlpnChallenge
@@ -364,11 +365,7 @@ class Front:
             gate=self._gates.get(route.port),
             observer=self.observer if route.port in self.config.watched_ports else None,
         )
-        alpn = (
-            self._alpn_context
-            if self.config.acme_enabled and self.config.challenge == "tls-alpn-01"
-            else None
-        )
+        alpn = self._alpn_context if self.config.answers_alpn_challenges else None
         listener = await self._listen(
             proxy,
             self.config.bind,
@@ -409,7 +406,7 @@ class Front:
             raise listen_error(exc, setting, bind, route.port) from None
         self.metrics.track_connections(listener.connections, str(route.port))
         kind = {"CERTPROXY_HTTP_PORT": "http", "CERTPROXY_ADMIN_PORT": "admin"}.get(setting, "tls")
-        log.info("listening on %s:%d (%s)", bind, route.port, kind)
+        log.info("listening on %s (%s)", host_port(bind, route.port), kind)
         return listener
 
     async def _alpn_context(self, server_name: str) -> ssl.SSLContext | None:
