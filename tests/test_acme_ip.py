@@ -299,3 +299,39 @@ def test_without_a_plain_http_listener_dns_01_lends_an_address_tls_alpn_01_on_po
     finally:
         pebble.stop()
         bind.stop()
+
+
+def test_renew_proves_a_wildcard_over_dns_01_and_an_address_over_http_01(tmp_path: Path, ca: trustme.CA) -> None:
+    """``certproxy renew`` alone (no running certproxy): the wildcard through BIND, the
+    address through its own http-01 listener on the HTTP port."""
+    import os
+    import subprocess
+    import sys
+
+    from support.bind import KEY_NAME, start_bind
+    bind = start_bind(tmp_path)
+    http_port = free_port()
+    pebble = start_pebble(tmp_path, ca, http_port, dns_server=bind.server)
+    try:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("CERTPROXY_")}
+        env = {**base, "CERTPROXY_BIND": "127.0.0.1", "CERTPROXY_CHALLENGE": "dns-01",
+               "CERTPROXY_DNS_SERVER": bind.server, "CERTPROXY_DNS_TSIG_KEY": KEY_NAME,
+               "CERTPROXY_DNS_TSIG_SECRET": bind.secret}
+        done = subprocess.run(
+            [sys.executable, "-m", "certproxy", "renew", "--directory", pebble.directory,
+             "--ca-bundle", str(pebble.ca_bundle), "--store", str(tmp_path / "store"),
+             "--http-port", str(http_port), "--email", "ops@example.test",
+             "--domain", "*.example.test", "--domain", "127.0.0.1"],
+            env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        out = done.stdout
+        for step in ("dns-01: TXT records through", "http-01 for the addresses 127.0.0.1",
+                     "for http-01 challenges", "challenge *.example.test: dns-01 answered",
+                     "challenge 127.0.0.1: http-01 answered"):
+            assert step in out, (step, out)
+        leaf = x509.load_pem_x509_certificate(
+            (tmp_path / "store" / "live" / "example.test" / "fullchain.pem").read_bytes())
+        assert sans(leaf) == (["*.example.test"], ["127.0.0.1"])
+    finally:
+        pebble.stop()
+        bind.stop()

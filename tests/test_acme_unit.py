@@ -570,13 +570,7 @@ def test_addresses_are_kept_in_canonical_form_and_dns_01_lends_them_http_01() ->
                        "CERTPROXY_DNS_SERVER": "ns1.example.com", "CERTPROXY_HTTP_PORT": "off"})
     assert cfg.acme_settings().challenge_for("192.0.2.7") == "tls-alpn-01"
     assert cfg.acme_settings().challenge_for("*.example.com") == "dns-01"
-    assert cfg.answers_alpn_challenges
-    assert not mixed_cfg_answers_alpn()
-
-
-def mixed_cfg_answers_alpn() -> bool:
-    return load_config({"CERTPROXY_DOMAINS": "*.example.com,192.0.2.7", "CERTPROXY_CHALLENGE": "dns-01",
-                        "CERTPROXY_DNS_SERVER": "ns1.example.com"}).answers_alpn_challenges
+    assert cfg.alpn_ports == (443,)
 
 
 class ProfileStandIn(AcmeStandIn):
@@ -709,3 +703,81 @@ def test_a_private_address_is_noted_at_start_up_when_acme_is_on(domains: tuple[s
     if note:
         assert "CERTPROXY_LOCAL_CA=1" in note and "\n" not in note
     assert AcmeSettings(directory="certproxy-local-ca", domains=domains).private_address_note() is None
+
+
+async def test_with_no_certificate_to_read_an_address_order_retries_at_the_short_lived_pace(
+        no_blocking: None, tmp_path: Path, ca: trustme.CA) -> None:
+    """The first order for an address, or a restart with its certificate expired: no
+    lifetime to read, and a public CA's certificate for an address lives 160 hours."""
+    def set_up() -> CertManager:
+        store = FileStore(tmp_path)
+        store.ensure_layout()
+        settings = AcmeSettings(directory="https://ca.test/dir", domains=("192.0.2.7",))
+        fake = FakeIssuer(ca)
+        fake.fail = AcmeError("order: urn:ietf:params:acme:error:connection: the CA is down")
+        return CertManager(store, settings, fake, jitter=lambda: 0.5)  # type: ignore[arg-type]
+
+    manager = await asyncio.to_thread(set_up)
+    start = dt.datetime.now(dt.timezone.utc)
+    now = [start]
+    manager.clock = lambda: now[0]
+    gaps = []
+    for _ in range(30):
+        when = await manager.maintain()
+        gaps.append((when - now[0]).total_seconds())
+        now[0] = when
+    assert manager.lifetime == dt.timedelta(hours=160)
+    assert max(gaps) <= 160 * 3600 / 96 + 1, gaps  # not the 6-hour steps of a 90-day certificate
+
+
+def test_address_choices_for_dns_01_and_what_listens_for_tls_alpn_01() -> None:
+    names_only = load_config({"CERTPROXY_DOMAINS": "*.example.com,example.com", "CERTPROXY_CHALLENGE": "dns-01",
+                              "CERTPROXY_DNS_SERVER": "ns1.example.com", "CERTPROXY_HTTP_PORT": "off"})
+    assert names_only.alpn_ports == ()  # no address: nothing to answer on the TLS ports
+    mixed = load_config({"CERTPROXY_DOMAINS": "*.example.com,192.0.2.7", "CERTPROXY_CHALLENGE": "dns-01",
+                         "CERTPROXY_DNS_SERVER": "ns1.example.com", "CERTPROXY_HTTP_PORT": "off"})
+    assert mixed.alpn_ports == (443,)  # the route of 443 only, not 5000
+    alpn = load_config({"CERTPROXY_DOMAINS": "reg.example.com", "CERTPROXY_CHALLENGE": "tls-alpn-01"})
+    assert alpn.alpn_ports == (443, 5000)
+
+
+@pytest.mark.parametrize("domain, says", [
+    ("010.0.0.1", "is neither a domain name"),
+    ("256.1.1.1", "is neither a domain name"),
+    ("reg.example.com,10.0.0.300", "is neither a domain name"),
+    ("::ffff:1.2.3.4", "an IPv4-mapped address: name 1.2.3.4 instead"),
+    ("::", "an unspecified or multicast address"),
+    ("0.0.0.0", "an unspecified or multicast address"),
+    ("ff02::1", "an unspecified or multicast address"),
+])
+def test_numbers_that_are_no_address_and_addresses_no_client_dials_are_refused(domain: str, says: str) -> None:
+    from certproxy.service.config import ConfigError
+    with pytest.raises(ConfigError) as caught:
+        load_config({"CERTPROXY_DOMAINS": domain, "CERTPROXY_ACME": "off"})
+    assert caught.value.source == "CERTPROXY_DOMAINS" and says in str(caught.value), str(caught.value)
+
+
+def test_an_address_folder_in_another_spelling_is_reported_not_ignored(tmp_path: Path, ca: trustme.CA) -> None:
+    store = FileStore(tmp_path)
+    store.ensure_layout()
+    for name in ("2001:DB8::1", "0:0::2"):
+        folder = tmp_path / "live" / name
+        folder.mkdir(parents=True)
+        pair = issue(ca, "2001:db8::1")
+        (folder / "fullchain.pem").write_bytes(pair.chain)
+        (folder / "privkey.pem").write_bytes(pair.key)
+    errors = store.misnamed_live()
+    assert sorted(errors) == [str(tmp_path / "live" / "0:0::2"), str(tmp_path / "live" / "2001:DB8::1")]
+    assert "named 2001:db8::1" in errors[str(tmp_path / "live" / "2001:DB8::1")]
+
+
+def test_the_trust_recipe_puts_an_ipv6_address_in_brackets(tmp_path: Path) -> None:
+    from certproxy.service.trust import trust_recipe
+    cfg = load_config({"CERTPROXY_DOMAINS": "::1,reg.example.com", "CERTPROXY_LOCAL_CA": "1",
+                       "CERTPROXY_STORE": str(tmp_path)})
+    store = FileStore(tmp_path)
+    store.ensure_layout()
+    local, _ = store.ensure_local_ca(cfg.cert_domains, dt.datetime.now(dt.timezone.utc))
+    lines = trust_recipe(local, cfg)
+    assert any("/etc/docker/certs.d/[::1]:5000/ca.crt" in line for line in lines), lines
+    assert any("/etc/containers/certs.d/[::1]:PORT/" in line for line in lines), lines

@@ -363,3 +363,25 @@ async def test_an_http10_request_without_host_gets_the_upstreams_name() -> None:
     conn.data_received(b"GET /v2/ HTTP/1.0\r\n\r\n")
     await settle()
     assert b"\r\nHost: registry:5000\r\n" in plane.upstreams[0].take()
+
+
+async def test_healthz_is_degraded_when_a_certificate_besides_the_primary_has_expired(
+        tmp_path: Path, ca: trustme.CA) -> None:
+    """A certificate for an address (served without SNI on that address) that expires
+    while loaded: clients dialling the address fail, so /healthz says so."""
+    import datetime as dt
+
+    from certproxy.certs.pair import load_pair
+    store = tmp_path / "store"
+    write_live(store, "localhost", ca, "localhost")
+    write_live(store, "192.0.2.7", ca, "192.0.2.7")
+    now = dt.datetime.now(dt.timezone.utc)
+    primary = load_pair(store / "live" / "localhost", "localhost", "live", now)
+    address = load_pair(store / "live" / "192.0.2.7", "192.0.2.7", "live", now)
+    health = Health(TLSState(CertificateSet(primary, (primary, address))), [], HealthState())
+    code, report = await health.report()
+    assert code == 200 and report["status"] == "ok", report["problems"]
+    object.__setattr__(address, "not_after", now - dt.timedelta(seconds=1))  # it expired since
+    code, report = await health.report()
+    assert code == 200 and report["status"] == "degraded"
+    assert report["problems"] == ["certificate 192.0.2.7 is not valid now"]

@@ -179,6 +179,10 @@ class CertManager:
         replaces = None
         if pair is not None:
             self.lifetime = pair.not_after - pair.not_before
+        elif self.lifetime is None and self.settings.addresses:
+            # no certificate to read it from (the first order, or an expired one after a
+            # restart): a public CA's certificate for an address is short-lived (160 hours)
+            self.lifetime = policy.SHORTLIVED
         next_check = now + policy.idle_limit(self.lifetime)
         if pair is not None and replace_reason is None:
             ari_time, ari_next = self._renewal_info(pair, now)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 
 SHORT_LIFETIME = dt.timedelta(days=10)
+SHORTLIVED = dt.timedelta(hours=160)  # Let's Encrypt's shortlived profile, the one for IP addresses
 REORDER_GUARD = dt.timedelta(hours=1)
 # Seconds to wait after the n-th consecutive failure (then the last one, repeated).
 RETRY_SCHEDULE = (60, 120, 120, 300, 600, 600, 1200, 1800, 3600, 3600, 7200, 14400, 21600)

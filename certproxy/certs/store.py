@@ -33,7 +33,7 @@ from .errors import InvalidName, PairError, StoreError, os_problem, os_reason
 from .local_ca import CA_CERT, LocalCA, ensure_ca, load_ca
 from .lock import DEFAULT_TTL, IssuanceLock
 from .pair import CertPair, key_mode_problem, load_pair, parse_pair
-from .paths import FULLCHAIN, META, PRIVKEY, TOKEN_KID, StorePaths, check_name, name_for_domain
+from .paths import FULLCHAIN, META, PRIVKEY, TOKEN_KID, StorePaths, canonical_ip, check_name, name_for_domain
 
 log = logging.getLogger("certproxy.store")
 
@@ -123,6 +123,21 @@ class FileStore:
             if (self._paths.live / entry).is_dir():
                 names.append(entry)
         return names
+
+    def misnamed_live(self) -> dict[str, str]:
+        """Folders of ``live/`` named by an IP address in another spelling than its
+        canonical one (``2001:DB8::1``, ``0:0::2``): never served, so said (path -> why)."""
+        try:
+            entries = os.listdir(self._paths.live)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for entry in entries:
+            canonical = canonical_ip(entry)
+            if canonical is not None and canonical != entry and (self._paths.live / entry).is_dir():
+                why = f"an address folder is named {canonical} (its canonical form)"
+                out[str(self._paths.live / entry)] = why
+        return out
 
     def bootstrap_names(self) -> list[str]:
         """The names with a folder in ``bootstrap/`` ([] when it cannot be read)."""
@@ -381,7 +396,7 @@ class FileStore:
         """Every live pair that loads (the very object in service when unchanged), why
         each other one does not (by path), and the names of those."""
         pairs: dict[str, CertPair] = {}
-        errors: dict[str, str] = {}
+        errors: dict[str, str] = self.misnamed_live()
         broken: set[str] = set()
         for name in self.live_names():
             try:

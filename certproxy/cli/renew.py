@@ -104,6 +104,21 @@ async def _store_problem(store: FileStore, config: Config) -> str | None:
     return None
 
 
+def _dns_01_alone(settings: AcmeSettings, say: Callable[[str], None]) -> bool:
+    """Says how dns-01 goes; False when its IP addresses take http-01 too (RFC 8738:
+    dns-01 cannot prove an address), which the HTTP port then has to answer."""
+    assert settings.dns is not None
+    through = settings.dns.provider or f"{settings.dns.server}:{settings.dns.port}"
+    say(f"dns-01: TXT records through {through}")
+    if not settings.addresses:
+        return True
+    if settings.address_challenge == "tls-alpn-01":
+        say("tls-alpn-01 for the addresses: the running certproxy sharing this store answers on port 443")
+        return True
+    say(f"http-01 for the addresses {', '.join(settings.addresses)}")
+    return False
+
+
 async def _answer_challenges(
     store: FileStore, config: Config, settings: AcmeSettings, say: Callable[[str], None]
 ) -> tuple[Listener | None, str | None]:
@@ -114,10 +129,8 @@ async def _answer_challenges(
         say(f"certificates from the local CA in {store.local_ca_folder}")
     elif config.challenge == "tls-alpn-01":
         say("tls-alpn-01: the running certproxy sharing this store answers the CA on its TLS port")
-    elif config.challenge == "dns-01":
-        assert settings.dns is not None
-        through = settings.dns.provider or f"{settings.dns.server}:{settings.dns.port}"
-        say(f"dns-01: TXT records through {through}")
+    elif config.challenge == "dns-01" and _dns_01_alone(settings, say):
+        pass
     elif port is None:
         say("no HTTP port configured: relying on whoever answers http-01 for the store")
     elif await asyncio.to_thread(_certproxy_answers, port):

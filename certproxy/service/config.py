@@ -13,6 +13,7 @@ store is usable is checked when the server starts.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
@@ -219,19 +220,21 @@ class Config:
         """With dns-01, how an IP address is proven (dns-01 cannot, RFC 8738): http-01 on
         the plain-HTTP listener, else tls-alpn-01 on the TLS route of port 443, where the
         CA connects; None: neither listener, and start-up stops."""
-        if self.challenge != "dns-01":
+        if self.challenge != "dns-01" or not any(is_ip(d) for d in self.cert_domains):
             return None
         if self.http_port:
             return "http-01"
         return "tls-alpn-01" if any(r.port == 443 for r in self.routes) else None
 
     @property
-    def answers_alpn_challenges(self) -> bool:
-        """The TLS listeners answer tls-alpn-01 validations (the challenge, or dns-01's
-        addresses without a plain-HTTP listener)."""
+    def alpn_ports(self) -> tuple[int, ...]:
+        """The TLS ports whose listeners answer tls-alpn-01 validations: every one with that
+        challenge, the route of 443 when dns-01 lends it the addresses, else none."""
         if not self.acme_enabled:
-            return False
-        return self.challenge == "tls-alpn-01" or self._address_challenge() == "tls-alpn-01"
+            return ()
+        if self.challenge == "tls-alpn-01":
+            return tuple(r.port for r in self.routes)
+        return (443,) if self._address_challenge() == "tls-alpn-01" else ()
 
     def _dns_settings(self) -> DnsSettings | None:
         if self.dns_server is None and self.dns_provider is None:
@@ -379,6 +382,18 @@ def parse_hsts(raw: Any, source: str) -> int:
     return int(text)
 
 
+def _unusable_address(name: str) -> str | None:
+    """Why an IP address cannot stand in a certificate a client would match, or None."""
+    if not is_ip(name):
+        return None
+    address = ipaddress.ip_address(name)
+    if address.is_unspecified or address.is_multicast:
+        return "an unspecified or multicast address is no server's address"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"an IPv4-mapped address: name {address.ipv4_mapped} instead"
+    return None
+
+
 def parse_domains(raw: Any, source: str) -> tuple[str, ...]:
     items = raw if isinstance(raw, list) else str(raw).split(",")
     domains: list[str] = []
@@ -391,6 +406,13 @@ def parse_domains(raw: Any, source: str) -> tuple[str, ...]:
         name = canonical_ip(name) or name  # ::1, as certificates and certbot write it
         if not is_ip(name) and (len(name) > 253 or not _DOMAIN_RE.fullmatch(name)):
             raise ConfigError(source, f"{item!r} is not a domain name or an IP address")
+        if not is_ip(name) and name.rpartition(".")[2].isdigit():  # 010.0.0.1, 256.1.1.1
+            raise ConfigError(
+                source, f"{item!r} is neither a domain name (all digits at the end) nor an IP address"
+            )
+        unusable = _unusable_address(name)
+        if unusable:
+            raise ConfigError(source, f"{item!r}: {unusable}")
         if name not in domains:
             domains.append(name)
     return tuple(domains)

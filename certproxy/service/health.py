@@ -10,10 +10,12 @@ cached, and concurrent checks share one probe).
 
 Status rules:
 
-- ``failing`` (HTTP 503): the certificate served to clients without SNI (the
-  primary, served on every TLS listener) is expired or not yet valid;
+- ``failing`` (HTTP 503): the primary certificate (served to clients without SNI
+  on an address no other certificate names) is expired or not yet valid;
 - ``degraded`` (HTTP 200): served, but with a self-signed bootstrap
-  certificate, an unreachable upstream, or a store problem to look at;
+  certificate, another certificate of the store expired or not yet valid (one
+  for an address, or a name, that some clients get), an unreachable upstream,
+  or a store problem to look at;
 - ``ok`` (HTTP 200): otherwise.
 
 ``/healthz?probe=live`` on the plain-HTTP listener answers 200 whenever the
@@ -154,6 +156,11 @@ class Health:
             status = "ok"
             if primary.kind == "bootstrap":
                 problems.append("serving the self-signed bootstrap certificate")
+            problems.extend(
+                f"certificate {p.name} is not valid now"
+                for p in certs.pairs
+                if p is not primary and p.kind == "live" and not p.valid_at(now)
+            )
             problems.extend(f"upstream {u['url']} unreachable" for u in upstreams if not u["reachable"])
             if self.state.store_errors:
                 problems.append("store holds certificates that cannot be served")

@@ -365,7 +365,7 @@ class Front:
             gate=self._gates.get(route.port),
             observer=self.observer if route.port in self.config.watched_ports else None,
         )
-        alpn = self._alpn_context if self.config.answers_alpn_challenges else None
+        alpn = self._alpn_context if route.port in self.config.alpn_ports else None
         listener = await self._listen(
             proxy,
             self.config.bind,

@@ -19,6 +19,8 @@ def ca_url(config: Config) -> str | None:
 def trust_recipe(ca: LocalCA, config: Config) -> list[str]:
     """The lines that make Docker, podman/skopeo and a browser trust ``ca``."""
     host = config.cert_domains[0]
+    if ":" in host:  # an IPv6 address: docker and containers/image name the folder [::1]:5000
+        host = f"[{host}]"
     url = ca_url(config)
     fetch = f"curl -fsS {url}" if url else f"cat {ca.folder / 'ca.crt'}"
     lines = [f"local CA {ca.cert.subject.rfc4514_string()}, SHA-256 fingerprint {ca.fingerprint}"]
