@@ -119,15 +119,7 @@ def push_chunked(s: Session, blob: RandomBlob) -> None:
     if answer.status != 201:
         _failed(s, "push.chunked", "PUT ?digest= (the upload's end)", answer, 0)
         return
-    seconds = time.monotonic() - began
-    s.pushed.append(blob.digest)
-    s.report.add(
-        "push.chunked",
-        OK,
-        f"chunked push (PATCH) of {mib(blob.size)} in {seconds:.1f} s ({_rate(blob.size, seconds)})",
-        seconds=round(seconds, 2),
-        bytes=blob.size,
-    )
+    _pushed(s, "push.chunked", "chunked push (PATCH)", blob, began)
 
 
 def push_monolithic(s: Session, blob: RandomBlob) -> None:
@@ -140,12 +132,17 @@ def push_monolithic(s: Session, blob: RandomBlob) -> None:
     if answer.status != 201:
         _failed(s, "push.monolithic", f"PUT ?digest= with {mib(blob.size)}", answer, blob.size)
         return
+    _pushed(s, "push.monolithic", "monolithic push (PUT)", blob, began)
+
+
+def _pushed(s: Session, check: str, what: str, blob: RandomBlob, began: float) -> None:
+    """A probe blob is in the registry: said, with its rate, and kept for the pull."""
     seconds = time.monotonic() - began
     s.pushed.append(blob.digest)
     s.report.add(
-        "push.monolithic",
+        check,
         OK,
-        f"monolithic push (PUT) of {mib(blob.size)} in {seconds:.1f} s ({_rate(blob.size, seconds)})",
+        f"{what} of {mib(blob.size)} in {seconds:.1f} s ({_rate(blob.size, seconds)})",
         seconds=round(seconds, 2),
         bytes=blob.size,
     )
