@@ -15,6 +15,7 @@ return data whether the condition holds or not.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import re
@@ -32,6 +33,7 @@ from typing import Any
 import pytest
 import trustme
 import yaml
+from support.access_site import POLICY, write_users
 from support.oci import layer_digests, make_image
 from support.procs import ROOT, CertproxyProcess, free_port, http_ok, stop_process, wait_for
 from support.registry import Registry
@@ -324,14 +326,19 @@ def test_every_panel_and_rule_returns_data_and_the_alerts_fire(
     started = time.monotonic()
     store = tmp_path / "store"
     _store_with_a_certificate_expiring_in_3_days(store, ca)
-    port, dead_route, admin = free_port(), free_port(), free_port()
+    port, dead_route, admin, gated = free_port(), free_port(), free_port(), free_port()
+    write_users(tmp_path / "htpasswd")
+    (tmp_path / "access.toml").write_text(POLICY)
     nothing = free_port()  # nothing listens here: the dead route's upstream and the ACME CA
     # Prometheus first, so that it scrapes certproxy from its first seconds: renewal orders
     # fail from the start, at growing intervals, and increase() needs one it has seen.
     prom = prometheus_factory(admin, _rules_for_the_test(tmp_path))
-    cp = certproxy_factory({port: registry.url, dead_route: f"http://127.0.0.1:{nothing}"}, store, extra_env={
+    routes = {port: registry.url, dead_route: f"http://127.0.0.1:{nothing}", gated: registry.url}
+    cp = certproxy_factory(routes, store, extra_env={
         "CERTPROXY_ADMIN_PORT": str(admin),
         "CERTPROXY_REGISTRY_PORTS": str(port),  # the registry route (5000 by default)
+        # a second way to the registry, behind the access policy (its refusals and failed logins)
+        "CERTPROXY_ACCESS": str(tmp_path / "access.toml"), "CERTPROXY_ACCESS_PORTS": str(gated),
         "CERTPROXY_DOMAINS": "localhost",
         "CERTPROXY_EMAIL": "ops@certproxy.test",
         "CERTPROXY_ACME_DIRECTORY": f"http://127.0.0.1:{nothing}/directory",
@@ -360,6 +367,16 @@ def test_every_panel_and_rule_returns_data_and_the_alerts_fire(
     # series appears with its first failure, which increase() cannot see: Prometheus has no
     # sample of it at 0. Three more after the first scrape of it make an increase of 3.)
     ctx = ssl.create_default_context(cafile=str(ca_dir / "ca.crt"))
+    # A wrong password and an anonymous push on the route behind the access policy.
+    wrong = base64.b64encode(b"bob:not-bobs-password").decode()
+    for target, headers in (("/token?service=localhost&scope=repository:team/x:push", {"Authorization": f"Basic {wrong}"}),
+                            ("/v2/team/x/blobs/uploads/", {})):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"https://localhost:{gated}{target}", headers=headers,
+                                                          method="GET" if target.startswith("/token") else "POST",
+                                                          data=None if target.startswith("/token") else b""),
+                                   context=ctx, timeout=30)
+        assert refused.value.code == 401
     _cut_upload(port, ctx, "metrics/failing")
     prom.scraped_after(time.time())
     for _ in range(3):
