@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from .exchange import Exchange, Flushable
 from .flow import FlowControl
@@ -72,6 +73,8 @@ class _Closed(Exception):
     """Stops the parser at a request that follows the connection's last answer."""
 
 
+# The fuzz harness counts what the parser hands over in a subclass (tests/test_protocol_fuzz.py).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ClientConnection(asyncio.Protocol):
     """One client connection of a listener."""
 

@@ -145,9 +145,6 @@ class ControlRoute:
     """A listener that answers by itself; request bodies are not read."""
 
     pool: UpstreamPool | None = None
-    auth: Authenticator | None = None
-    gate: Gate | None = None
-    observer: Observer | None = None
     hsts: bytes | None = None
     healthz: Responder | None = None
     base = "-"
@@ -164,6 +161,10 @@ class ControlRoute:
     ) -> None:
         self.port = port
         self.answer: Responder | None = answer
+        # Set here, not as class defaults: mypyc leaves a class default of a Protocol type unset.
+        self.auth: Authenticator | None = None
+        self.gate: Gate | None = None
+        self.observer: Observer | None = None
         self.host_ok = HostCheck()
         self.stats = stats
         self.access_log = access_log

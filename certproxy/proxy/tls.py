@@ -170,7 +170,7 @@ class TLSState:
         current = self.current
         local = None
         if not server_name and current.by_address:
-            # certproxy's transport hands itself (the owner) here, and knows its address.
+            # certproxy's transport hands its HandshakeOwner (owner.py) here, which knows the address.
             local = getattr(sslobj, "local_address", None)
         sslobj.context = current.select(server_name, local)
 

@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .hello import ACME_TLS_1, MAX_RECORD, NeedMore, parse_client_hello
-from .tls import address_name
+from .owner import HandshakeOwner
 from .wire import plain_http_answer
 
 log = logging.getLogger("certproxy.tls")
@@ -153,6 +153,7 @@ class TLSConnection:
         self.protocol: asyncio.Protocol = server.factory()
         self.state = _HANDSHAKE
         self.ssl: Any = None  # the C-level SSL object (_ssl._SSLSocket) on the two BIOs
+        self.owner: HandshakeOwner | None = None  # the SSL object's owner (owner.py)
         self.incoming: ssl.MemoryBIO | None = None
         self.outgoing: ssl.MemoryBIO | None = None
         self.hello = b""  # TLS-ALPN-01: the ClientHello read so far
@@ -171,25 +172,6 @@ class TLSConnection:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop.add_reader(self.fd, self._first_bytes)
-
-    # The SNI callback is handed this object (the ``owner``) and points it at a context.
-    @property
-    def context(self) -> ssl.SSLContext:
-        return self.ssl.context  # type: ignore[no-any-return]
-
-    @context.setter
-    def context(self, ctx: ssl.SSLContext) -> None:
-        self.ssl.context = ctx
-
-    @property
-    def local_address(self) -> str | None:
-        """The IP address the client connected to (canonical text): a handshake without
-        SNI picks the certificate by it. Asked only then."""
-        try:
-            host = self.sock.getsockname()[0]
-        except (OSError, IndexError, TypeError):
-            return None
-        return address_name(host) if isinstance(host, str) else None
 
     def _recv(self) -> int | None:
         """Read what the socket has into ``_RECV`` (at most READ_MAX bytes): how many
@@ -249,8 +231,9 @@ class TLSConnection:
         self.hello = b""
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         # CPython's private constructor behind SSLContext.wrap_bio (tests/test_private_apis.py).
-        self.ssl = ctx._wrap_bio(  # type: ignore[attr-defined]
-            self.incoming, self.outgoing, True, None, owner=self, session=None
+        owner = self.owner = HandshakeOwner(self.sock)  # what the SNI callback is handed
+        self.ssl = owner.ssl = ctx._wrap_bio(  # type: ignore[attr-defined]
+            self.incoming, self.outgoing, True, None, owner=owner, session=None
         )
         self.incoming.write(first)
         self.loop.add_reader(self.fd, self._readable)
