@@ -17,6 +17,9 @@ through a 100-rule access policy with a token; and
 CPU seconds per GB of a long upload's body handed over as
 certproxy's TLS transport does (reads of 256 KiB in 16 KiB records), with the
 heap tuned as ``serve`` tunes it.
+
+It runs the build that is installed (``make deps`` compiles the hot modules); with
+``CERTPROXY_PURE=1`` the pure-Python modules, for the figure of each build.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from certproxy import build  # noqa: E402
 from certproxy.certs import FileStore  # noqa: E402
 from certproxy.service import logs  # noqa: E402
 from certproxy.service.access.gate import AccessGate, Upstream  # noqa: E402
@@ -129,6 +133,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     logs.setup_logging("text", "info")
+    print(f"data plane: {build.describe()} (CERTPROXY_PURE=1 runs the pure-Python modules)")
     sink = io.StringIO()
     logs._fast.handler.setStream(sink)  # access lines are formatted and written, to memory
     folder = Path(tempfile.mkdtemp(prefix="certproxy-bench-"))

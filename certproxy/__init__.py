@@ -12,4 +12,13 @@ Five layers, lower never imports higher:
 - ``certproxy.cli``: the ``certproxy`` command, one module per command.
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# The compiled build of the data plane, when it is installed, unless CERTPROXY_PURE=1
+# asks for the pure-Python modules it is built from (build.py).
+if os.environ.get("CERTPROXY_PURE") == "1":
+    from .build import prefer_sources
+
+    prefer_sources()

@@ -39,8 +39,12 @@ from ..proxy.upstream import PoolSettings
 
 ENV_PREFIX = "CERTPROXY_"
 CONFIG_VAR = "CERTPROXY_CONFIG"  # the TOML file, when --config is not given
-# Variables of certproxy's that are no setting of serve's (certproxy doctor's certs.d root)
-OTHER_VARS = frozenset({CONFIG_VAR, "CERTPROXY_DOCTOR_CERTS_D"})
+# 1: the pure-Python data plane where the compiled one is installed (read by
+# certproxy/__init__.py when certproxy is imported; see certproxy/build.py)
+PURE_VAR = "CERTPROXY_PURE"
+# Variables of certproxy's that are no setting of serve's (certproxy doctor's certs.d root,
+# the pure-Python data plane)
+OTHER_VARS = frozenset({CONFIG_VAR, "CERTPROXY_DOCTOR_CERTS_D", PURE_VAR})
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 DEFAULT_ROUTES = "443=http://registry-ui:80,5000=http://registry:5000"
@@ -637,7 +641,7 @@ def load_config(
     and ``status`` included), not only the one given the flag."""
     unknown = unknown_variables(environ)
     if unknown:
-        hint = _did_you_mean(unknown[0], [env_name(k) for k in SETTINGS] + [CONFIG_VAR])
+        hint = _did_you_mean(unknown[0], [env_name(k) for k in SETTINGS] + [CONFIG_VAR, PURE_VAR])
         raise ConfigError(unknown[0], f"unknown setting{hint}")
     values: dict[str, Any] = {}
     layers: list[tuple[Mapping[str, Any], Callable[[str], str]]] = []
