@@ -151,6 +151,19 @@ def test_image_runs_as_uid_10001_with_its_store_volume(engine: Engine) -> None:
         engine.docker("rm", "-f", "-v", name)
 
 
+def test_image_runs_the_compiled_data_plane_and_keeps_the_pure_one(engine: Engine, measure) -> None:  # type: ignore[no-untyped-def]
+    """The Dockerfile's build stage compiles the hot modules (setup.py); the sources stay
+    beside them, and CERTPROXY_PURE=1 runs those."""
+    code = "import certproxy.build as b; print(b.describe())"
+    run = ["run", "--rm", "--network", "none", "--entrypoint", "python", IMAGE, "-c", code]
+    assert engine.docker(*run).stdout.strip() == "compiled"
+    pure = ["run", "--rm", "--network", "none", "-e", "CERTPROXY_PURE=1", "--entrypoint", "python",
+            IMAGE, "-c", code]
+    assert engine.docker(*pure).stdout.strip() == "pure"
+    size = int(engine.docker("image", "inspect", "-f", "{{.Size}}", IMAGE).stdout.strip())
+    measure("image size, MB (compiled data plane)", f"{size / 1e6:.1f}")
+
+
 @pytest.mark.parametrize("case", ["bind-ipv6-loopback", "http-port-off", "http-port-from-toml"])
 def test_healthcheck_follows_the_configuration(engine: Engine, case: str, tmp_path: Path, measure) -> None:  # type: ignore[no-untyped-def]
     """The image's own HEALTHCHECK (`certproxy healthcheck`, no arguments) finds the

@@ -7,6 +7,8 @@ compose files use, so both run unchanged.
   allowed to install into the system, as the official image's own Python is).
   The machine's trust store goes in with it: this machine reaches PyPI through
   an intercepting proxy, whose CA a user behind such a proxy adds the same way.
+- ``python:3.11``: the same root with what the official full image adds that the
+  Dockerfile's build stage uses: a C compiler and Python's headers.
 - ``registry:2``: Debian's build of the same distribution registry, with
   ``registry:2``'s layout and busybox's ``wget`` (``tests/container/standins/registry``).
 - ``konradkleine/docker-registry-frontend:v2``: a page listing the repositories
@@ -34,8 +36,10 @@ from .procs import free_port
 STANDINS = REPO / "tests" / "container" / "standins"
 LABEL = "org.certproxy.test.recipe"
 BASE = "python:3.11-slim"
-DEBOOTSTRAP = ["debootstrap", "--variant=minbase", "--include=python3,python3-pip,ca-certificates",
-               "bookworm"]
+BUILD_BASE = "python:3.11"
+PACKAGES = "python3,python3-pip,ca-certificates"
+# Each base image and the Debian packages of its root.
+BASES = {BASE: PACKAGES, BUILD_BASE: PACKAGES + ",python3-dev,gcc,libc6-dev"}
 MIRROR = "http://deb.debian.org/debian"
 TRUST = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -57,16 +61,17 @@ def _current(engine: Engine, tag: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def ensure_base(engine: Engine) -> None:
-    recipe = _digest(" ".join(DEBOOTSTRAP).encode(), TRUST.read_bytes(), Path(__file__).read_bytes())
-    if _current(engine, BASE) == recipe:
+def ensure_base(engine: Engine, tag: str = BASE) -> None:
+    debootstrap = ["debootstrap", "--variant=minbase", f"--include={BASES[tag]}", "bookworm"]
+    recipe = _digest(" ".join(debootstrap).encode(), TRUST.read_bytes(), Path(__file__).read_bytes())
+    if _current(engine, tag) == recipe:
         return
     root = STATE / "rootfs"
     shutil.rmtree(root, ignore_errors=True)
     try:
-        run([*DEBOOTSTRAP, str(root), MIRROR], timeout=900)
+        run([*debootstrap, str(root), MIRROR], timeout=900)
     except EngineError as e:
-        raise EngineError(f"debootstrap of the {BASE} stand-in failed: {e}") from None
+        raise EngineError(f"debootstrap of the {tag} stand-in failed: {e}") from None
     (root / "usr/lib/python3.11/EXTERNALLY-MANAGED").unlink(missing_ok=True)
     (root / "usr/local/bin/python").symlink_to("/usr/bin/python3")
     (root / "usr/local/bin/pip").symlink_to("/usr/bin/pip3")
@@ -78,14 +83,14 @@ def ensure_base(engine: Engine) -> None:
     try:
         imported = subprocess.run(
             ["/usr/bin/docker", "-H", engine.sock, "import", "-c", "ENV LANG=C.UTF-8",
-             "-c", f"LABEL {LABEL}={recipe}", "-c", 'CMD ["python3"]', "-", BASE],
+             "-c", f"LABEL {LABEL}={recipe}", "-c", 'CMD ["python3"]', "-", tag],
             stdin=tar.stdout, capture_output=True, text=True, timeout=300)
     finally:
         assert tar.stdout is not None
         tar.stdout.close()
         tar.wait(60)
     if imported.returncode != 0:
-        raise EngineError(f"docker import of the {BASE} stand-in failed: {imported.stderr}")
+        raise EngineError(f"docker import of the {tag} stand-in failed: {imported.stderr}")
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -107,7 +112,8 @@ BUSYBOX = "/usr/bin/busybox"  # Debian's busybox-static: one static binary
 
 
 def ensure_standins(engine: Engine) -> None:
-    ensure_base(engine)
+    for tag in BASES:
+        ensure_base(engine, tag)
     registry_binary = shutil.which("docker-registry")
     if registry_binary is None:
         raise EngineError("docker-registry is not installed (scripts/install-system-deps.sh installs it)")
