@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages certproxy's demo and tests use, when missing:
 # the real registry, the real skopeo and podman clients, htpasswd, Pebble (an ACME test CA),
-# what a Python virtualenv needs, and for the container tier a Docker engine
+# what a Python virtualenv needs, a C compiler and Python's headers (the compiled build),
+# and for the container tier a Docker engine
 # (docker.io), debootstrap (its base image), busybox-static (the stand-ins'
 # wget), iproute2 (its network namespace) and Chromium; Prometheus and nginx for the
 # metrics and doctor tests. Idempotent; apt-get runs only if needed.
@@ -29,6 +30,10 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)   # the metrics tests scrape certproxy with it (promtool too)
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)   # certproxy doctor's tests: deliberately broken fronts
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# make deps compiles the data plane's hot modules (setup.py): a C compiler and Python's headers
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || need+=(python3-dev)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
