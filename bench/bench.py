@@ -320,7 +320,7 @@ class Bench:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         shutil.copy(self.cafile, self.work / "ca.pem")
         idle: dict[str, float] = {}
-        for name in [n for n in names if n != "certproxy-2w"]:
+        for name in [n for n in names if n not in ("certproxy-2w", "certproxy-pure")]:
             print(f"idle connections: {name}", flush=True)
             idle[name] = idle_kib(name, self.work, self.cert, self.key, self.trivial_port, IDLE_CONNECTIONS)
         cells = [f"{idle[n]:.1f}" + (f" ({idle[n] / idle['nginx']:.2f}x)" if n != "nginx" else "")
@@ -409,7 +409,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1 round, 64 MiB layer, 3 s wrk runs")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--layer-mib", type=int, default=1024)
-    parser.add_argument("--fronts", default="nginx,haproxy,caddy,certproxy,certproxy-2w")
+    parser.add_argument("--fronts", default="nginx,haproxy,caddy,certproxy,certproxy-2w,certproxy-pure")
     parser.add_argument("--no-extras", action="store_true",
                         help="skip the once-per-run figures (idle connections, ACME on)")
     args = parser.parse_args()

@@ -170,5 +170,14 @@ class CertproxyTwoWorkers(Certproxy):
         return cmd, {**env, "CERTPROXY_WORKERS": "2"}
 
 
+class CertproxyPure(Certproxy):
+    """certproxy on its pure-Python modules (CERTPROXY_PURE=1) where the compiled ones are
+    installed: the build before and after compiling, in the same run."""
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        cmd, env = super().command()
+        return cmd, {**env, "CERTPROXY_PURE": "1"}
+
+
 FRONTS = {"nginx": Nginx, "haproxy": HAProxy, "caddy": Caddy, "certproxy": Certproxy,
-          "certproxy-2w": CertproxyTwoWorkers}
+          "certproxy-2w": CertproxyTwoWorkers, "certproxy-pure": CertproxyPure}
