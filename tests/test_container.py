@@ -87,6 +87,25 @@ def files(folder: Path, *layers: str) -> list[Path]:
     return [folder / "docker-compose.yml", *(folder / f"docker-compose.{layer}.yml" for layer in layers)]
 
 
+def pebble_acme_stack(engine: Engine, tmp_path: Path, domain: str) -> tuple[Pebble, list[Path]]:
+    """base + acme with Pebble as the CA for ``domain``: Pebble in the engine's network
+    namespace (validating HTTP-01 on the stack's published :80), its root in a folder the
+    test layer mounts, and the compose files to run."""
+    addr = engine.netns.addr
+    pebble = start_pebble(tmp_path, trustme.CA(), 80, listen=addr, names_resolve_to=addr,
+                          prefix=engine.netns.enter)
+    folder = stack_dir(tmp_path)
+    trust = tmp_path / "pebble-ca"
+    trust.mkdir(mode=0o755)
+    shutil.copy(pebble.ca_bundle, trust / "ca.pem")
+    (trust / "ca.pem").chmod(0o644)
+    # .env as a user writes it (from .env.example), plus the test layer's one variable.
+    (folder / ".env").write_text(f"CERTPROXY_DOMAINS={domain}\nCERTPROXY_EMAIL=ops@certproxy.test\n"
+                                 f"CERTPROXY_STAGING=0\nCERTPROXY_ACME_DIRECTORY={pebble.directory}\n"
+                                 f"PEBBLE_CA_DIR={trust}\n")
+    return pebble, [*files(folder, "acme"), REPO / "tests" / "container" / "compose.pebble.yml"]
+
+
 def unverified() -> ssl.SSLContext:
     """For looking at what is served (the tests that need trust use the CA)."""
     ctx = ssl.create_default_context()
@@ -250,19 +269,7 @@ def test_acme_stack_gets_a_pebble_certificate_without_a_restart(engine: Engine, 
     """base + acme, with Pebble as the CA: Pebble (in the engine's network namespace) validates
     HTTP-01 on the stack's published :80; certproxy reaches Pebble's API from the compose
     network through the namespace's address."""
-    ca = trustme.CA()
-    pebble: Pebble = start_pebble(tmp_path, ca, 80, listen=engine.netns.addr,
-                                  names_resolve_to=engine.netns.addr, prefix=engine.netns.enter)
-    folder = stack_dir(tmp_path)
-    trust = tmp_path / "pebble-ca"
-    trust.mkdir(mode=0o755)
-    shutil.copy(pebble.ca_bundle, trust / "ca.pem")
-    (trust / "ca.pem").chmod(0o644)
-    # .env as a user writes it (from .env.example), plus the test layer's one variable.
-    (folder / ".env").write_text(f"CERTPROXY_DOMAINS={REGISTRY_NAME}\nCERTPROXY_EMAIL=ops@certproxy.test\n"
-                                 f"CERTPROXY_STAGING=0\nCERTPROXY_ACME_DIRECTORY={pebble.directory}\n"
-                                 f"PEBBLE_CA_DIR={trust}\n")
-    fs = [*files(folder, "acme"), REPO / "tests" / "container" / "compose.pebble.yml"]
+    pebble, fs = pebble_acme_stack(engine, tmp_path, REGISTRY_NAME)
     started = time.monotonic()
     name = "cpacme_certproxy_1"
     try:
@@ -311,17 +318,7 @@ def test_docker_pushes_to_the_registrys_ip_address_with_an_acme_certificate_for_
     the certificate without it (the address is not loopback, so Docker checks it)."""
     addr = engine.netns.addr
     registry = f"{addr}:5000"
-    pebble: Pebble = start_pebble(tmp_path, trustme.CA(), 80, listen=addr, names_resolve_to=addr,
-                                  prefix=engine.netns.enter)
-    folder = stack_dir(tmp_path)
-    trust = tmp_path / "pebble-ca"
-    trust.mkdir(mode=0o755)
-    shutil.copy(pebble.ca_bundle, trust / "ca.pem")
-    (trust / "ca.pem").chmod(0o644)
-    (folder / ".env").write_text(f"CERTPROXY_DOMAINS={addr}\nCERTPROXY_EMAIL=ops@certproxy.test\n"
-                                 f"CERTPROXY_STAGING=0\nCERTPROXY_ACME_DIRECTORY={pebble.directory}\n"
-                                 f"PEBBLE_CA_DIR={trust}\n")
-    fs = [*files(folder, "acme"), REPO / "tests" / "container" / "compose.pebble.yml"]
+    pebble, fs = pebble_acme_stack(engine, tmp_path, addr)
     name = "cpip_certproxy_1"
     certs_d = engine.netns.certs_d(registry)
     try:
