@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import write_live
 from cryptography import x509
 
-from certproxy.certs import FileStore
+from certproxy.certs import FileStore, canonical_ip
 from certproxy.certs.pair import serial_hex
-from certproxy.proxy.tls import CertificateSet, TLSState
+from certproxy.proxy.tls import CertificateSet, TLSState, normalize_server_name
 
 
 def _set(tmp_path: Path, ca: trustme.CA) -> CertificateSet:
@@ -186,3 +188,24 @@ def test_a_listener_serves_the_certificate_of_the_address_dialled(
     with socket.create_connection((address, port), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname=address) as conn:
         assert conn.version() in ("TLSv1.3", "TLSv1.2")
+
+
+_NAME_CHARS = "abcdefABCDEFxyz0123456789.:-%[]_ \u00e9"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.text(alphabet=_NAME_CHARS, max_size=45),
+    st.ip_addresses().map(str),
+    st.ip_addresses().map(lambda ip: f"[{ip}]"),
+    st.ip_addresses().map(lambda ip: str(ip).upper() + "."),
+    st.ip_addresses(v=6).map(lambda ip: ip.exploded),
+    st.builds(lambda a, b: f"{a}.{b}", st.from_regex(r"[a-z0-9-]{1,12}", fullmatch=True),
+              st.from_regex(r"[a-z0-9-]{1,12}\.?", fullmatch=True)),
+))
+def test_server_name_normalized_as_an_address_where_it_is_one(name: str) -> None:
+    """The fast path for ordinary names (no parse as an address) names the same
+    certificate key as parsing every name would: addresses in canonical form, all
+    else lower case without the trailing dot."""
+    plain = name.lower().rstrip(".")
+    assert normalize_server_name(name) == ((canonical_ip(plain) or plain) if name else None)

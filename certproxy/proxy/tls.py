@@ -86,6 +86,10 @@ def normalize_server_name(name: str | None) -> str | None:
     if not name:
         return None
     name = name.lower().rstrip(".")
+    if name[-1:].isalpha() and ":" not in name:
+        # Neither an IPv6 address nor an IPv4 one (which ends in a digit): the common
+        # case, where parsing the name as an address would cost two raised errors.
+        return name
     return canonical_ip(name) or name  # some clients send the address they dialled
 
 
