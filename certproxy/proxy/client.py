@@ -73,6 +73,18 @@ class _Closed(Exception):
     """Stops the parser at a request that follows the connection's last answer."""
 
 
+def _not_waiting() -> bool:
+    return False
+
+
+class _NoCallbacks:
+    """A parser's protocol with no callbacks."""
+
+
+# A closed connection's parser: one shared parser that refers to no connection.
+_SPENT_PARSER = httptools.HttpRequestParser(_NoCallbacks())
+
+
 # The fuzz harness counts what the parser hands over in a subclass (tests/test_protocol_fuzz.py).
 @mypyc_attr(allow_interpreted_subclasses=True)
 class ClientConnection(asyncio.Protocol):
@@ -142,6 +154,12 @@ class ClientConnection(asyncio.Protocol):
         queue, self.queue = self.queue, collections.deque()
         for ex in queue:
             ex.client_lost()
+        # What refers back to this connection lets go of it: it and its transport are
+        # freed when the last reference goes, not by a run of the cyclic garbage
+        # collector (which a busy listener would pay for every few dozen connections).
+        self.parser = _SPENT_PARSER
+        self.flow.transport = None
+        self.flow.waiting = _not_waiting
 
     def pause_writing(self) -> None:
         self.flow.client_writable(False)
