@@ -171,7 +171,9 @@ class TLSConnection:
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        loop.add_reader(self.fd, self._first_bytes)
+        # One reader callback for the connection's life: _readable hands the first bytes
+        # to _first_bytes until the TLS state exists (one add_reader per connection).
+        loop.add_reader(self.fd, self._readable)
 
     def _recv(self) -> int | None:
         """Read what the socket has into ``_RECV`` (at most READ_MAX bytes): how many
@@ -225,6 +227,7 @@ class TLSConnection:
             return
         if special is not None:
             self.protocol = _AnswerOnly()
+        self.loop.add_reader(self.fd, self._readable)
         self._start_tls(special or self.server.context, self.hello)
 
     def _start_tls(self, ctx: ssl.SSLContext, first: bytes) -> None:
@@ -236,7 +239,6 @@ class TLSConnection:
             self.incoming, self.outgoing, True, None, owner=owner, session=None
         )
         self.incoming.write(first)
-        self.loop.add_reader(self.fd, self._readable)
         self._handshake()
 
     def _handshake(self) -> None:
@@ -290,6 +292,10 @@ class TLSConnection:
 
     # reading
     def _readable(self) -> None:
+        if self.incoming is None:
+            if self.state == _HANDSHAKE:
+                self._first_bytes()  # no TLS state yet: plain HTTP, a TLS-ALPN-01 hello, or TLS
+            return
         n = self._recv()
         if n is None:
             return
@@ -299,7 +305,7 @@ class TLSConnection:
             else:
                 self._eof()
             return
-        self.incoming.write(_RECV[:n])  # type: ignore[union-attr]
+        self.incoming.write(_RECV[:n])
         if self.state == _HANDSHAKE:
             self._handshake()
         elif self.state == _OPEN:
