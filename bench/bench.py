@@ -10,7 +10,16 @@ the front's CPU seconds per test (its whole process tree) and peak RSS.
 Figures are reported as ratios to nginx in the same round (these machines are
 shared and noisy), the medians across rounds in a Markdown table.
 
-    python bench/bench.py            # 3 rounds, 1 GiB layer, 10 s wrk runs (about 20 minutes)
+Four parallel pulls: four `skopeo copy` pulls of the image at once, timed from
+the start of the first to the end of the last, through the front and direct to
+the registry just before and just after (their mean). "Direct" is a second
+docker-registry process on the same storage (read-only) serving TLS itself with
+the bench's certificate and HTTP/1.1 (its HTTP/2 off, as the fronts other than
+Caddy serve HTTP/1.1), so both are a client pulling from a registry over TLS;
+`4 pulls vs direct` is the front's seconds over direct's (the goal: at most
+1.05x with default settings).
+
+    python bench/bench.py            # 3 rounds, 1 GiB layer, 10 s wrk runs (about 35 minutes)
     python bench/bench.py --quick    # 1 round, 64 MiB layer, 3 s wrk runs (a few minutes)
 """
 
@@ -42,10 +51,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from fronts import FRONTS, Front, Nginx  # noqa: E402
 from support.oci import make_image  # noqa: E402
-from support.procs import free_port, tcp_open, vmrss_kib, wait_for  # noqa: E402
-from support.registry import start_registry  # noqa: E402
+from support.procs import free_port, http_ok, stop_process, tcp_open, vmrss_kib, wait_for  # noqa: E402
+from support.registry import REGISTRY_BIN, Registry, start_registry  # noqa: E402
 
 BLOB_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
+PARALLEL_PULLS = 4
+DIRECT_REPO = "bench/direct"  # the image, pushed once to the registry, pulled from it directly
 IDLE_CONNECTIONS = 3000
 MB = 1e6
 
@@ -159,6 +170,35 @@ http {{ access_log off; keepalive_requests 1000000;
     return trivial
 
 
+def start_tls_registry(work: Path, plain: Registry, cert: Path, key: Path, cafile: str) -> Registry:
+    """A second docker-registry on ``plain``'s storage, read-only, serving TLS itself with the
+    bench's certificate: the registry pulled from directly. HTTP/2 is off: skopeo would
+    otherwise negotiate it here but gets HTTP/1.1 through nginx, HAProxy and certproxy."""
+    port = free_port()
+    root = work / f"registry-tls-{port}"
+    root.mkdir(parents=True)
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {plain.root / 'data'}\n"
+        "  maintenance:\n    uploadpurging:\n      enabled: false\n    readonly:\n      enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: certproxy-test-secret\n"
+        f"  tls:\n    certificate: {cert}\n    key: {key}\n  http2:\n    disabled: true\n"
+    )
+    log = root / "registry.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=fh, stderr=subprocess.STDOUT)
+    ctx = ssl.create_default_context(cafile=cafile)
+    try:
+        wait_for(lambda: http_ok(f"https://localhost:{port}/v2/", ctx), 20, "docker-registry (TLS)",
+                 proc, log)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return Registry(proc, port, root, log)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -189,6 +229,11 @@ class Bench:
         small = os.urandom(4096)
         self.small_digest = "sha256:" + hashlib.sha256(small).hexdigest()
         self._put_direct("bench/small", small, self.small_digest)
+        # The registry pulled from directly (TLS, read-only, same storage), and the image in it.
+        self.direct = start_tls_registry(self.work, self.registry, self.cert, self.key, self.cafile)
+        BLOB_CACHE.unlink(missing_ok=True)
+        run(["skopeo", "--insecure-policy", "copy", "--dest-tls-verify=false", f"oci:{self.image}:v1",
+             f"docker://127.0.0.1:{self.registry.port}/{DIRECT_REPO}:v1"])
 
     def _put_direct(self, repo: str, data: bytes, digest: str) -> None:
         base = self.registry.url
@@ -224,6 +269,41 @@ class Bench:
             raise RuntimeError("pull did not bring the big layer")
         shutil.rmtree(dest, ignore_errors=True)
         return self.big_size / elapsed / MB
+
+    def parallel_pulls(self, port: int, repo: str) -> float:
+        """Seconds for PARALLEL_PULLS ``skopeo copy`` pulls of ``repo`` at once, from the start
+        of the first to the end of the last."""
+        BLOB_CACHE.unlink(missing_ok=True)
+        dests = [self.work / f"pulls-{port}-{i}" for i in range(PARALLEL_PULLS)]
+        errs = [dest.with_name(dest.name + ".err") for dest in dests]
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            t0 = time.monotonic()
+            for dest, err in zip(dests, errs, strict=True):
+                with err.open("wb") as fh:
+                    procs.append(subprocess.Popen(
+                        ["skopeo", "--insecure-policy", "copy", "--src-cert-dir", str(self.certs_dir),
+                         f"docker://localhost:{port}/{repo}:v1", f"dir:{dest}"],
+                        stdout=subprocess.DEVNULL, stderr=fh))
+            deadline = t0 + 600
+            for p in procs:
+                p.wait(max(deadline - time.monotonic(), 0.1))
+            elapsed: float = time.monotonic() - t0
+            for p, err in zip(procs, errs, strict=True):
+                if p.returncode != 0:
+                    raise RuntimeError(f"parallel pull of {repo}: {err.read_text(errors='replace')[-500:]}")
+            for dest in dests:
+                if not (dest / self.big_digest.split(":")[1]).exists():
+                    raise RuntimeError("a parallel pull did not bring the big layer")
+            return elapsed
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            for dest, err in zip(dests, errs, strict=True):
+                shutil.rmtree(dest, ignore_errors=True)
+                err.unlink(missing_ok=True)
 
     def get(self, port: int, repo: str) -> float:
         out = run(["curl", "-sS", "--fail", "--cacert", self.cafile, "-o", "/dev/null", "-w",
@@ -264,6 +344,18 @@ class Bench:
                 fig[test] = value
                 fig[test.replace("MB/s", "CPU s/GB")] = cpu / (self.big_size / 1e9)
                 peaks.append(peak)
+                if test == "pull MB/s":
+                    # Direct just before and just after the front (their mean): the machine's
+                    # drift and the order cancel out as far as they can.
+                    before = self.parallel_pulls(self.direct.port, DIRECT_REPO)
+                    seconds, cpu, peak = measured(front, self.parallel_pulls, reg_port, repo)
+                    after = self.parallel_pulls(self.direct.port, DIRECT_REPO)
+                    fig["4 pulls direct s"] = (before + after) / 2
+                    fig["4 pulls s"] = seconds
+                    fig["4 pulls vs direct"] = seconds / fig["4 pulls direct s"]
+                    fig["4 pulls CPU s/GB"] = cpu / (PARALLEL_PULLS * self.big_size / 1e9)
+                    fig["4 pulls peak RSS MiB"] = peak
+                    peaks.append(peak)
             for test, url, close in (
                 ("GET /v2/ req/s", f"https://localhost:{reg_port}/v2/", False),
                 ("4 KiB blob req/s", f"https://localhost:{reg_port}/v2/bench/small/blobs/{self.small_digest}", False),
@@ -305,6 +397,7 @@ class Bench:
                 print(extras)
         finally:
             self.registry.proc.terminate()
+            self.direct.proc.terminate()
             if self.trivial.proc:
                 self.trivial.proc.terminate()
         shutil.rmtree(self.work, ignore_errors=True)
@@ -388,16 +481,21 @@ class Bench:
         metrics = list(rounds[0][names[0]])
         lines = [f"certproxy benchmark: {len(rounds)} round(s), {self.big_size / 2**20:.0f} MiB layer, "
                  f"wrk -t2 -c64 {self.seconds}s; {os.cpu_count()} cores; "
-                 f"medians, (ratio to nginx in the same round)", "",
+                 f"medians, (ratio to nginx in the same round); `4 pulls`: {PARALLEL_PULLS} skopeo pulls "
+                 "at once, `direct` to a TLS docker-registry just before and after the "
+                 "front (mean), `vs direct` the front's time over that", "",
                  "| figure | " + " | ".join(names) + " |",
                  "|---|" + "---:|" * len(names)]
         for m in metrics:
             cells = []
             for n in names:
                 vals = [r[n][m] for r in rounds]
+                if m.endswith(" vs direct"):  # itself a ratio
+                    cells.append(f"{statistics.median(vals):.2f}x")
+                    continue
                 ratios = [r[n][m] / r["nginx"][m] for r in rounds if "nginx" in r and r["nginx"][m]]
-                cell = f"{statistics.median(vals):,.1f}"
-                if ratios and n != "nginx":
+                cell = f"{statistics.median(vals):,.{2 if m.endswith(' s') else 1}f}"
+                if ratios and n != "nginx" and "direct" not in m:
                     cell += f" ({statistics.median(ratios):.2f}x)"
                 cells.append(cell)
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
