@@ -18,6 +18,7 @@ from setuptools import setup
 # The data plane's modules that run per connection and per request. ``phases`` stays
 # interpreted: its error class derives from RuntimeError, which mypyc cannot compile.
 COMPILED = [
+    "certproxy/proxy/accessline.py",
     "certproxy/proxy/client.py",
     "certproxy/proxy/exchange.py",
     "certproxy/proxy/flow.py",

@@ -20,6 +20,7 @@ from types import ModuleType
 
 # The modules setup.py compiles (kept in step by tests/test_build.py).
 HOT = (
+    "accessline",
     "client",
     "exchange",
     "flow",

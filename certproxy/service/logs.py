@@ -23,6 +23,7 @@ import sys
 import time
 from typing import TextIO
 
+from ..proxy.accessline import AccessLines, message
 from ..proxy.routes import AccessRecord
 
 ACCESS = logging.getLogger("certproxy.access")
@@ -65,7 +66,7 @@ class _Handler(logging.StreamHandler[TextIO]):
     """stderr, with the buffered access lines written before any other record."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if _fast is not None and _fast.lines:
+        if _fast is not None and _fast.buffer.lines:
             flush_access()
         super().emit(record)
 
@@ -77,29 +78,21 @@ class _FastAccess:
     def __init__(self, handler: _Handler, json: bool) -> None:
         self.handler = handler
         self.json = json
-        self.lines: list[str] = []
-        self._second = -1
-        self._stamp = ""
+        self.buffer = AccessLines(json)  # the lines themselves (compiled: proxy/accessline.py)
+        self.root = logging.getLogger()
 
     def usable(self) -> bool:
         handler = self.handler
-        root = logging.getLogger()
+        handlers = self.root.handlers
         return (
             not ACCESS.handlers
             and not ACCESS.filters
             and ACCESS.propagate
-            and root.handlers == [handler]
+            and len(handlers) == 1
+            and handlers[0] is handler
             and not handler.filters
             and ACCESS.isEnabledFor(logging.INFO)
         )
-
-    def stamp(self, now: float) -> str:
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            fmt = "%Y-%m-%dT%H:%M:%S" if self.json else "%Y-%m-%d %H:%M:%S"
-            self._stamp = time.strftime(fmt, time.gmtime(now) if self.json else time.localtime(now))
-        return self._stamp
 
 
 # The direct path of the handler setup_logging installed last (None before it runs).
@@ -109,10 +102,10 @@ _fast: _FastAccess | None = None
 def flush_access() -> None:
     """Write the buffered access lines now."""
     fast = _fast
-    if fast is None or not fast.lines:
+    if fast is None or not fast.buffer.lines:
         return
     handler = fast.handler
-    lines, fast.lines = fast.lines, []
+    lines, fast.buffer.lines = fast.buffer.lines, []
     lines.append("")
     with handler.lock or contextlib.nullcontext():
         try:
@@ -142,55 +135,32 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
 
 def access(record: AccessRecord) -> None:
     """Write one access line (a ``proxy.routes.AccessLog``)."""
-    if not ACCESS.isEnabledFor(logging.INFO):
-        return
-    client, method, target, status, bytes_in, bytes_out, seconds, upstream, port, host = record[:10]
-    ms = round(seconds * 1000, 1)
-    message = '%s :%d %s "%s %s" %d in=%d out=%d %.1fms upstream=%s' % (
-        client,
-        port,
-        host,
-        method,
-        target,
-        status,
-        bytes_in,
-        bytes_out,
-        ms,
-        upstream,
-    )
-    if record.action is not None:  # a registry route
-        message += " user=%s action=%s repository=%s reference=%s upload=%s" % (
-            record.user or "anonymous",
-            record.action,
-            record.repository or "-",
-            record.reference or "-",
-            record.upload or "-",
-        )
     fast = _fast
     if fast is not None and fast.usable():
         now = time.time()
-        msecs = int((now - int(now)) * 1000)
         if fast.json:
-            fields = _fields(record, ms)
-            line = json.dumps(
-                {
-                    "ts": f"{fast.stamp(now)}.{msecs:03d}Z",
-                    "level": "info",
-                    "logger": "certproxy.access",
-                    "msg": message,
-                    **fields,
-                },
-                separators=(",", ":"),
+            buffer = fast.buffer
+            fields = _fields(record, round(record.seconds * 1000, 1))
+            buffer.lines.append(
+                json.dumps(
+                    {
+                        "ts": f"{buffer.stamp(now)}.{int((now - int(now)) * 1000):03d}Z",
+                        "level": "info",
+                        "logger": "certproxy.access",
+                        "msg": message(record),
+                        **fields,
+                    },
+                    separators=(",", ":"),
+                )
             )
+            waiting = len(buffer.lines)
         else:
-            line = f"{fast.stamp(now)},{msecs:03d} INFO certproxy.access: {message}"
-        lines = fast.lines
-        lines.append(line)
-        if len(lines) >= ACCESS_BATCH:
+            waiting = fast.buffer.add_text(message(record), now)
+        if waiting >= ACCESS_BATCH:
             flush_access()
         return
-    fields = _fields(record, ms)
-    ACCESS.info("%s", message, extra=fields)
+    if ACCESS.isEnabledFor(logging.INFO):
+        ACCESS.info("%s", message(record), extra=_fields(record, round(record.seconds * 1000, 1)))
 
 
 def _fields(record: AccessRecord, ms: float) -> dict[str, object]:

@@ -2,53 +2,26 @@
 
 One ``Metrics`` object per process with its own registry (no global state).
 Per-request work is a few integer additions on the listener's own
-``RouteMetrics``; they, certificate expiry and renewal state become metric
-families at scrape time.
+``RouteMetrics`` (``proxy/accessline.py``, compiled with the data plane); they,
+certificate expiry and renewal state become metric families at scrape time.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterable, Sized
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from ..proxy.accessline import LATENCY_BUCKETS, STATUS_CLASSES, RouteMetrics
 from ..proxy.tls import TLSState
 
 if TYPE_CHECKING:
     from .workers import Worker
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 BUCKET_LABELS = (*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf")  # as prometheus_client writes "le"
-
-
-class RouteMetrics:
-    """One listener's figures (the data plane's ``RouteStats``): plain numbers on the
-    request path, with no lock and no label lookup, turned into metric families
-    only when Prometheus scrapes (``_Routes``)."""
-
-    __slots__ = ("route", "by_class", "bytes_in", "bytes_out", "latency_counts", "latency_sum")
-
-    def __init__(self, route: str) -> None:
-        self.route = route
-        self.by_class = [0] * len(STATUS_CLASSES)
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, the last one +Inf
-        self.latency_sum = 0.0
-
-    def request(self, status: int, bytes_in: int, bytes_out: int) -> None:
-        self.by_class[min(max(status // 100, 1), 5) - 1] += 1
-        self.bytes_in += bytes_in
-        self.bytes_out += bytes_out
-
-    def upstream_response(self, seconds: float) -> None:
-        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
 
 
 class _Routes:

@@ -61,9 +61,10 @@ from urllib.parse import unquote_to_bytes
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from ..proxy.accessline import LATENCY_BUCKETS
 from ..proxy.routes import AccessRecord, Request
 from .access.api import Call, classify, valid_digest
-from .metrics import BUCKET_LABELS, LATENCY_BUCKETS
+from .metrics import BUCKET_LABELS
 
 ACTIONS = ("ping", "pull", "push", "delete", "catalog", "other")
 OTHER = "other"  # a repository beyond the bounded set; an action that is no call of the API
