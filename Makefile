@@ -27,7 +27,7 @@ PYTEST_WORKERS ?= 2
 # The data plane's tests that run in-process, on the pure-Python modules.
 PURE_TESTS ?= tests/test_build.py tests/test_protocol.py tests/test_protocol_hardening.py \
 	tests/test_protocol_fuzz.py tests/test_headers.py tests/test_phases.py tests/test_tlsconn.py \
-	tests/test_tls.py tests/test_private_apis.py
+	tests/test_tls.py tests/test_private_apis.py tests/test_accessline.py
 
 test: check
 	CPT_EXPECT_BUILD=$(if $(filter 1,$(COMPILE)),compiled,pure) \

@@ -34,28 +34,25 @@ LATENCY_BUCKETS: Final = (
 STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
+def tenths_of_ms(seconds: float) -> int:
+    """A duration in tenths of a millisecond, rounded: what an access line shows."""
+    return int(seconds * 10000.0 + 0.5) if seconds > 0 else 0
+
+
 def message(record: AccessRecord) -> str:
     """An access line's message: the request, its answer and, on a registry route, what
     the request was as a call of the registry API."""
-    text = '%s :%d %s "%s %s" %d in=%d out=%d %.1fms upstream=%s' % (
-        record.client,
-        record.port,
-        record.host,
-        record.method,
-        record.target,
-        record.status,
-        record.bytes_in,
-        record.bytes_out,
-        round(record.seconds * 1000, 1),
-        record.upstream,
+    tenths = tenths_of_ms(record.seconds)
+    text = (
+        f'{record.client} :{record.port} {record.host} "{record.method} {record.target}" '
+        f"{record.status} in={record.bytes_in} out={record.bytes_out} {tenths // 10}.{tenths % 10}ms "
+        f"upstream={record.upstream}"
     )
     if record.action is not None:  # a registry route
-        text += " user=%s action=%s repository=%s reference=%s upload=%s" % (
-            record.user or "anonymous",
-            record.action,
-            record.repository or "-",
-            record.reference or "-",
-            record.upload or "-",
+        text += (
+            f" user={record.user or 'anonymous'} action={record.action}"
+            f" repository={record.repository or '-'} reference={record.reference or '-'}"
+            f" upload={record.upload or '-'}"
         )
     return text
 
@@ -83,7 +80,7 @@ class AccessLines:
         are waiting."""
         msecs = int((now - int(now)) * 1000)
         lines = self.lines
-        lines.append("%s,%03d INFO certproxy.access: %s" % (self.stamp(now), msecs, text))
+        lines.append(f"{self.stamp(now)},{msecs:03d} INFO certproxy.access: {text}")
         return len(lines)
 
 
@@ -115,4 +112,4 @@ class RouteMetrics:
         self.latency_sum += seconds
 
 
-__all__ = ["LATENCY_BUCKETS", "STATUS_CLASSES", "AccessLines", "RouteMetrics", "message"]
+__all__ = ["LATENCY_BUCKETS", "STATUS_CLASSES", "AccessLines", "RouteMetrics", "message", "tenths_of_ms"]

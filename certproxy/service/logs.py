@@ -23,7 +23,7 @@ import sys
 import time
 from typing import TextIO
 
-from ..proxy.accessline import AccessLines, message
+from ..proxy.accessline import AccessLines, message, tenths_of_ms
 from ..proxy.routes import AccessRecord
 
 ACCESS = logging.getLogger("certproxy.access")
@@ -140,7 +140,7 @@ def access(record: AccessRecord) -> None:
         now = time.time()
         if fast.json:
             buffer = fast.buffer
-            fields = _fields(record, round(record.seconds * 1000, 1))
+            fields = _fields(record, tenths_of_ms(record.seconds) / 10)
             buffer.lines.append(
                 json.dumps(
                     {
@@ -160,7 +160,7 @@ def access(record: AccessRecord) -> None:
             flush_access()
         return
     if ACCESS.isEnabledFor(logging.INFO):
-        ACCESS.info("%s", message(record), extra=_fields(record, round(record.seconds * 1000, 1)))
+        ACCESS.info("%s", message(record), extra=_fields(record, tenths_of_ms(record.seconds) / 10))
 
 
 def _fields(record: AccessRecord, ms: float) -> dict[str, object]:
