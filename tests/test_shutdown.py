@@ -36,14 +36,18 @@ def in_registry(registry: Registry, repo: str, digest: str) -> bool:
         raise
 
 
-async def slow_push(port: int, ctx: ssl.SSLContext, repo: str, chunks: int, pause: float
-                    ) -> tuple[str, int | str]:
+async def slow_push(port: int, ctx: ssl.SSLContext, repo: str, chunks: int, pause: float,
+                    sending: asyncio.Event | None = None) -> tuple[str, int | str]:
+    """A monolithic blob upload of ``chunks`` MiB, one MiB every ``pause`` s; ``sending``
+    is set once the PUT's body has begun (its connection is open and in use)."""
     chunk = os.urandom(MiB)
     digest = "sha256:" + hashlib.sha256(chunk * chunks).hexdigest()
 
     async def body():  # type: ignore[no-untyped-def]
         for _ in range(chunks):
             yield chunk
+            if sending is not None:
+                sending.set()
             await asyncio.sleep(pause)
 
     base = f"https://localhost:{port}/v2/{repo}/blobs/uploads/"
@@ -71,8 +75,9 @@ async def test_sigterm_during_a_push(grace: str, chunks: int, pause: float, comp
     cp = await asyncio.to_thread(certproxy_factory, {port: registry.url}, store,
                                  extra_env={"CERTPROXY_SHUTDOWN_GRACE": grace})
     repo = f"shutdown/g{grace}"
-    push = asyncio.create_task(slow_push(port, client_ssl, repo, chunks, pause))
-    await asyncio.sleep(0.4)
+    sending = asyncio.Event()
+    push = asyncio.create_task(slow_push(port, client_ssl, repo, chunks, pause, sending))
+    await asyncio.wait_for(sending.wait(), 30)  # the upload is under way, however busy the machine
     cp.proc.send_signal(signal.SIGTERM)
     digest, outcome = await push
     assert await asyncio.to_thread(cp.proc.wait, 30) == 0

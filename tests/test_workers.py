@@ -120,8 +120,11 @@ async def test_sigterm_drains_every_worker(registry: Registry, store: Path, clie
     port = free_port()
     cp = await asyncio.to_thread(start_workers, tmp_path, {port: registry.url}, store)
     pids = children(cp.pid)
-    pushes = [asyncio.create_task(slow_push(port, client_ssl, f"workers/p{i}", 24, 0.05)) for i in range(4)]
-    await asyncio.sleep(0.4)
+    sending = [asyncio.Event() for _ in range(4)]
+    pushes = [asyncio.create_task(slow_push(port, client_ssl, f"workers/p{i}", 24, 0.05, sending[i]))
+              for i in range(4)]
+    # SIGTERM once every upload is under way (a busy machine may take a while to connect them).
+    await asyncio.wait_for(asyncio.gather(*(event.wait() for event in sending)), 30)
     cp.proc.send_signal(signal.SIGTERM)
     results = await asyncio.gather(*pushes)
     assert await asyncio.to_thread(cp.proc.wait, 30) == 0
