@@ -559,6 +559,13 @@ class TLSConnection:
         self.out = []
         self.out_size = 0
         self.ssl = self.incoming = self.outgoing = None
+        # The owner holds the SSL object too: let go of both, so that OpenSSL's state goes
+        # now, not when the garbage collector reaches this connection and its protocol
+        # (they refer to each other); under a stream of new connections, hundreds of
+        # closed ones kept their TLS state until then.
+        if self.owner is not None:
+            self.owner.ssl = None
+            self.owner = None
 
     def _lost(self) -> None:
         if self.lost_called:
