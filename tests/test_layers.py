@@ -152,6 +152,29 @@ def test_importing_certproxy_changes_nothing_in_the_process() -> None:
     assert len(modules) >= 50
 
 
+def test_serving_without_a_policy_or_a_registry_route_loads_neither() -> None:
+    """The access policy's modules and the registry API's reader are loaded only where a
+    setting asks for them (about 1 MiB resident for a process that never uses them)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, certproxy.cli.serve, certproxy.acme_client.child\n"
+        "from certproxy.service.config import Config, parse_routes\n"
+        "from certproxy.service.server import Front\n"
+        "front = Front(Config(routes=parse_routes('443=http://ui:80', 'test')))\n"
+        "assert front.observer is None\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('certproxy.service.access', "
+        "'certproxy.service.registry'))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+    watched = probe.replace("443=http://ui:80", "5000=http://registry:5000").replace(
+        "assert front.observer is None", "assert front.observer is not None")
+    result = subprocess.run([sys.executable, "-c", watched], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "certproxy.service.registry" in result.stdout, result.stdout + result.stderr
+
+
 MAX_FUNCTION_LINES = 60
 # Functions allowed past the bound, each with its reason.
 LONG_FUNCTIONS: dict[str, str] = {}

@@ -37,8 +37,6 @@ from ..proxy.tls import TLSState, load_pem_into
 from ..proxy.tlsconn import AlpnChallenge
 from ..proxy.upstream import UpstreamPool
 from . import logs
-from .access.gate import AccessGate, Upstream
-from .access.policy import PolicyError
 from .auth import BasicAuth, HtpasswdError
 from .checks import StartupError, check_ca_bundle, listen_error
 from .config import Config
@@ -46,13 +44,14 @@ from .health import Health, HealthState, UpstreamProbe
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .plain import PlainHandler
-from .registry import RegistryObserver
 from .reload import Reloader, load_certificates
 from .trust import trust_recipe
 from .workers import Worker, instance_id
 
 if TYPE_CHECKING:
     from ..acme_client.manager import CertManager
+    from .access.gate import AccessGate
+    from .registry import RegistryObserver
 
 log = logging.getLogger("certproxy")
 
@@ -84,11 +83,11 @@ class Front:
         self._steps: list[AsyncIterator[None]] = []  # set up, in order
         self._gates: dict[int, AccessGate] = {}  # TLS port -> its access policy's gate
         # the registry routes' reader (CERTPROXY_REGISTRY_PORTS), one for all of them
-        self.observer = (
-            RegistryObserver(config.metrics_repositories, config.metrics_upload_window)
-            if config.watched_ports
-            else None
-        )
+        self.observer: RegistryObserver | None = None
+        if config.watched_ports:
+            from .registry import RegistryObserver  # loaded only where a route is watched
+
+            self.observer = RegistryObserver(config.metrics_repositories, config.metrics_upload_window)
         self._grace = 0.0  # how long the listeners' tear-down lets requests finish (stop() sets it)
 
     async def start(self) -> None:
@@ -237,6 +236,10 @@ class Front:
         if cfg.access is None:
             yield
             return
+        # The policy's modules are loaded only where a policy is set.
+        from .access.gate import AccessGate, Upstream
+        from .access.policy import PolicyError
+
         for route in cfg.routes:
             if route.port in cfg.gated_ports:
                 upstream = Upstream(route.host, route.upstream_port, upstream_ssl[route.port])
