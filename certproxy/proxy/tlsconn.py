@@ -560,9 +560,8 @@ class TLSConnection:
         self.out_size = 0
         self.ssl = self.incoming = self.outgoing = None
         # The owner holds the SSL object too: let go of both, so that OpenSSL's state goes
-        # now, not when the garbage collector reaches this connection and its protocol
-        # (they refer to each other); under a stream of new connections, hundreds of
-        # closed ones kept their TLS state until then.
+        # now, whatever still refers to this connection (a protocol's reference lasts until
+        # its connection_lost; a cycle of references, until the garbage collector runs).
         if self.owner is not None:
             self.owner.ssl = None
             self.owner = None
