@@ -6,6 +6,7 @@ reading paused and resumed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import os
@@ -427,3 +428,160 @@ async def test_a_closed_connection_is_freed_without_the_cyclic_garbage_collector
         gc.enable()
         server.close()
     assert left == [], f"freed only by the cyclic collector: {sorted(set(left))}"
+
+
+async def test_a_clienthello_in_pieces_on_a_listener_that_answers_tls_alpn_01(
+        ca: trustme.CA, client_ssl: ssl.SSLContext) -> None:
+    """On a listener that reads the whole ClientHello before TLS (TLS-ALPN-01), a hello that
+    arrives in several reads (a large one: many key shares, a small MTU) is gathered whole:
+    its later pieces are not taken for a connection's first bytes. The handshake completes
+    and the protocol gets the request."""
+    asked: list[str] = []
+
+    async def no_challenge(name: str) -> ssl.SSLContext | None:
+        asked.append(name)
+        return None
+
+    port = free_port()
+    server = await tls_server("127.0.0.1", port, server_context(ca), lambda: Recorder(
+        lambda rec, data: rec.transport.write(b"got " + data)),  # type: ignore[union-attr]
+        reuse_port=False, handshake_timeout=10, on_failure=lambda: None, alpn_challenge=no_challenge)
+
+    def client() -> bytes:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = client_ssl.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with pytest.raises(ssl.SSLWantReadError):
+                tls.do_handshake()
+            hello = outgoing.read()
+            for i in range(0, len(hello), 40):  # the hello in 40-byte pieces, each read alone
+                sock.sendall(hello[i:i + 40])
+                time.sleep(0.02)
+            while True:
+                data = sock.recv(65536)
+                assert data, "closed during the handshake"
+                incoming.write(data)
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    sock.sendall(outgoing.read())
+            sock.sendall(outgoing.read())
+            tls.write(b"ping")
+            sock.sendall(outgoing.read())
+            got = b""
+            while not got.endswith(b"ping"):
+                data = sock.recv(65536)
+                assert data, "closed before the answer"
+                incoming.write(data)
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    got += tls.read(65536)
+            return got
+
+    try:
+        assert await asyncio.to_thread(client) == b"got ping"
+        assert asked == []  # no acme-tls/1 offered: no challenge was looked up
+    finally:
+        server.close()
+
+
+async def test_a_connection_closed_mid_request_is_freed_without_the_cyclic_garbage_collector(
+        ca: trustme.CA, client_ssl: ssl.SSLContext) -> None:
+    """A client that goes away halfway through a request body (its exchange still being
+    parsed) leaves no reference cycle either."""
+    import gc
+
+    from certproxy.proxy.client import ClientConnection
+    from certproxy.proxy.exchange import Exchange
+    from support.inproc import make_plane
+
+    plane = make_plane()
+    server, port = await serve(ca, lambda: ClientConnection(plane.listener))
+    head = b"PUT /v2/r/blobs/uploads/u HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n"
+
+    async def one() -> None:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ssl,
+                                                       server_hostname="localhost")
+        writer.write(head + b"x" * 1000)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.transport.abort()
+
+    await one()
+    await asyncio.sleep(0.2)
+    ours = (ClientConnection, Exchange)
+    gc.collect()
+    gc.disable()
+    try:
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        for _ in range(5):
+            await one()
+        await asyncio.sleep(0.3)
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if isinstance(o, ours)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        server.close()
+    assert left == [], f"freed only by the cyclic collector: {sorted(set(left))}"
+
+
+async def test_an_answer_queued_by_a_close_on_the_read_that_carried_close_notify_is_sent_whole(
+        ca: trustme.CA, client_ssl: ssl.SSLContext) -> None:
+    """The client sends its request and its close_notify at once; the protocol answers with
+    more than the socket takes and closes, on that very read. The queued answer still goes
+    out whole, and the protocol is told the connection is gone."""
+    total = 8 * 1024 * 1024
+    payload = os.urandom(total)
+    recorders: list[Recorder] = []
+
+    def answer(rec: Recorder, _data: bytes) -> None:
+        assert rec.transport is not None
+        rec.transport.write(payload)
+        rec.transport.close()
+
+    def factory() -> Recorder:
+        recorders.append(Recorder(answer))
+        return recorders[-1]
+
+    server, port = await serve(ca, factory)
+
+    def client() -> bytes:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = client_ssl.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    sock.sendall(outgoing.read())
+                    data = sock.recv(65536)
+                    assert data, "closed during the handshake"
+                    incoming.write(data)
+            tls.write(b"GET / HTTP/1.1\r\n\r\n")
+            with contextlib.suppress(ssl.SSLWantReadError):
+                tls.unwrap()  # close_notify, sent with the request
+            sock.sendall(outgoing.read())
+            time.sleep(0.5)  # the server writes into a full socket buffer meanwhile
+            got = bytearray()
+            while True:
+                data = sock.recv(1 << 20)
+                if not data:
+                    break
+                incoming.write(data)
+                try:
+                    while piece := tls.read(1 << 20):
+                        got += piece
+                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                    pass
+            return bytes(got)
+
+    try:
+        got = await asyncio.to_thread(client)
+        assert len(got) == total and got == payload
+        await asyncio.wait_for(recorders[0].lost, 10)
+    finally:
+        server.close()

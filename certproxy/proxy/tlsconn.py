@@ -194,13 +194,14 @@ class TLSConnection:
             self._handshake_failed()  # a TCP probe, or a client that gave up
             return
         data = _RECV[:n].tobytes()
-        if 65 <= data[0] <= 90:  # an ASCII capital: a request method, so plain HTTP
-            self._answer_plain_http(data)
-            return
         server = self.server
-        if server.alpn_challenge is None or data[0] != 22:
-            self._start_tls(server.context, data)
-            return
+        if not self.hello:  # the connection's first bytes (not the rest of a ClientHello)
+            if 65 <= data[0] <= 90:  # an ASCII capital: a request method, so plain HTTP
+                self._answer_plain_http(data)
+                return
+            if server.alpn_challenge is None or data[0] != 22:
+                self._start_tls(server.context, data)
+                return
         # TLS-ALPN-01: the whole ClientHello decides the context.
         self.hello += data
         try:
@@ -349,6 +350,8 @@ class TLSConnection:
             self._eof()
 
     def _eof(self) -> None:
+        if self.state == _CLOSING:
+            return  # the protocol closed on this very read: the close under way sends the rest
         if self.state != _OPEN:
             self._release()
             return
