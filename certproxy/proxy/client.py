@@ -130,6 +130,8 @@ class ClientConnection(asyncio.Protocol):
             log.warning(
                 "refused a connection: %d connections open on this listener", listener.limits.max_connections
             )
+            self.stopped = True
+            self._let_go()
             return
         self.transport = transport
         listener.connections.add(self)
@@ -154,9 +156,14 @@ class ClientConnection(asyncio.Protocol):
         queue, self.queue = self.queue, collections.deque()
         for ex in queue:
             ex.client_lost()
-        # What refers back to this connection lets go of it: it and its transport are
-        # freed when the last reference goes, not by a run of the cyclic garbage
-        # collector (which a busy listener would pay for every few dozen connections).
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Once closed, drop what refers back to this connection: it and its transport are
+        freed when their last reference goes, not by a run of the cyclic garbage collector
+        (which a busy listener would pay for every few dozen connections)."""
+        self.parsing = None
+        self.to_flush = []
         self.parser = _SPENT_PARSER
         self.flow.transport = None
         self.flow.waiting = _not_waiting
