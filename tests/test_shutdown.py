@@ -36,6 +36,18 @@ def in_registry(registry: Registry, repo: str, digest: str) -> bool:
         raise
 
 
+async def under_way(pushes: list[asyncio.Task[tuple[str, int | str]]], sending: list[asyncio.Event],
+                    limit: float = 30) -> None:
+    """Wait until every upload's body has begun; stop waiting once a push has ended (the
+    assertions on its outcome then say what went wrong) or after ``limit`` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while not all(event.is_set() for event in sending):
+        if any(push.done() for push in pushes) or loop.time() > end:
+            return
+        await asyncio.sleep(0.02)
+
+
 async def slow_push(port: int, ctx: ssl.SSLContext, repo: str, chunks: int, pause: float,
                     sending: asyncio.Event | None = None) -> tuple[str, int | str]:
     """A monolithic blob upload of ``chunks`` MiB, one MiB every ``pause`` s; ``sending``
@@ -77,7 +89,7 @@ async def test_sigterm_during_a_push(grace: str, chunks: int, pause: float, comp
     repo = f"shutdown/g{grace}"
     sending = asyncio.Event()
     push = asyncio.create_task(slow_push(port, client_ssl, repo, chunks, pause, sending))
-    await asyncio.wait_for(sending.wait(), 30)  # the upload is under way, however busy the machine
+    await under_way([push], [sending])  # the upload is under way, however busy the machine
     cp.proc.send_signal(signal.SIGTERM)
     digest, outcome = await push
     assert await asyncio.to_thread(cp.proc.wait, 30) == 0

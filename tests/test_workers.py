@@ -115,7 +115,7 @@ def test_every_worker_reloads_a_new_certificate(registry: Registry, store: Path,
 async def test_sigterm_drains_every_worker(registry: Registry, store: Path, client_ssl: ssl.SSLContext,
                                            tmp_path: Path) -> None:
     """A slow upload in flight on each worker finishes after SIGTERM to the parent; then all exit 0."""
-    from test_shutdown import in_registry, slow_push
+    from test_shutdown import in_registry, slow_push, under_way
 
     port = free_port()
     cp = await asyncio.to_thread(start_workers, tmp_path, {port: registry.url}, store)
@@ -124,7 +124,7 @@ async def test_sigterm_drains_every_worker(registry: Registry, store: Path, clie
     pushes = [asyncio.create_task(slow_push(port, client_ssl, f"workers/p{i}", 24, 0.05, sending[i]))
               for i in range(4)]
     # SIGTERM once every upload is under way (a busy machine may take a while to connect them).
-    await asyncio.wait_for(asyncio.gather(*(event.wait() for event in sending)), 30)
+    await under_way(pushes, sending)
     cp.proc.send_signal(signal.SIGTERM)
     results = await asyncio.gather(*pushes)
     assert await asyncio.to_thread(cp.proc.wait, 30) == 0
