@@ -1,6 +1,7 @@
 """The access line's text and the listener's counters (proxy/accessline.py), held to the
-plain definitions they replace: the ``%``-formatted line with the duration rounded to a
-tenth of a millisecond, and ``bisect`` for the latency bucket."""
+plain definitions they replace: the ``%``-formatted line, with the duration within half a
+tenth of a millisecond of the true one (ties round up), and ``bisect`` for the latency
+bucket."""
 
 from __future__ import annotations
 

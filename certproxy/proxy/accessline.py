@@ -58,7 +58,7 @@ def message(record: AccessRecord) -> str:
 
 
 class AccessLines:
-    """Access lines formatted and waiting to be written: ``text`` makes a line as the
+    """Access lines formatted and waiting to be written: ``add_text`` makes a line as the
     text formatter of ``service/logs.py`` would, the time stamp made once a second."""
 
     def __init__(self, json: bool) -> None:

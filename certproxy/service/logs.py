@@ -2,8 +2,9 @@
 
 Access lines belong to the ``certproxy.access`` logger. While that logger is
 set up as ``setup_logging`` leaves it (its records reach only certproxy's own
-stderr handler), an access line is formatted here, byte for byte what the
-formatter would write, without the cost of a ``LogRecord`` per request, and
+stderr handler), an access line is formatted directly (``proxy/accessline.py``,
+compiled with the data plane), byte for byte what the formatter would write,
+without the cost of a ``LogRecord`` per request, and
 kept in a small buffer that goes out in one write: when it holds
 ``ACCESS_BATCH`` lines, when ``flush_access()`` runs (the running program
 calls it a few times a second and when it stops), and before any other log
