@@ -13,7 +13,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trustme
@@ -73,6 +73,23 @@ async def serve(ca: trustme.CA, factory: Callable[[], asyncio.Protocol], *, hand
 
     sweep()
     return server, port
+
+
+async def cyclic_garbage(run: Callable[[], Awaitable[None]], names: tuple[str, ...]) -> list[str]:
+    """The objects of the types ``names`` that ``run`` leaves for the cyclic garbage
+    collector to free (with the collector off meanwhile): their type names."""
+    gc.collect()
+    gc.disable()
+    try:
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        await run()
+        await asyncio.sleep(0.3)  # the closes and connection_lost callbacks run
+        gc.collect()
+        return [type(o).__name__ for o in gc.garbage if type(o).__name__ in names]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
 
 
 async def test_a_big_answer_to_a_slow_reader_is_paused_and_arrives_whole(
@@ -394,8 +411,6 @@ async def test_a_closed_connection_is_freed_without_the_cyclic_garbage_collector
     transport, the client connection, its parser and its flow control: they are freed
     when their last reference goes, not by runs of the cyclic collector (which a busy
     listener would otherwise pay for every few dozen connections)."""
-    import gc
-
     from certproxy.proxy.client import ClientConnection
     from support.inproc import make_plane
 
@@ -411,21 +426,15 @@ async def test_a_closed_connection_is_freed_without_the_cyclic_garbage_collector
         writer.close()
         return answer
 
-    assert (await one()).startswith(b"HTTP/1.1 200 ")  # the first one sets things up
-    ours = ("TLSConnection", "ClientConnection", "FlowControl", "HttpRequestParser", "HandshakeOwner")
-    gc.collect()
-    gc.disable()
-    try:
-        gc.set_debug(gc.DEBUG_SAVEALL)
+    async def ten() -> None:
         for _ in range(10):
             assert (await one()).startswith(b"HTTP/1.1 200 ")
-        await asyncio.sleep(0.2)  # the closes and connection_lost callbacks run
-        gc.collect()
-        left = [type(o).__name__ for o in gc.garbage if type(o).__name__ in ours]
+
+    try:
+        assert (await one()).startswith(b"HTTP/1.1 200 ")  # the first one sets things up
+        left = await cyclic_garbage(ten, ("TLSConnection", "ClientConnection", "FlowControl",
+                                          "HttpRequestParser", "HandshakeOwner"))
     finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
         server.close()
     assert left == [], f"freed only by the cyclic collector: {sorted(set(left))}"
 
@@ -490,8 +499,6 @@ async def test_a_connection_closed_mid_request_is_freed_without_the_cyclic_garba
         ca: trustme.CA, client_ssl: ssl.SSLContext) -> None:
     """A client that goes away halfway through a request body (its exchange still being
     parsed) leaves no reference cycle either."""
-    import gc
-
     from certproxy.proxy.client import ClientConnection
     from certproxy.proxy.exchange import Exchange
     from support.inproc import make_plane
@@ -508,22 +515,15 @@ async def test_a_connection_closed_mid_request_is_freed_without_the_cyclic_garba
         await asyncio.sleep(0.05)
         writer.transport.abort()
 
-    await one()
-    await asyncio.sleep(0.2)
-    ours = (ClientConnection, Exchange)
-    gc.collect()
-    gc.disable()
-    try:
-        gc.set_debug(gc.DEBUG_SAVEALL)
+    async def five() -> None:
         for _ in range(5):
             await one()
-        await asyncio.sleep(0.3)
-        gc.collect()
-        left = [type(o).__name__ for o in gc.garbage if isinstance(o, ours)]
+
+    try:
+        await one()
+        await asyncio.sleep(0.2)
+        left = await cyclic_garbage(five, (ClientConnection.__name__, Exchange.__name__))
     finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
         server.close()
     assert left == [], f"freed only by the cyclic collector: {sorted(set(left))}"
 
