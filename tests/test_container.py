@@ -146,6 +146,22 @@ def wait_until(check, timeout: float, what: str) -> float:  # type: ignore[no-un
     raise AssertionError(f"{what}: not within {timeout} s")
 
 
+def wait_for_pebble_certificate(engine: Engine, container: str, what: str) -> None:
+    """Until :5000 serves a certificate Pebble issued (90 s at most); else fail with the
+    container's last log lines."""
+    def from_pebble() -> bool:
+        try:
+            return "Pebble" in served_cert(engine, 5000).issuer.rfc4514_string()
+        except OSError:
+            return False
+
+    try:
+        wait_until(from_pebble, 90, what)
+    except AssertionError:
+        logs = engine.docker("logs", "--tail", "40", container, check=False)
+        raise AssertionError(f"no Pebble certificate: {logs.stdout[-3000:]}{logs.stderr[-3000:]}") from None
+
+
 # -- the image ------------------------------------------------------------------------------
 
 
@@ -275,18 +291,7 @@ def test_acme_stack_gets_a_pebble_certificate_without_a_restart(engine: Engine, 
     try:
         engine.compose("cpacme", fs, "up", "-d")  # inside: a failed `up` still stops Pebble
         started_at = engine.inspect(name)["State"]["StartedAt"]  # type: ignore[index]
-
-        def from_pebble() -> bool:
-            try:
-                return "Pebble" in served_cert(engine, 5000).issuer.rfc4514_string()
-            except OSError:
-                return False
-
-        try:
-            wait_until(from_pebble, 90, "a Pebble certificate served on :5000")
-        except AssertionError:
-            logs = engine.docker("logs", "--tail", "40", name, check=False)
-            raise AssertionError(f"no Pebble certificate: {logs.stdout[-3000:]}{logs.stderr[-3000:]}") from None
+        wait_for_pebble_certificate(engine, name, "a Pebble certificate served on :5000")
         first_cert = time.monotonic() - started
         took_healthy = engine.wait_healthy(name) + first_cert
         state = engine.inspect(name)["State"]
@@ -324,19 +329,8 @@ def test_docker_pushes_to_the_registrys_ip_address_with_an_acme_certificate_for_
     try:
         started = time.monotonic()
         engine.compose("cpip", fs, "up", "-d")
-
-        def from_pebble() -> bool:
-            try:
-                return "Pebble" in served_cert(engine, 5000).issuer.rfc4514_string()
-            except OSError:
-                return False
-
-        try:
-            wait_until(from_pebble, 90, "a Pebble certificate for the address on :5000")
-            took = time.monotonic() - started
-        except AssertionError:
-            logs = engine.docker("logs", "--tail", "40", name, check=False)
-            raise AssertionError(f"no Pebble certificate: {logs.stdout[-3000:]}{logs.stderr[-3000:]}") from None
+        wait_for_pebble_certificate(engine, name, "a Pebble certificate for the address on :5000")
+        took = time.monotonic() - started
         san = served_cert(engine, 5000).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == [addr]
         image = make_big_image(engine, tmp_path, f"{registry}/ip/app:1", 1 << 20, layers=2)

@@ -75,6 +75,15 @@ async def serve(ca: trustme.CA, factory: Callable[[], asyncio.Protocol], *, hand
     return server, port
 
 
+async def serve_plane(ca: trustme.CA) -> tuple[TLSServer, int]:
+    """``serve`` with certproxy's client connections of an in-process data plane."""
+    from certproxy.proxy.client import ClientConnection
+    from support.inproc import make_plane
+
+    plane = make_plane()
+    return await serve(ca, lambda: ClientConnection(plane.listener))
+
+
 async def cyclic_garbage(run: Callable[[], Awaitable[None]], names: tuple[str, ...]) -> list[str]:
     """The objects of the types ``names`` that ``run`` leaves for the cyclic garbage
     collector to free (with the collector off meanwhile): their type names."""
@@ -411,11 +420,7 @@ async def test_a_closed_connection_is_freed_without_the_cyclic_garbage_collector
     transport, the client connection, its parser and its flow control: they are freed
     when their last reference goes, not by runs of the cyclic collector (which a busy
     listener would otherwise pay for every few dozen connections)."""
-    from certproxy.proxy.client import ClientConnection
-    from support.inproc import make_plane
-
-    plane = make_plane()
-    server, port = await serve(ca, lambda: ClientConnection(plane.listener))
+    server, port = await serve_plane(ca)
     request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
     async def one() -> bytes:
@@ -501,10 +506,8 @@ async def test_a_connection_closed_mid_request_is_freed_without_the_cyclic_garba
     parsed) leaves no reference cycle either."""
     from certproxy.proxy.client import ClientConnection
     from certproxy.proxy.exchange import Exchange
-    from support.inproc import make_plane
 
-    plane = make_plane()
-    server, port = await serve(ca, lambda: ClientConnection(plane.listener))
+    server, port = await serve_plane(ca)
     head = b"PUT /v2/r/blobs/uploads/u HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n"
 
     async def one() -> None:

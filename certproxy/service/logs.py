@@ -78,7 +78,6 @@ class _FastAccess:
 
     def __init__(self, handler: _Handler, json: bool) -> None:
         self.handler = handler
-        self.json = json
         self.buffer = AccessLines(json)  # the lines themselves (compiled: proxy/accessline.py)
         self.root = logging.getLogger()
 
@@ -139,7 +138,7 @@ def access(record: AccessRecord) -> None:
     fast = _fast
     if fast is not None and fast.usable():
         now = time.time()
-        if fast.json:
+        if fast.buffer.json:
             buffer = fast.buffer
             fields = _fields(record, tenths_of_ms(record.seconds) / 10)
             buffer.lines.append(
